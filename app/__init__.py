@@ -1,0 +1,1 @@
+"""qcnn desktop app (PySide6)."""

@@ -1,0 +1,3 @@
+from app.window import main
+
+raise SystemExit(main())

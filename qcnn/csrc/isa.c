@@ -1,0 +1,30 @@
+/* Run-time choice of SIMD variant: one place decides, every kernel family follows. */
+#include <stdlib.h>
+#include <string.h>
+#include "qcnn.h"
+
+static int current = -1;
+
+int qc_isa_best(void) {
+    const char *off = getenv("QCNN_DISABLE_SIMD");
+    if (off && *off && strcmp(off, "0") != 0)
+        return QC_ISA_SCALAR;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return QC_ISA_AVX2;
+#endif
+    return QC_ISA_SCALAR;
+}
+
+int qc_isa(void) {
+    if (current < 0)
+        current = qc_isa_best();
+    return current;
+}
+
+int qc_set_isa(int isa) {
+    int best = qc_isa_best();
+    current = isa < QC_ISA_SCALAR ? QC_ISA_SCALAR : (isa > best ? best : isa);
+    return current;
+}

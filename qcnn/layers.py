@@ -1,0 +1,420 @@
+"""Dense layers of the NHWC float32 engine.
+
+Every layer maps NHWC arrays (N, H, W, C) — or (N, F) after flattening — to
+new arrays and loops only over kernel offsets, never over pixels.  Weights
+use the "input-major" layout the product quantizer splits into subspaces:
+convolutions are (KH, KW, C_in/groups, C_out), fully connected (C_in, C_out).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import kernels
+
+ACTIVATIONS = (None, "relu", "relu6")
+
+
+def _activate(y: np.ndarray, activation: str | None) -> np.ndarray:
+    if activation == "relu":
+        np.maximum(y, 0.0, out=y)
+    elif activation == "relu6":
+        np.clip(y, 0.0, 6.0, out=y)
+    return y
+
+
+def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow "SAME": output = ceil(size / stride), the odd pixel of padding goes after."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def resolve_pads(pads, h: int, w: int, kh: int, kw: int, sh: int, sw: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) for explicit pads or the string "same"."""
+    if pads == "same":
+        return (*same_pads(h, kh, sh), *same_pads(w, kw, sw))
+    return tuple(pads)
+
+
+def pad_nhwc(x: np.ndarray, pads, value: float = 0.0) -> np.ndarray:
+    top, bottom, left, right = pads
+    if not (top or bottom or left or right):
+        return x
+    n, h, w, c = x.shape
+    out = np.full((n, h + top + bottom, w + left + right, c), value, dtype=x.dtype)
+    out[:, top:top + h, left:left + w] = x
+    return out
+
+
+def windows(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, oh: int, ow: int):
+    """Yield (i, j, view) for each kernel offset: the strided view of the padded input it reads."""
+    for i in range(kh):
+        for j in range(kw):
+            yield i, j, xp[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw]
+
+
+def im2col(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, oh: int, ow: int) -> np.ndarray:
+    """(N, OH, OW, KH, KW, C) patch view of a padded NHWC input, no copy."""
+    n, _, _, c = xp.shape
+    s = xp.strides
+    return np.lib.stride_tricks.as_strided(
+        xp, shape=(n, oh, ow, kh, kw, c), strides=(s[0], s[1] * sh, s[2] * sw, s[1], s[2], s[3]),
+        writeable=False)
+
+
+class Layer:
+    """A node's computation.  `params()` lists the arrays that count as weights."""
+
+    kind = "layer"
+
+    def __call__(self, *xs: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def params(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def describe(self) -> str:
+        return self.kind
+
+
+@dataclass(eq=False)
+class Conv2D(Layer):
+    """Convolution, grouped or depthwise; `pads` is (top, bottom, left, right) or "same"."""
+
+    weight: np.ndarray                 # (KH, KW, C_in / groups, C_out)
+    bias: np.ndarray | None = None     # (C_out,)
+    stride: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] | str = (0, 0, 0, 0)
+    groups: int = 1
+    activation: str | None = None
+    kind = "conv"
+
+    def __post_init__(self):
+        self.weight = np.ascontiguousarray(self.weight, dtype=np.float32)
+        if self.bias is not None:
+            self.bias = np.ascontiguousarray(self.bias, dtype=np.float32)
+        kh, kw, cin_g, cout = self.weight.shape
+        if cout % self.groups:
+            raise ValueError(f"{cout} output channels do not split into {self.groups} groups")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}")
+        self.stride = tuple(self.stride)
+        # Per-group GEMM operands, made once: (KH*KW*C_in/g, C_out/g).
+        cg = cout // self.groups
+        self._taps = np.ascontiguousarray(self.weight[:, :, 0, :]) if self.depthwise else None
+        self._mats = [np.ascontiguousarray(self.weight[..., g * cg:(g + 1) * cg].reshape(-1, cg))
+                      for g in range(self.groups)]
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[2] * self.groups
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[3]
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return self.weight.shape[0], self.weight.shape[1]
+
+    @property
+    def depthwise(self) -> bool:
+        return self.groups > 1 and self.weight.shape[2] == 1 and self.out_channels == self.groups
+
+    def params(self):
+        return {"weight": self.weight, **({"bias": self.bias} if self.bias is not None else {})}
+
+    def describe(self):
+        kh, kw = self.kernel
+        kind = "depthwise" if self.depthwise else "conv"
+        g = f" g{self.groups}" if self.groups > 1 and not self.depthwise else ""
+        return f"{kind} {kh}x{kw}/{self.stride[0]} {self.in_channels}->{self.out_channels}{g}"
+
+    def geometry(self, h: int, w: int):
+        """Padding and output size for an input of h x w pixels."""
+        kh, kw = self.kernel
+        sh, sw = self.stride
+        pads = resolve_pads(self.pads, h, w, kh, kw, sh, sw)
+        oh = (h + pads[0] + pads[1] - kh) // sh + 1
+        ow = (w + pads[2] + pads[3] - kw) // sw + 1
+        if oh < 1 or ow < 1:
+            raise ValueError(f"{self.describe()}: input {h}x{w} is smaller than the kernel")
+        return pads, oh, ow
+
+    def __call__(self, x):
+        n, h, w, c = x.shape
+        if c != self.in_channels:
+            raise ValueError(f"{self.describe()}: got {c} input channels")
+        pads, oh, ow = self.geometry(h, w)
+        if self.depthwise:  # bias and activation are applied inside the kernel
+            return self._depthwise(x, pads, oh, ow)
+        xp = pad_nhwc(x, pads)
+        kh, kw = self.kernel
+        sh, sw = self.stride
+        if kh == kw == 1:
+            xs = xp[:, :(oh - 1) * sh + 1:sh, :(ow - 1) * sw + 1:sw]
+            y = self._grouped_gemm(np.ascontiguousarray(xs).reshape(n, oh, ow, 1, 1, c), n, oh, ow)
+        else:
+            cols = im2col(xp, kh, kw, sh, sw, oh, ow)
+            y = self._grouped_gemm(cols, n, oh, ow)
+        if self.bias is not None:
+            y += self.bias
+        return _activate(y, self.activation)
+
+    def _grouped_gemm(self, cols, n, oh, ow):
+        cin_g = self.weight.shape[2]
+        cout_g = self.out_channels // self.groups
+        rows = n * oh * ow
+        if self.groups == 1:
+            return (cols.reshape(rows, -1) @ self._mats[0]).reshape(n, oh, ow, -1)
+        y = np.empty((rows, self.out_channels), dtype=np.float32)
+        for g, mat in enumerate(self._mats):
+            a = cols[..., g * cin_g:(g + 1) * cin_g].reshape(rows, -1)
+            y[:, g * cout_g:(g + 1) * cout_g] = a @ mat
+        return y.reshape(n, oh, ow, -1)
+
+    def _depthwise(self, x, pads, oh, ow):
+        return kernels.depthwise(np.ascontiguousarray(x, dtype=np.float32), self._taps, self.bias,
+                                 self.stride, pads, (oh, ow), self.activation)
+
+
+@dataclass(eq=False)
+class Dense(Layer):
+    """Fully connected layer on (N, C_in) inputs."""
+
+    weight: np.ndarray                 # (C_in, C_out)
+    bias: np.ndarray | None = None
+    activation: str | None = None
+    kind = "fc"
+
+    def __post_init__(self):
+        self.weight = np.ascontiguousarray(self.weight, dtype=np.float32)
+        if self.bias is not None:
+            self.bias = np.ascontiguousarray(self.bias, dtype=np.float32)
+
+    @property
+    def in_channels(self):
+        return self.weight.shape[0]
+
+    @property
+    def out_channels(self):
+        return self.weight.shape[1]
+
+    def params(self):
+        return {"weight": self.weight, **({"bias": self.bias} if self.bias is not None else {})}
+
+    def describe(self):
+        return f"fc {self.in_channels}->{self.out_channels}"
+
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"{self.describe()}: got {x.shape[1]} inputs")
+        y = x @ self.weight
+        if self.bias is not None:
+            y += self.bias
+        return _activate(y, self.activation)
+
+
+@dataclass(eq=False)
+class Activation(Layer):
+    name: str = "relu"
+    kind = "activation"
+
+    def describe(self):
+        return self.name
+
+    def __call__(self, x):
+        if self.name == "relu":
+            return np.maximum(x, 0.0)
+        if self.name == "relu6":
+            return np.clip(x, 0.0, 6.0)
+        raise ValueError(f"unknown activation {self.name!r}")
+
+
+@dataclass(eq=False)
+class Clip(Layer):
+    lo: float = -math.inf
+    hi: float = math.inf
+    kind = "clip"
+
+    def __call__(self, x):
+        return np.clip(x, self.lo, self.hi)
+
+
+@dataclass(eq=False)
+class Pool2D(Layer):
+    """Max or average pooling; `ceil_mode` as in Caffe and ONNX (last window may hang over)."""
+
+    mode: str = "max"
+    kernel: tuple[int, int] = (2, 2)
+    stride: tuple[int, int] = (2, 2)
+    pads: tuple[int, int, int, int] | str = (0, 0, 0, 0)
+    ceil_mode: bool = False
+    count_include_pad: bool = False
+    kind = "pool"
+
+    def describe(self):
+        return f"{self.mode}pool {self.kernel[0]}x{self.kernel[1]}/{self.stride[0]}"
+
+    def _out(self, size, k, s, lo, hi):
+        span = size + lo + hi - k
+        out = (-(-span // s) if self.ceil_mode else span // s) + 1
+        if self.ceil_mode and (out - 1) * s >= size + lo:
+            out -= 1  # a window must start inside the image or its leading padding
+        return out
+
+    def __call__(self, x):
+        n, h, w, c = x.shape
+        kh, kw = self.kernel
+        sh, sw = self.stride
+        top, bottom, left, right = resolve_pads(self.pads, h, w, kh, kw, sh, sw)
+        oh = self._out(h, kh, sh, top, bottom)
+        ow = self._out(w, kw, sw, left, right)
+        # Extra padding so the last (ceil-mode) window is in bounds; it never wins a max
+        # and is excluded from averages.
+        extra_b = max((oh - 1) * sh + kh - (h + top + bottom), 0)
+        extra_r = max((ow - 1) * sw + kw - (w + left + right), 0)
+        full = (top, bottom + extra_b, left, right + extra_r)
+        if self.mode == "max":
+            xp = pad_nhwc(x, full, -np.inf)
+            out = None
+            for _, _, view in windows(xp, kh, kw, sh, sw, oh, ow):
+                out = view.copy() if out is None else np.maximum(out, view, out=out)
+            return out
+        xp = pad_nhwc(x, full, 0.0)
+        out = None
+        for _, _, view in windows(xp, kh, kw, sh, sw, oh, ow):
+            out = view.copy() if out is None else np.add(out, view, out=out)
+        return out * self._inverse_counts(h, w, (top, bottom, left, right), full, oh, ow)
+
+    def _inverse_counts(self, h, w, pads, full, oh, ow):
+        kh, kw = self.kernel
+        sh, sw = self.stride
+        top, bottom, left, right = pads
+        ones = np.zeros((1, h + full[0] + full[1], w + full[2] + full[3], 1), np.float32)
+        if self.count_include_pad:  # declared padding counts, the ceil-mode overhang does not
+            ones[:, :h + top + bottom, :w + left + right] = 1
+        else:
+            ones[:, top:top + h, left:left + w] = 1
+        counts = sum(view for _, _, view in windows(ones, kh, kw, sh, sw, oh, ow))
+        return (1.0 / np.maximum(counts, 1)).astype(np.float32)
+
+
+@dataclass(eq=False)
+class GlobalAvgPool(Layer):
+    kind = "gap"
+
+    def describe(self):
+        return "global avgpool"
+
+    def __call__(self, x):
+        return x.mean(axis=(1, 2), keepdims=True, dtype=np.float32)
+
+
+@dataclass(eq=False)
+class LRN(Layer):
+    """Caffe cross-channel LRN: x / (k + alpha/size * sum of x^2 over `size` neighbours)^beta."""
+
+    size: int = 5
+    alpha: float = 1e-4
+    beta: float = 0.75
+    k: float = 1.0
+    kind = "lrn"
+
+    def describe(self):
+        return f"lrn {self.size}"
+
+    def __call__(self, x):
+        c = x.shape[-1]
+        lo = (self.size - 1) // 2
+        sq = np.zeros(x.shape[:-1] + (c + self.size - 1,), np.float32)
+        np.square(x, out=sq[..., lo:lo + c])
+        acc = sq[..., 0:c].copy()
+        for i in range(1, self.size):
+            acc += sq[..., i:i + c]
+        acc *= np.float32(self.alpha / self.size)
+        acc += np.float32(self.k)
+        if self.beta == 0.75:  # two square roots are several times faster than pow
+            root = np.sqrt(acc)
+            acc = root * np.sqrt(root)
+            return x / acc
+        return x * np.power(acc, np.float32(-self.beta))
+
+
+@dataclass(eq=False)
+class Affine(Layer):
+    """Per-channel scale and shift: a batch norm that had no convolution to fold into."""
+
+    scale: np.ndarray = None
+    shift: np.ndarray = None
+    kind = "affine"
+
+    def params(self):
+        return {"scale": self.scale, "shift": self.shift}
+
+    def __call__(self, x):
+        return x * self.scale + self.shift
+
+
+@dataclass(eq=False)
+class Add(Layer):
+    kind = "add"
+
+    def __call__(self, a, b):
+        return a + b
+
+
+@dataclass(eq=False)
+class Concat(Layer):
+    """Concatenation along channels (the last NHWC axis)."""
+
+    kind = "concat"
+
+    def __call__(self, *xs):
+        return np.concatenate(xs, axis=-1)
+
+
+@dataclass(eq=False)
+class Flatten(Layer):
+    """Flattens in channel-major (NCHW) order, as Caffe and ONNX do, so their FC weights apply as is."""
+
+    kind = "flatten"
+
+    def __call__(self, x):
+        if x.ndim == 4:
+            x = x.transpose(0, 3, 1, 2)
+        return x.reshape(x.shape[0], -1)
+
+
+@dataclass(eq=False)
+class Pad(Layer):
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    value: float = 0.0
+    kind = "pad"
+
+    def __call__(self, x):
+        return pad_nhwc(x, self.pads, self.value)
+
+
+@dataclass(eq=False)
+class Softmax(Layer):
+    kind = "softmax"
+
+    def __call__(self, x):
+        return softmax(x)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def fold_batch_norm(weight, bias, gamma, beta, mean, var, eps):
+    """Fold inference-mode batch norm into the preceding layer (output channels last)."""
+    scale = (gamma / np.sqrt(var + eps)).astype(np.float32)
+    b = np.zeros_like(mean) if bias is None else bias
+    return (weight * scale).astype(np.float32), ((b - mean) * scale + beta).astype(np.float32)
