@@ -56,7 +56,7 @@ class Graph:
         for i, node in enumerate(self.nodes):
             for name in node.inputs:
                 last[name] = i
-        self._free_after = [[n for n in node.inputs if last[n] == i and n != self.output]
+        self._free_after = [[n for n in dict.fromkeys(node.inputs) if last[n] == i and n != self.output]
                             for i, node in enumerate(self.nodes)]
 
     def __iter__(self):
