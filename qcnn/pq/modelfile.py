@@ -1,0 +1,613 @@
+"""The quantized model file (`.qcnn`): a network, its PQ layers and what it takes to run it.
+
+Layout (all integers little-endian):
+
+    offset  size  field
+    0       8     magic  b"QCNN\\x00\\r\\n\\x1a"  (NUL, CRLF and ^Z catch text-mode transfers)
+    8       2     format version, u16 (this module reads and writes version 1)
+    10      4     header length H, u32 (at most 4 MiB)
+    14      H     header: UTF-8 JSON object, see below
+    14+H    D     array section: the arrays' bytes back to back, in the header's order, no padding
+    14+H+D  32    SHA-256 of every byte before it
+
+Header keys:
+    model       {"name", "description", "speed_test_only", "identity"} of the Model
+    preprocess  Preprocess.to_dict()
+    labels      list of class names
+    graph       {"input", "output", "nodes": [{"name", "type", "inputs", "attrs"[, "pq"]}, ...]}
+                in execution order; "type" is the layer class name, "attrs" its scalar fields
+                (non-finite floats as "inf"/"-inf"); PQ layers add "pq": {"dsub", "ksub", "bits"}
+    metadata    the caller's JSON object (error correction, calibration source, kernels, ...)
+    arrays      [{"name": "<node>.<field>", "dtype", "shape", "offset", "length"[, "bits"]}, ...]
+                offsets count from the start of the array section
+
+Arrays are float32 (weights, biases, codebooks), float16 (codebooks saved with
+float16_codebooks=True, widened to float32 at load) or uint8 with "bits" (PQ codes).  Codes
+are bit-packed at bits = ceil(log2 K) per code: the codes, flattened in C order from the canonical
+(KH, KW, M, C_out) array, form a bit stream in which code i occupies stream bits i*bits ..
+(i+1)*bits - 1, least significant bit first, and stream bit j is bit (j mod 8) of byte j // 8
+(numpy's bitorder="little").  The last byte's unused high bits are zero.
+
+Why SHA-256 rather than CRC32: 28 more bytes and ~2 ms per MB on load buy a check no accidental
+corruption gets past, and a digest that can double as the file's identity.  It is not a signature:
+whoever can edit the file can recompute it, so loading still validates everything else.
+
+Loading reads the file once and validates before building anything: magic, version, sizes,
+checksum, the header's schema (every type, every value's range, unique node names, inputs that
+exist), every array's dtype, shape, place and exact length, every code < K, then builds the
+layers (PQLayer.validate), the Graph (wiring) and checks every layer fits the tensor it reads.
+Any failure is a ModelFileError; no allocation exceeds a small multiple of the file's size.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import layers as L
+from ..graph import Graph, Node
+from ..models import Model
+from ..preprocess import Preprocess
+from .cost import infer_shapes
+from .layer import PQLayer, PQSetting
+
+MAGIC = b"QCNN\x00\r\n\x1a"
+VERSION = 1
+_PREFIX = struct.Struct("<8sHI")          # magic, version, header length
+_DIGEST = 32
+MAX_HEADER = 4 * 2**20
+_CHUNK = 2**20                            # codes (un)packed per step: bounds the temporaries
+MAX_TENSOR = 2**30                        # elements in any activation at batch 1 (4 GiB)
+
+
+class ModelFileError(ValueError):
+    """A model file cannot be read or written; `path` names it, `reason` says why."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)      # both in args, so the error survives pickling
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"model file '{self.path}': {self.reason}"
+
+
+class _Invalid(Exception):
+    """Raised inside the parser; load_model_file adds the path."""
+
+
+# --------------------------------------------------------------------------- code packing
+
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 bytes of `codes` at `bits` bits each, in the stream order of the module docstring."""
+    flat = np.ascontiguousarray(codes, np.uint8).reshape(-1)
+    if bits == 8:
+        return flat.copy()
+    out = np.empty(-(-flat.size * bits // 8), np.uint8)
+    for start in range(0, flat.size, _CHUNK):   # _CHUNK is a multiple of 8: chunks start on a byte
+        chunk = flat[start:start + _CHUNK]
+        stream = np.unpackbits(chunk[:, None], axis=1, bitorder="little")[:, :bits]
+        packed = np.packbits(stream.reshape(-1), bitorder="little")
+        o = start * bits // 8
+        out[o:o + packed.size] = packed
+    return out
+
+
+def unpack_codes(packed: np.ndarray, count: int, bits: int) -> np.ndarray:
+    """The `count` codes that pack_codes wrote, as a flat uint8 array."""
+    if packed.size != -(-count * bits // 8):
+        raise ValueError(f"{packed.size} bytes cannot hold exactly {count} codes of {bits} bits")
+    if bits == 8:
+        return packed.copy()
+    out = np.empty(count, np.uint8)
+    for start in range(0, count, _CHUNK):
+        n = min(_CHUNK, count - start)
+        o = start * bits // 8
+        stream = np.unpackbits(packed[o:o + -(-n * bits // 8)], count=n * bits, bitorder="little")
+        out[start:start + n] = np.packbits(stream.reshape(n, bits), axis=1, bitorder="little")[:, 0]
+    used = count * bits % 8
+    if used and int(packed[-1]) >> used:
+        raise ValueError("padding bits after the last code are not zero")
+    return out
+
+
+# --------------------------------------------------------------------------- header schema
+# Each checker takes a parsed JSON value and returns the layer's value or raises _Invalid.
+
+def _int(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(v):
+        if type(v) is not int or not lo <= v <= hi:    # type(): bool is an int subclass
+            raise _Invalid(f"expected an integer in {lo}..{hi}, got {v!r:.40}")
+        return v
+    return check
+
+
+def _one_of(*choices) -> Callable[[Any], Any]:
+    def check(v):
+        if v not in choices or type(v) not in (str, type(None)):
+            raise _Invalid(f"expected one of {choices}, got {v!r:.40}")
+        return v
+    return check
+
+
+def _ints(n: int, lo: int, hi: int) -> Callable[[Any], tuple]:
+    item = _int(lo, hi)
+
+    def check(v):
+        if type(v) is not list or len(v) != n:
+            raise _Invalid(f"expected a list of {n} integers, got {v!r:.40}")
+        return tuple(item(x) for x in v)
+    return check
+
+
+def _real(v) -> float:
+    if type(v) not in (int, float) or not math.isfinite(v):
+        raise _Invalid(f"expected a finite number, got {v!r:.40}")
+    return float(v)
+
+
+def _extended_real(v) -> float:
+    """A number, or "inf" / "-inf" (JSON has no infinity)."""
+    if v in ("inf", "-inf") and type(v) is str:
+        return float(v)
+    return _real(v)
+
+
+def _bool(v) -> bool:
+    if type(v) is not bool:
+        raise _Invalid(f"expected true or false, got {v!r:.40}")
+    return v
+
+
+def _str(v) -> str:
+    if type(v) is not str:
+        raise _Invalid(f"expected a string, got {v!r:.40}")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:           # a lone surrogate from a JSON escape: unprintable
+        raise _Invalid(f"string {v!r:.40} is not valid Unicode") from None
+    return v
+
+
+_DIM = 2**16                              # bound on kernel sizes, strides and pads
+_pair = _ints(2, 1, _DIM)
+_count = _int(1, 2**24)
+_pad4 = _ints(4, 0, _DIM)
+
+
+def _pads(v):
+    return v if v == "same" and type(v) is str else _pad4(v)
+
+
+_activation = _one_of(*L.ACTIVATIONS)
+
+
+@dataclass(frozen=True)
+class _Arr:
+    dtypes: tuple[str, ...]               # allowed stored dtypes; the layer always gets float32/uint8
+    ndim: int | None
+    optional: bool = False
+
+
+_F32 = ("float32",)
+
+
+@dataclass(frozen=True)
+class _Spec:
+    cls: type
+    attrs: dict[str, Callable[[Any], Any]]
+    arrays: dict[str, _Arr]
+    arity: tuple[int, int] = (1, 1)       # min, max inputs
+
+
+_MAX_INPUTS = 1024
+_LAYERS: dict[str, _Spec] = {
+    "Conv2D": _Spec(L.Conv2D, {"stride": _pair, "pads": _pads, "groups": _count, "activation": _activation},
+                    {"weight": _Arr(_F32, 4), "bias": _Arr(_F32, 1, True)}),
+    "Dense": _Spec(L.Dense, {"activation": _activation}, {"weight": _Arr(_F32, 2), "bias": _Arr(_F32, 1, True)}),
+    "PQLayer": _Spec(PQLayer, {"kind_of": _one_of("conv", "fc"), "in_channels": _count, "stride": _pair,
+                               "pads": _pads, "groups": _count, "activation": _activation},
+                     {"codebooks": _Arr(("float32", "float16"), 4), "codes": _Arr(("uint8",), 4),
+                      "bias": _Arr(_F32, 1, True)}),
+    "Activation": _Spec(L.Activation, {"name": _one_of("relu", "relu6")}, {}),
+    "Clip": _Spec(L.Clip, {"lo": _extended_real, "hi": _extended_real}, {}),
+    "Pool2D": _Spec(L.Pool2D, {"mode": _one_of("max", "avg"), "kernel": _pair, "stride": _pair, "pads": _pads,
+                               "ceil_mode": _bool, "count_include_pad": _bool}, {}),
+    "GlobalAvgPool": _Spec(L.GlobalAvgPool, {}, {}),
+    "LRN": _Spec(L.LRN, {"size": _int(1, _DIM), "alpha": _real, "beta": _real, "k": _real}, {}),
+    "Affine": _Spec(L.Affine, {}, {"scale": _Arr(_F32, None), "shift": _Arr(_F32, None)}),
+    "Add": _Spec(L.Add, {}, {}, (2, 2)),
+    "Concat": _Spec(L.Concat, {}, {}, (1, _MAX_INPUTS)),
+    "Flatten": _Spec(L.Flatten, {}, {}),
+    "Pad": _Spec(L.Pad, {"pads": _pad4, "value": _extended_real}, {}),
+    "Softmax": _Spec(L.Softmax, {}, {}),
+}
+
+_PREPROCESS = {"resize": _int(1, _DIM), "crop": _int(1, _DIM), "mean": lambda v: tuple(map(_real, _list(v, 3))),
+               "std": lambda v: tuple(map(_real, _list(v, 3))), "channel_order": _one_of("RGB", "BGR"),
+               "resample": _one_of("bicubic", "bilinear"), "warp": _bool}
+
+
+def _list(v, n: int | None = None) -> list:
+    if type(v) is not list or (n is not None and len(v) != n):
+        raise _Invalid(f"expected a list{'' if n is None else f' of {n}'}, got {v!r:.40}")
+    return v
+
+
+def _dict(v, what: str) -> dict:
+    """Any JSON object (identity, metadata: the caller's own)."""
+    if type(v) is not dict:
+        raise _Invalid(f"{what}: expected an object, got {v!r:.40}")
+    return v
+
+
+def _object(v, what: str, keys: set[str], optional: set[str] = frozenset()) -> dict:
+    """A JSON object with exactly `keys` (plus any of `optional`)."""
+    if type(v) is not dict:
+        raise _Invalid(f"{what}: expected an object, got {v!r:.40}")
+    missing, unknown = keys - v.keys(), v.keys() - keys - optional
+    if missing or unknown:
+        raise _Invalid(f"{what}: " + (f"missing {sorted(missing)}" if missing else f"unknown keys {sorted(unknown)}"))
+    return v
+
+
+def _field(what: str, check, v):
+    """check(v), with `what` named in the error."""
+    try:
+        return check(v)
+    except _Invalid as exc:
+        raise _Invalid(f"{what}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- saving
+
+def _json_value(v):
+    """A layer attribute as JSON: tuples as lists, infinities as strings, numpy scalars as Python."""
+    if isinstance(v, (tuple, list)):
+        return [_json_value(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        if math.isnan(v):
+            raise ValueError("NaN attribute")
+        return "inf" if v > 0 else "-inf"
+    return v
+
+
+def _spec_name(layer: L.Layer) -> str:
+    for name, spec in _LAYERS.items():
+        if isinstance(layer, spec.cls):
+            return name
+    raise ValueError(f"layer type {type(layer).__name__} cannot be saved")
+
+
+def _bytes_of(a: np.ndarray, dtype: str) -> np.ndarray:
+    """The array's little-endian bytes as a flat uint8 view (a copy only when the dtype changes)."""
+    return np.ascontiguousarray(a, np.dtype(dtype).newbyteorder("<")).reshape(-1).view(np.uint8)
+
+
+def _serialise(model, graph: Graph, metadata: dict, float16_codebooks: bool):
+    """(header bytes, list of array byte buffers)."""
+    nodes, table, blobs, offset = [], [], [], 0
+
+    def add(name, stored: np.ndarray, dtype: str, shape, bits=None):
+        nonlocal offset
+        entry = {"name": name, "dtype": dtype, "shape": list(shape), "offset": offset, "length": int(stored.size)}
+        if bits is not None:
+            entry["bits"] = bits
+        table.append(entry)
+        blobs.append(stored)
+        offset += int(stored.size)
+
+    for node in graph.nodes:
+        layer, kind = node.layer, _spec_name(node.layer)
+        spec = _LAYERS[kind]
+        record = {"name": node.name, "type": kind, "inputs": list(node.inputs),
+                  "attrs": {a: _json_value(getattr(layer, a)) for a in spec.attrs}}
+        for role, arr in spec.arrays.items():
+            a = getattr(layer, role)
+            if a is None:
+                continue
+            name = f"{node.name}.{role}"
+            if role == "codes":
+                add(name, pack_codes(a, layer.setting.bits), "uint8", a.shape, layer.setting.bits)
+            elif role == "codebooks" and float16_codebooks:
+                with np.errstate(over="ignore"):        # overflow is reported just below
+                    half = a.astype(np.float16)
+                if not np.isfinite(half).all():
+                    raise ValueError(f"{node.name}: codebook values exceed the float16 range")
+                add(name, _bytes_of(half, "float16"), "float16", a.shape)
+            else:
+                add(name, _bytes_of(a, "float32"), "float32", a.shape)
+        if isinstance(layer, PQLayer):
+            s = layer.setting
+            record["pq"] = {"dsub": s.dsub, "ksub": s.ksub, "bits": s.bits}
+        nodes.append(record)
+
+    header = {
+        "model": {"name": model.name, "description": model.description,
+                  "speed_test_only": bool(model.speed_test_only), "identity": dict(model.identity)},
+        "preprocess": model.preprocess.to_dict(),
+        "labels": list(model.labels),
+        "graph": {"input": graph.input_name, "output": graph.output, "nodes": nodes},
+        "metadata": dict(metadata or {}),
+        "arrays": table,
+    }
+    # Compact and NaN-free: the header is strict JSON any reader can parse.
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    if len(text) > MAX_HEADER:
+        raise ValueError(f"header is {len(text)} bytes, more than {MAX_HEADER} (labels or metadata too large?)")
+    return text, blobs
+
+
+def save_model(path: str | os.PathLike, model: Model, graph: Graph | None = None,
+               metadata: dict | None = None, *, float16_codebooks: bool = False) -> int:
+    """Write `graph` (default: model.graph, usually a quantized graph) as a model file.
+
+    `model` supplies name, description, identity, preprocessing and labels; `metadata` is any
+    JSON object to keep with it.  The file is written to a temporary file in the same directory
+    and renamed over `path`, so `path` is either the old file or the complete new one.
+    Returns the file's size in bytes."""
+    path = os.fspath(path)
+    graph = model.graph if graph is None else graph
+    try:
+        header, blobs = _serialise(model, graph, metadata, float16_codebooks)
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(path, f"cannot save: {exc}") from exc
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        mode = os.stat(path).st_mode & 0o7777     # replacing a file keeps its permissions
+    except OSError:
+        mode = 0o644     # mkstemp's 0600 would hide the file from other users
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise ModelFileError(path, f"cannot write: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            digest = hashlib.sha256()
+            for chunk in (_PREFIX.pack(MAGIC, VERSION, len(header)), header, *blobs):
+                f.write(chunk)
+                digest.update(chunk)
+            f.write(digest.digest())
+            f.flush()
+            os.fsync(f.fileno())
+            size = f.tell()
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException as exc:     # including KeyboardInterrupt: never leave the temporary behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise ModelFileError(path, f"cannot write: {exc.strerror or exc}") from exc
+        raise
+    with contextlib.suppress(OSError):   # make the rename itself durable; not possible everywhere
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return size
+
+
+# --------------------------------------------------------------------------- loading
+
+def load_model_file(path: str | os.PathLike) -> tuple[Model, dict]:
+    """(Model whose graph holds PQLayer nodes for the quantized layers, the saved metadata)."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ModelFileError(path, f"cannot read: {exc.strerror or exc}") from exc
+    try:
+        return _parse(data)
+    except _Invalid as exc:
+        raise ModelFileError(path, str(exc)) from None
+
+
+def _parse(data: bytes) -> tuple[Model, dict]:
+    if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
+        raise _Invalid("not a qcnn model file (bad magic)")
+    if len(data) < _PREFIX.size + _DIGEST:
+        raise _Invalid(f"truncated: {len(data)} bytes")
+    _, version, header_len = _PREFIX.unpack_from(data)
+    if version != VERSION:
+        raise _Invalid(f"unsupported format version {version} (this qcnn reads version {VERSION})")
+    body = len(data) - _DIGEST
+    if hashlib.sha256(memoryview(data)[:body]).digest() != data[body:]:
+        raise _Invalid("checksum mismatch: the file is corrupted or truncated")
+    if header_len > min(MAX_HEADER, body - _PREFIX.size):
+        raise _Invalid(f"header length {header_len} does not fit the file or exceeds {MAX_HEADER}")
+    header = _parse_json(data[_PREFIX.size:_PREFIX.size + header_len])
+    base = _PREFIX.size + header_len
+    arrays = _read_arrays(header.get("arrays"), data, base, body - base)
+    return _build(header, arrays)
+
+
+def _no_constant(name):
+    raise _Invalid(f"header JSON contains {name}")
+
+
+def _unique_keys(pairs):
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise _Invalid("header JSON repeats a key")
+    return d
+
+
+def _parse_json(raw: bytes) -> dict:
+    try:
+        header = json.loads(raw.decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as exc:   # RecursionError: hostile nesting depth
+        raise _Invalid(f"header is not valid JSON: {type(exc).__name__}: {str(exc)[:80]}") from None
+    return _object(header, "header", {"model", "preprocess", "labels", "graph", "metadata", "arrays"})
+
+
+def _read_arrays(table, data: bytes, base: int, size: int) -> dict[str, np.ndarray]:
+    """name -> array as stored (packed codes stay packed), after checking every entry."""
+    arrays, end = {}, 0
+    for i, entry in enumerate(_list(table)):
+        what = f"array {i}"
+        _object(entry, what, {"name", "dtype", "shape", "offset", "length"}, {"bits"})
+        name = _field(what, _str, entry["name"])
+        what = f"array {name!r}"
+        if name in arrays:
+            raise _Invalid(f"{what} appears twice")
+        dtype = _field(what + " dtype", _one_of("float32", "float16", "uint8"), entry["dtype"])
+        shape = _field(what + " shape", lambda v: tuple(_int(0, 2**40)(x) for x in _list(v)), entry["shape"])
+        if len(shape) > 8:
+            raise _Invalid(f"{what}: {len(shape)} dimensions")
+        offset = _field(what + " offset", _int(0, 2**62), entry["offset"])
+        length = _field(what + " length", _int(0, 2**62), entry["length"])
+        count = math.prod(shape)
+        if "bits" in entry:
+            bits = _field(what + " bits", _int(1, 8), entry["bits"])
+            if dtype != "uint8":
+                raise _Invalid(f"{what}: only uint8 codes are bit-packed")
+            expected = -(-count * bits // 8)
+        else:
+            expected = count * np.dtype(dtype).itemsize
+        if length != expected:
+            raise _Invalid(f"{what}: length {length}, but shape {list(shape)} needs {expected} bytes")
+        # The writer packs arrays back to back in table order: anything else is damage.
+        if offset < end:
+            raise _Invalid(f"{what}: offset {offset} overlaps the previous array (ends at {end})")
+        if offset > end:
+            raise _Invalid(f"{what}: offset {offset} leaves a gap after the previous array (ends at {end})")
+        if offset + length > size:
+            raise _Invalid(f"{what}: bytes {offset}..{offset + length} lie outside the array section ({size} bytes)")
+        end = offset + length
+        raw = np.frombuffer(data, np.uint8, length, base + offset)
+        arrays[name] = (dtype, shape, entry.get("bits"), raw)
+    if end != size:
+        raise _Invalid(f"array section is {size} bytes but its arrays take {end}")
+    return arrays
+
+
+def _take_array(arrays: dict, node: str, role: str, arr: _Arr, pq: dict | None):
+    """The layer's float32 or uint8 array for `role`, checked and removed from `arrays`."""
+    name = f"{node}.{role}"
+    if name not in arrays:
+        if arr.optional:
+            return None
+        raise _Invalid(f"node {node!r}: array {name!r} is missing")
+    dtype, shape, bits, raw = arrays.pop(name)
+    if dtype not in arr.dtypes or (role == "codes") != (bits is not None):
+        raise _Invalid(f"array {name!r}: {dtype}{'' if bits is None else f' packed at {bits} bits'} "
+                       f"is not allowed here")
+    if arr.ndim is not None and len(shape) != arr.ndim:
+        raise _Invalid(f"array {name!r}: expected {arr.ndim} dimensions, got shape {list(shape)}")
+    if role == "codes":
+        if bits != pq["bits"]:
+            raise _Invalid(f"array {name!r}: packed at {bits} bits, the layer's setting says {pq['bits']}")
+        try:
+            codes = unpack_codes(raw, math.prod(shape), bits)
+        except ValueError as exc:
+            raise _Invalid(f"array {name!r}: {exc}") from None
+        if codes.size and int(codes.max()) >= pq["ksub"]:
+            raise _Invalid(f"array {name!r}: code {int(codes.max())} is >= K = {pq['ksub']}")
+        return codes.reshape(shape)
+    # Copy: the layer gets its own aligned, writeable array, not a view of the file's bytes.
+    return np.frombuffer(raw, np.dtype(dtype).newbyteorder("<")).astype(np.float32).reshape(shape)
+
+
+def _check_pq_setting(v, node: str) -> dict:
+    pq = _object(v, f"node {node!r} pq", {"dsub", "ksub", "bits"})
+    dsub = _field(f"node {node!r} dsub", _count, pq["dsub"])
+    ksub = _field(f"node {node!r} ksub", _int(2, 256), pq["ksub"])
+    bits = _field(f"node {node!r} bits", _int(1, 8), pq["bits"])
+    if bits != PQSetting(dsub, ksub).bits:
+        raise _Invalid(f"node {node!r}: {bits} bits per code, but K = {ksub} needs {PQSetting(dsub, ksub).bits}")
+    return pq
+
+
+def _build_node(record, arrays: dict, known: set[str]) -> Node:
+    what = "node"
+    _object(record, what, {"name", "type", "inputs", "attrs"}, {"pq"})
+    name = _field("node name", _str, record["name"])
+    what = f"node {name!r}"
+    if not name or name in known:
+        raise _Invalid(f"{what}: the name is empty or not unique")
+    kind = record["type"]
+    if type(kind) is not str or kind not in _LAYERS:
+        raise _Invalid(f"{what}: unknown layer type {kind!r:.40}")
+    spec = _LAYERS[kind]
+    inputs = tuple(_field(f"{what} inputs", _str, i) for i in _list(record["inputs"]))
+    if not spec.arity[0] <= len(inputs) <= spec.arity[1]:
+        raise _Invalid(f"{what}: a {kind} layer takes {spec.arity[0]}..{spec.arity[1]} inputs, got {len(inputs)}")
+    unknown_inputs = [i for i in inputs if i not in known]
+    if unknown_inputs:
+        raise _Invalid(f"{what}: reads {unknown_inputs}, which no earlier node computes")
+    attrs = _object(record["attrs"], f"{what} attrs", set(spec.attrs))
+    kwargs = {a: _field(f"{what} {a}", check, attrs[a]) for a, check in spec.attrs.items()}
+    pq = None
+    if kind == "PQLayer":
+        if "pq" not in record:
+            raise _Invalid(f"{what}: PQ setting missing")
+        pq = _check_pq_setting(record["pq"], name)
+    elif "pq" in record:
+        raise _Invalid(f"{what}: a PQ setting on a {kind} layer")
+    for role, arr in spec.arrays.items():
+        kwargs[role] = _take_array(arrays, name, role, arr, pq)
+    if pq is not None and kwargs["codebooks"].shape[2:] != (pq["ksub"], pq["dsub"]):
+        raise _Invalid(f"{what}: codebooks {list(kwargs['codebooks'].shape)} do not match "
+                       f"dsub = {pq['dsub']}, K = {pq['ksub']}")
+    weight = kwargs.get("weight")
+    if weight is not None and 0 in weight.shape:
+        raise _Invalid(f"{what}: empty weight {list(weight.shape)}")
+    # Conv2D and Dense do not check their bias; a wrong one would broadcast silently.
+    bias = kwargs.get("bias")
+    if weight is not None and bias is not None and bias.shape != weight.shape[-1:]:
+        raise _Invalid(f"{what}: bias shape {list(bias.shape)} for {weight.shape[-1]} outputs")
+    try:
+        layer = spec.cls(**kwargs)        # PQLayer validates itself here, Conv2D its groups
+    except (ValueError, TypeError, IndexError, ZeroDivisionError) as exc:
+        raise _Invalid(f"{what}: {exc}") from None
+    return Node(name, layer, inputs)
+
+
+def _build(header: dict, arrays: dict) -> tuple[Model, dict]:
+    info = _object(header["model"], "model", {"name", "description", "speed_test_only", "identity"})
+    name = _field("model name", _str, info["name"])
+    description = _field("model description", _str, info["description"])
+    speed_test_only = _field("model speed_test_only", _bool, info["speed_test_only"])
+    identity = _dict(info["identity"], "model identity")
+    pre = _object(header["preprocess"], "preprocess", set(), set(_PREPROCESS))   # absent keys: defaults
+    preprocess = Preprocess(**{k: _field(f"preprocess {k}", _PREPROCESS[k], v) for k, v in pre.items()})
+    labels = tuple(_field("labels", _str, s) for s in _list(header["labels"]))
+    metadata = _dict(header["metadata"], "metadata")
+
+    g = _object(header["graph"], "graph", {"input", "output", "nodes"})
+    input_name = _field("graph input", _str, g["input"])
+    output = _field("graph output", _str, g["output"])
+    records = _list(g["nodes"])
+    if not records:
+        raise _Invalid("the graph has no nodes")
+    known, nodes = {input_name}, []
+    for record in records:
+        node = _build_node(record, arrays, known)
+        known.add(node.name)
+        nodes.append(node)
+    if arrays:
+        raise _Invalid(f"arrays {sorted(arrays)[:5]} belong to no layer")
+    try:
+        graph = Graph(nodes, input_name, output)
+        # Every layer must fit what it reads, on the input the preprocessing makes.
+        shapes = infer_shapes(graph, (preprocess.crop, preprocess.crop))
+    except ValueError as exc:
+        raise _Invalid(f"graph: {exc}") from None
+    biggest = max(shapes, key=lambda n: math.prod(shapes[n]))
+    if math.prod(shapes[biggest]) > MAX_TENSOR:     # e.g. absurd padding: running it would exhaust memory
+        raise _Invalid(f"graph: tensor {biggest!r} would have shape {list(shapes[biggest])}")
+    model = Model(name=name, graph=graph, preprocess=preprocess, labels=labels, description=description,
+                  speed_test_only=speed_test_only, identity=identity)
+    return model, metadata
