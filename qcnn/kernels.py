@@ -1,55 +1,272 @@
 """Validated Python entry points to the C kernels (qcnn/csrc, built with cffi).
 
-The C side trusts its arguments, so every dtype, shape, contiguity and index is checked here
+The C side trusts its arguments, so every dtype, shape, stride and index is checked here
 before the call; cffi releases the GIL for the duration of each call."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from ._kernels import ffi, lib
 
-ISA_NAMES = {0: "scalar", 1: "avx2"}
+ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512"}
 _ACT = {None: 0, "relu": 1, "relu6": 2}
+PANEL = lib.qc_pw_panel()      # output channels per packed weight panel
+_INT_MAX = 2**31 - 1
+_F32 = np.dtype(np.float32)    # comparing with a dtype object is cheaper than with np.float32
 
 
 def isa() -> str:
     return ISA_NAMES[lib.qc_isa()]
 
 
+def best_isa() -> str:
+    return ISA_NAMES[lib.qc_isa_best()]
+
+
 def set_isa(name: str) -> str:
-    """Force a SIMD variant ("scalar" or "avx2"); capped at what the CPU supports."""
+    """Force a SIMD variant ("scalar", "avx2", "avx512"); capped at what the CPU supports."""
     code = {v: k for k, v in ISA_NAMES.items()}[name]
     return ISA_NAMES[lib.qc_set_isa(code)]
 
 
 def _f32(a: np.ndarray, shape: tuple, what: str) -> np.ndarray:
-    if a.dtype != np.float32 or a.shape != shape or not a.flags.c_contiguous:
-        raise ValueError(f"{what}: need C-contiguous float32 {shape}, got {a.dtype} {a.shape}")
+    if not isinstance(a, np.ndarray) or a.dtype != _F32 or a.shape != shape or not a.flags.c_contiguous:
+        got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+        raise ValueError(f"{what}: need C-contiguous float32 {shape}, got {got}")
     return a
 
 
-def _ptr(a: np.ndarray | None, ctype: str = "float *"):
-    return ffi.NULL if a is None else ffi.cast(ctype, a.ctypes.data)
+def _rows(a: np.ndarray, shape: tuple, what: str, writeable: bool = False) -> int:
+    """Check a 2-D float32 matrix whose rows may be spaced out (a column slice of a wider one);
+    returns the row pitch in floats."""
+    if not isinstance(a, np.ndarray) or a.dtype != _F32 or a.shape != shape:
+        got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+        raise ValueError(f"{what}: need float32 {shape}, got {got}")
+    rs, cs = a.strides
+    if shape[0] <= 1 and cs == 4:  # a single row: its pitch is never used (and numpy may report any)
+        rs = 4 * shape[1]
+    if cs != 4 or rs % 4 or rs < 4 * shape[1]:
+        raise ValueError(f"{what}: rows must be unit-stride float32 rows, at least a row apart (strides {a.strides})")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{what}: not writeable")
+    if rs // 4 > _INT_MAX or shape[0] > _INT_MAX:
+        raise ValueError(f"{what}: too large")
+    return rs // 4
+
+
+def _ptr(a: np.ndarray | None):
+    # from_buffer is several times cheaper than a.ctypes.data (which builds a ctypes object), and
+    # this runs a few times per layer; it needs a contiguous buffer, so spaced-out rows (a column
+    # slice) take the slower road.
+    if a is None:
+        return ffi.NULL
+    if a.flags.c_contiguous:
+        return ffi.from_buffer("float[]", a)
+    return ffi.cast("float *", a.ctypes.data)
+
+
+def _address(a: np.ndarray) -> int:
+    return int(ffi.cast("uintptr_t", ffi.from_buffer(a)))
+
+
+def empty_aligned(shape: tuple, align: int = 64) -> np.ndarray:
+    """Uninitialised float32 array starting on a cache-line boundary.  np.empty puts large arrays
+    16 bytes past one, so every 64-byte vector load or store of a kernel would straddle two lines
+    (measured: a 1x1 convolution 12544x16 -> 96 takes 40% longer on such an output)."""
+    count = 1
+    for d in shape:
+        count *= d
+    raw = np.empty(count + align // 4, np.float32)
+    skip = (-_address(raw) % align) // 4
+    return raw[skip:skip + count].reshape(shape)
+
+
+def _aligned_zeros(count: int) -> np.ndarray:
+    a = empty_aligned((count,))
+    a.fill(0)
+    return a
+
+
+def _window_fits(h, w, kh, kw, sh, sw, pads, oh, ow, what):
+    top, bottom, left, right = pads
+    if min(sh, sw, kh, kw, oh, ow) < 1 or min(pads) < 0:
+        raise ValueError(f"{what}: bad geometry")
+    # Every tap the kernel may touch must lie inside the padded input.
+    if (oh - 1) * sh + kh > h + top + bottom or (ow - 1) * sw + kw > w + left + right:
+        raise ValueError(f"{what}: output size does not fit the padded input")
 
 
 def depthwise(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: tuple[int, int],
               pads: tuple[int, int, int, int], out_hw: tuple[int, int], activation: str | None) -> np.ndarray:
     """NHWC depthwise convolution; weight (KH, KW, C)."""
+    if not isinstance(x, np.ndarray) or x.ndim != 4 or not isinstance(weight, np.ndarray) or weight.ndim != 3:
+        raise ValueError("depthwise: need a (N, H, W, C) input and (KH, KW, C) weights")
     n, h, w, c = x.shape
     kh, kw = weight.shape[:2]
     sh, sw = stride
     oh, ow = out_hw
-    top, bottom, left, right = pads
     _f32(x, (n, h, w, c), "depthwise input")
     _f32(weight, (kh, kw, c), "depthwise weight")
     if bias is not None:
         _f32(bias, (c,), "depthwise bias")
-    if min(sh, sw, kh, kw, oh, ow) < 1 or min(pads) < 0:
-        raise ValueError("depthwise: bad geometry")
-    # Every tap the kernel may touch must lie inside the padded input.
-    if (oh - 1) * sh + kh > h + top + bottom or (ow - 1) * sw + kw > w + left + right:
-        raise ValueError("depthwise: output size does not fit the padded input")
-    y = np.empty((n, oh, ow, c), np.float32)
-    lib.qc_depthwise_f32(_ptr(x), n, h, w, c, _ptr(weight), _ptr(bias), kh, kw, sh, sw, top, left,
+    _window_fits(h, w, kh, kw, sh, sw, pads, oh, ow, "depthwise")
+    y = empty_aligned((n, oh, ow, c))
+    lib.qc_depthwise_f32(_ptr(x), n, h, w, c, _ptr(weight), _ptr(bias), kh, kw, sh, sw, pads[0], pads[2],
                          _ptr(y), oh, ow, _ACT[activation])
+    return y
+
+
+@dataclass(frozen=True, eq=False)
+class PackedWeights:
+    """A (K, N) GEMM operand rearranged for the pointwise microkernels: panels of PANEL output
+    channels, each K rows of PANEL floats (zero past column N), cache-line aligned."""
+
+    data: np.ndarray   # (ceil(N / PANEL), K, PANEL)
+    k: int
+    n: int
+
+
+# Which GEMM runs a convolution.  Measured single-threaded with bias and activation included, the
+# packed C kernel beat OpenBLAS on every convolution of Lite0 and AlexNet (K*N up to 0.9 M,
+# AlexNet's conv3, by 5-70%); BLAS only wins on matrix-vector-like products with huge weight
+# matrices (AlexNet's FC layers, K*N >= 16 M: the time goes into streaming the weights, where its
+# GEMV path is better).  So: BLAS when the weights exceed 4 M floats (16 MB), our kernel otherwise
+# -- as long as a SIMD variant runs (see has_simd).
+BLAS_MIN_WEIGHTS = 1 << 22
+
+
+def gemm_prefers_blas(k: int, n: int) -> bool:
+    """True if a (K, N) weight matrix should go through numpy/BLAS rather than `pointwise`."""
+    return k * n >= BLAS_MIN_WEIGHTS
+
+
+def has_simd() -> bool:
+    """Whether a SIMD variant runs.  Without one (non-x86, or QCNN_DISABLE_SIMD=1) the layers send
+    their GEMMs to BLAS, which then beats our plain-C reference by an order of magnitude."""
+    return lib.qc_isa() != 0
+
+
+def pack_weights(b: np.ndarray) -> PackedWeights:
+    """Pack a (K, N) weight matrix once, when the layer is built."""
+    b = np.asarray(b, dtype=np.float32)
+    if b.ndim != 2 or min(b.shape) < 1 or max(b.shape) > _INT_MAX:
+        raise ValueError(f"pack_weights: need a non-empty (K, N) matrix, got {b.shape}")
+    k, n = b.shape
+    panels = -(-n // PANEL)
+    data = _aligned_zeros(panels * k * PANEL).reshape(panels, k, PANEL)
+    padded = np.zeros((k, panels * PANEL), np.float32)
+    padded[:, :n] = b
+    data[...] = padded.reshape(k, panels, PANEL).transpose(1, 0, 2)
+    return PackedWeights(data, k, n)
+
+
+def pointwise(a: np.ndarray, packed: PackedWeights, bias: np.ndarray | None = None, activation: str | None = None,
+              out: np.ndarray | None = None) -> np.ndarray:
+    """act(a @ B + bias) for a (M, K) matrix (rows may be spaced out) and packed (K, N) weights B;
+    writes into `out` (M, N) — possibly a column slice of a wider matrix — or a new array."""
+    if not isinstance(packed, PackedWeights):
+        raise ValueError("pointwise: weights must come from pack_weights")
+    k, n = packed.k, packed.n
+    _f32(packed.data, (-(-n // PANEL), k, PANEL), "pointwise packed weights")
+    if not isinstance(a, np.ndarray) or a.ndim != 2:
+        raise ValueError("pointwise: input must be a 2-D array")
+    m = a.shape[0]
+    lda = _rows(a, (m, k), "pointwise input")
+    if out is None:
+        out = empty_aligned((m, n))
+        ldc = n
+    else:
+        ldc = _rows(out, (m, n), "pointwise output", writeable=True)
+        if m and np.may_share_memory(a, out):
+            raise ValueError("pointwise: output overlaps the input")
+    if bias is not None:
+        _f32(bias, (n,), "pointwise bias")
+    if activation not in _ACT:
+        raise ValueError(f"pointwise: unknown activation {activation!r}")
+    lib.qc_pointwise_f32(_ptr(a), m, k, lda, _ptr(packed.data), n, _ptr(bias), _ptr(out), ldc, _ACT[activation])
+    return out
+
+
+def conv_gemm(xp: np.ndarray, packed: PackedWeights, kernel: tuple[int, int], stride: tuple[int, int],
+              out_hw: tuple[int, int], bias: np.ndarray | None = None, activation: str | None = None,
+              channels: tuple[int, int] | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Convolution of an already padded NHWC input `xp` as an implicit GEMM (no im2col copy):
+    act(patches @ B + bias) with B packed from the (KH*KW*CC, N) weights of input channels
+    [c0, c0 + cc) (`channels`, default all), taps in (i, j, channel) order.  Writes the
+    (N*OH*OW, N) result into `out` (possibly a column slice) or a new array."""
+    if not isinstance(packed, PackedWeights):
+        raise ValueError("conv_gemm: weights must come from pack_weights")
+    if not isinstance(xp, np.ndarray) or xp.ndim != 4:
+        raise ValueError("conv_gemm: need a (N, H, W, C) input")
+    n, hp, wp, c = xp.shape
+    _f32(xp, (n, hp, wp, c), "conv_gemm input")
+    kh, kw = kernel
+    sh, sw = stride
+    oh, ow = out_hw
+    c0, cc = channels if channels is not None else (0, c)
+    if c0 < 0 or cc < 1 or c0 + cc > c:
+        raise ValueError(f"conv_gemm: channel range [{c0}, {c0 + cc}) outside 0..{c}")
+    _window_fits(hp, wp, kh, kw, sh, sw, (0, 0, 0, 0), oh, ow, "conv_gemm")
+    if packed.k != kh * kw * cc:
+        raise ValueError(f"conv_gemm: weights have K = {packed.k}, the patches {kh * kw * cc}")
+    _f32(packed.data, (-(-packed.n // PANEL), packed.k, PANEL), "conv_gemm packed weights")
+    if hp * wp * c > _INT_MAX or n * oh * ow > _INT_MAX:  # offsets and row counts are C ints
+        raise ValueError("conv_gemm: input too large")
+    m, cout = n * oh * ow, packed.n
+    if out is None:
+        out = empty_aligned((m, cout))
+        ldy = cout
+    else:
+        ldy = _rows(out, (m, cout), "conv_gemm output", writeable=True)
+        if np.may_share_memory(xp, out):
+            raise ValueError("conv_gemm: output overlaps the input")
+    if bias is not None:
+        _f32(bias, (cout,), "conv_gemm bias")
+    if activation not in _ACT:
+        raise ValueError(f"conv_gemm: unknown activation {activation!r}")
+    if lib.qc_conv_gemm_f32(_ptr(xp), n, hp, wp, c, c0, cc, kh, kw, sh, sw, _ptr(packed.data), cout, _ptr(bias),
+                            _ptr(out), ldy, oh, ow, _ACT[activation]):
+        raise MemoryError("conv_gemm: out of memory")
+    return out
+
+
+def lrn(x: np.ndarray, size: int, alpha: float, beta: float, k: float) -> np.ndarray:
+    """Cross-channel LRN over the last axis, as layers.LRN."""
+    if not isinstance(x, np.ndarray) or x.ndim < 1 or x.shape[-1] < 1:
+        raise ValueError("lrn: need an array with channels on the last axis")
+    _f32(x, x.shape, "lrn input")
+    if not 1 <= size <= _INT_MAX or x.shape[-1] > _INT_MAX:
+        raise ValueError(f"lrn: bad size {size}")
+    c = x.shape[-1]
+    y = empty_aligned(x.shape)
+    # alpha / size rounded once to float32, exactly as the numpy layer scales
+    lib.qc_lrn_f32(_ptr(x), x.size // c, c, size, float(np.float32(alpha / size)), beta, k, _ptr(y))
+    return y
+
+
+def pool(x: np.ndarray, mode: str, kernel: tuple[int, int], stride: tuple[int, int],
+         pads: tuple[int, int, int, int], out_hw: tuple[int, int], count_include_pad: bool = False) -> np.ndarray:
+    """NHWC max ("max") or average ("avg") pooling with declared pads (top, bottom, left, right);
+    windows past the padding (ceil mode) are clipped, as layers.Pool2D."""
+    if not isinstance(x, np.ndarray) or x.ndim != 4:
+        raise ValueError("pool: need a (N, H, W, C) input")
+    n, h, w, c = x.shape
+    _f32(x, (n, h, w, c), "pool input")
+    if mode not in ("max", "avg"):
+        raise ValueError(f"pool: unknown mode {mode!r}")
+    kh, kw = kernel
+    sh, sw = stride
+    oh, ow = out_hw
+    if min(kh, kw, sh, sw, oh, ow) < 1 or min(pads) < 0:
+        raise ValueError("pool: bad geometry")
+    # The kernel clips every window to the image, so any output size is memory-safe; only keep
+    # the window coordinates within C ints.
+    if max(oh * sh + kh, ow * sw + kw) + max(h, w) + sum(pads) > _INT_MAX or n * h * w * c > 2**40:
+        raise ValueError("pool: too large")
+    y = empty_aligned((n, oh, ow, c))
+    top, bottom, left, right = pads
+    lib.qc_pool_f32(_ptr(x), n, h, w, c, kh, kw, sh, sw, top, bottom, left, right, int(mode == "avg"),
+                    int(bool(count_include_pad)), _ptr(y), oh, ow)
     return y

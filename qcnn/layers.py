@@ -107,6 +107,10 @@ class Conv2D(Layer):
         self._taps = np.ascontiguousarray(self.weight[:, :, 0, :]) if self.depthwise else None
         self._mats = [np.ascontiguousarray(self.weight[..., g * cg:(g + 1) * cg].reshape(-1, cg))
                       for g in range(self.groups)]
+        # The same operands packed once for the C GEMM kernel (bias and activation fused into its
+        # store); None where BLAS is the faster choice (kernels.gemm_prefers_blas).
+        self._packed = [] if self.depthwise else [
+            None if kernels.gemm_prefers_blas(*m.shape) else kernels.pack_weights(m) for m in self._mats]
 
     @property
     def in_channels(self) -> int:
@@ -149,35 +153,56 @@ class Conv2D(Layer):
         if c != self.in_channels:
             raise ValueError(f"{self.describe()}: got {c} input channels")
         pads, oh, ow = self.geometry(h, w)
+        x = np.ascontiguousarray(x, dtype=np.float32)
         if self.depthwise:  # bias and activation are applied inside the kernel
             return self._depthwise(x, pads, oh, ow)
-        xp = pad_nhwc(x, pads)
-        kh, kw = self.kernel
         sh, sw = self.stride
-        if kh == kw == 1:
-            xs = xp[:, :(oh - 1) * sh + 1:sh, :(ow - 1) * sw + 1:sw]
-            y = self._grouped_gemm(np.ascontiguousarray(xs).reshape(n, oh, ow, 1, 1, c), n, oh, ow)
-        else:
-            cols = im2col(xp, kh, kw, sh, sw, oh, ow)
-            y = self._grouped_gemm(cols, n, oh, ow)
-        if self.bias is not None:
-            y += self.bias
-        return _activate(y, self.activation)
+        if self.kernel == (1, 1) and not any(pads):
+            # A 1x1 convolution reads the pixels in place as GEMM rows; a strided one gathers
+            # every sh-th row and sw-th column first.
+            if (sh, sw) != (1, 1):
+                x = np.ascontiguousarray(x[:, :(oh - 1) * sh + 1:sh, :(ow - 1) * sw + 1:sw])
+            return self._grouped_gemm(x.reshape(n * oh * ow, c), None, n, oh, ow)
+        # Others read their patches straight from the padded input (implicit GEMM, no im2col).
+        return self._grouped_gemm(None, pad_nhwc(x, pads), n, oh, ow)
 
-    def _grouped_gemm(self, cols, n, oh, ow):
+    def _grouped_gemm(self, rows, xp, n, oh, ow):
+        """One GEMM per group, into its column slice of the output: of the (N*OH*OW, C_in) pixel
+        `rows` of a 1x1 convolution, or else of the patches of the padded input `xp`."""
         cin_g = self.weight.shape[2]
         cout_g = self.out_channels // self.groups
-        rows = n * oh * ow
-        if self.groups == 1:
-            return (cols.reshape(rows, -1) @ self._mats[0]).reshape(n, oh, ow, -1)
-        y = np.empty((rows, self.out_channels), dtype=np.float32)
-        for g, mat in enumerate(self._mats):
-            a = cols[..., g * cin_g:(g + 1) * cin_g].reshape(rows, -1)
-            y[:, g * cout_g:(g + 1) * cout_g] = a @ mat
+        packs = self._packed if kernels.has_simd() else [None] * self.groups
+        if self.groups == 1 and packs[0] is not None:  # the common case: one call, its own output
+            if rows is not None:
+                y = kernels.pointwise(rows, packs[0], self.bias, self.activation)
+            else:
+                y = kernels.conv_gemm(xp, packs[0], self.kernel, self.stride, (oh, ow), self.bias, self.activation)
+            return y.reshape(n, oh, ow, -1)
+        y = kernels.empty_aligned((n * oh * ow, self.out_channels))
+        for g, (mat, packed) in enumerate(zip(self._mats, packs)):
+            out = y if self.groups == 1 else y[:, g * cout_g:(g + 1) * cout_g]
+            bias = None if self.bias is None else self.bias[g * cout_g:(g + 1) * cout_g]
+            if packed is not None and rows is not None:
+                a = rows if self.groups == 1 else rows[:, g * cin_g:(g + 1) * cin_g]
+                kernels.pointwise(a, packed, bias, self.activation, out=out)
+            elif packed is not None:
+                kernels.conv_gemm(xp, packed, self.kernel, self.stride, (oh, ow), bias, self.activation,
+                                  (g * cin_g, cin_g), out=out)
+            else:  # BLAS (kernels.gemm_prefers_blas, or no SIMD), on an explicit patch matrix
+                if rows is not None:
+                    a = rows[:, g * cin_g:(g + 1) * cin_g]
+                else:
+                    kh, kw = self.kernel
+                    sh, sw = self.stride
+                    a = im2col(xp[..., g * cin_g:(g + 1) * cin_g], kh, kw, sh, sw, oh, ow).reshape(n * oh * ow, -1)
+                np.matmul(a, mat, out=out)
+                if bias is not None:
+                    out += bias
+                _activate(out, self.activation)
         return y.reshape(n, oh, ow, -1)
 
     def _depthwise(self, x, pads, oh, ow):
-        return kernels.depthwise(np.ascontiguousarray(x, dtype=np.float32), self._taps, self.bias,
+        return kernels.depthwise(x, self._taps, self.bias,
                                  self.stride, pads, (oh, ow), self.activation)
 
 
@@ -274,6 +299,9 @@ class Pool2D(Layer):
         top, bottom, left, right = resolve_pads(self.pads, h, w, kh, kw, sh, sw)
         oh = self._out(h, kh, sh, top, bottom)
         ow = self._out(w, kw, sw, left, right)
+        if x.dtype == np.float32 and c > 0:  # C kernel; other dtypes keep the numpy path below
+            return kernels.pool(np.ascontiguousarray(x), "max" if self.mode == "max" else "avg", self.kernel,
+                                self.stride, (top, bottom, left, right), (oh, ow), self.count_include_pad)
         # Extra padding so the last (ceil-mode) window is in bounds; it never wins a max
         # and is excluded from averages.
         extra_b = max((oh - 1) * sh + kh - (h + top + bottom), 0)
@@ -330,6 +358,8 @@ class LRN(Layer):
 
     def __call__(self, x):
         c = x.shape[-1]
+        if x.dtype == np.float32 and c > 0:  # C kernel; other dtypes keep the numpy path below
+            return kernels.lrn(np.ascontiguousarray(x), self.size, self.alpha, self.beta, self.k)
         lo = (self.size - 1) // 2
         sq = np.zeros(x.shape[:-1] + (c + self.size - 1,), np.float32)
         np.square(x, out=sq[..., lo:lo + c])

@@ -1,83 +1,365 @@
-/* Depthwise convolution in NHWC.  Channels are the contiguous axis, so each output pixel is a
- * sum over its valid taps of (input pixel row) * (tap weights), vectorised across channels with
- * the accumulator kept in registers.  Padding is never materialised: the valid tap range is
- * clipped per output pixel. */
+/* Depthwise convolution in NHWC.
+ *
+ * Channels are the contiguous axis, so every output pixel is a sum over its taps of
+ * (input pixel's channel vector) * (tap's weight vector), vectorised across channels.  Work goes
+ * output row by output row; within a row, channel block by channel block, sweeping the row's pixels:
+ *
+ *  - For the common kernels (3x3 and 5x5, column stride 1 or 2) the kernel size and stride are
+ *    compile-time constants, so the block's kh*kw weight vectors are loaded once per row and kept
+ *    in registers (spilled to the stack where the register file is too small — still one load),
+ *    and Q neighbouring output pixels are computed together: an input vector is loaded once and
+ *    feeds every output whose window covers it, and the Q accumulators are independent chains.
+ *  - Padding is never materialised.  Output columns whose window lies inside the input row
+ *    ("interior") run without any bounds checks; the few border columns skip their out-of-range
+ *    taps one by one; tap rows outside the input are dropped for the whole output row.
+ *  - Other kernel shapes and the channel tail (c not a multiple of the vector width) take a
+ *    generic per-pixel path: clipped tap ranges, weights read from memory, masked loads.
+ *
+ * The scalar reference below is deliberately plain; the tests hold the SIMD variants to it. */
 #include <stddef.h>
 #include "qcnn.h"
 #include "simd.h"
 
-typedef struct {
-    int h, w, c, kh, kw, sh, sw, pt, pl;
-} dw_geom;
+/* Largest specialised kernel side and pixels per step (sizes of the register arrays). */
+#define DW_MAXK 5
+#define DW_MAXQ 4
 
-/* Valid tap range [lo, hi) along one axis for output coordinate o. */
+typedef struct {
+    const float *x, *wt, *bias;
+    float *y;
+    int n, h, w, c, kh, kw, sh, sw, pt, pl, oh, ow, act;
+} dw_args;
+
+/* Valid tap range [lo, hi) along one axis for output coordinate o (empty when the window lies
+ * entirely in the padding). */
 static inline void tap_range(int o, int stride, int pad, int k, int size, int *lo, int *hi) {
     int start = o * stride - pad;
     *lo = start < 0 ? -start : 0;
     *hi = start + k > size ? size - start : k;
 }
 
-static void dw_pixel_scalar(const float *x, const float *wt, const float *bias, const dw_geom *g,
-                            int oy, int ox, float *yp, int act) {
-    int i0, i1, j0, j1;
-    tap_range(oy, g->sh, g->pt, g->kh, g->h, &i0, &i1);
-    tap_range(ox, g->sw, g->pl, g->kw, g->w, &j0, &j1);
-    for (int ch = 0; ch < g->c; ch++) {
-        float acc = bias ? bias[ch] : 0.f;
-        for (int i = i0; i < i1; i++) {
-            const float *xr = x + ((size_t)(oy * g->sh - g->pt + i) * g->w + (ox * g->sw - g->pl)) * g->c + ch;
-            const float *wr = wt + (size_t)i * g->kw * g->c + ch;
-            for (int j = j0; j < j1; j++)
-                acc += xr[(size_t)j * g->c] * wr[(size_t)j * g->c];
-        }
-        yp[ch] = qc_act(acc, act);
+/* Output columns [lo, hi) whose whole window lies inside the input row: the interior. */
+static void interior_cols(const dw_args *a, int *lo, int *hi) {
+    int l = (a->pl + a->sw - 1) / a->sw;          /* first ox with ox * sw - pl >= 0 */
+    int span = a->w + a->pl - a->kw;              /* last window start that still fits */
+    int h = span < 0 ? 0 : span / a->sw + 1;
+    if (l > a->ow) l = a->ow;
+    if (h > a->ow) h = a->ow;
+    *lo = l;
+    *hi = h < l ? l : h;
+}
+
+/* ---- scalar reference ------------------------------------------------------------------------ */
+
+static void dw_row_scalar(const dw_args *a, int b, int oy) {
+    const size_t c = (size_t)a->c;
+    const float *xb = a->x + (size_t)b * a->h * a->w * c;
+    float *yr = a->y + ((size_t)b * a->oh + oy) * a->ow * c;
+    const int iy = oy * a->sh - a->pt;
+    int i0, i1;
+    tap_range(oy, a->sh, a->pt, a->kh, a->h, &i0, &i1);
+    for (int ox = 0; ox < a->ow; ox++) {
+        const int ix = ox * a->sw - a->pl;
+        int j0, j1;
+        tap_range(ox, a->sw, a->pl, a->kw, a->w, &j0, &j1);
+        /* Accumulate in the output pixel itself, tap after tap, channels innermost: the same sums
+         * in the same order as the SIMD variants, and loops the compiler can vectorise. */
+        float *yp = yr + (size_t)ox * c;
+        for (size_t ch = 0; ch < c; ch++)
+            yp[ch] = a->bias ? a->bias[ch] : 0.f;
+        for (int i = i0; i < i1; i++)
+            for (int j = j0; j < j1; j++) {
+                const float *xp = xb + ((size_t)(iy + i) * a->w + (size_t)(ix + j)) * c;
+                const float *wp = a->wt + ((size_t)i * a->kw + j) * c;
+                for (size_t ch = 0; ch < c; ch++)
+                    yp[ch] += xp[ch] * wp[ch];
+            }
+        for (size_t ch = 0; ch < c; ch++)
+            yp[ch] = qc_act(yp[ch], a->act);
     }
 }
 
 #if QC_HAVE_X86
-QC_AVX2 static void dw_pixel_avx2(const float *x, const float *wt, const float *bias, const dw_geom *g,
-                                  int oy, int ox, float *yp, int act) {
+
+/* ---- AVX-512: 16 channels per vector, 32 registers ------------------------------------------- */
+
+/* Generic path: one output pixel, channels [cb, cb + 16) under mask m, any kernel size. */
+QC_AVX512 static void dw512_pixel(const dw_args *a, const float *xb, int oy, int ox, int cb, __mmask16 m,
+                                  float *yp) {
+    const size_t c = (size_t)a->c;
+    const int iy = oy * a->sh - a->pt, ix = ox * a->sw - a->pl;
     int i0, i1, j0, j1;
-    tap_range(oy, g->sh, g->pt, g->kh, g->h, &i0, &i1);
-    tap_range(ox, g->sw, g->pl, g->kw, g->w, &j0, &j1);
-    const size_t c = (size_t)g->c;
-    const float *x0 = x + ((size_t)(oy * g->sh - g->pt) * g->w + (ox * g->sw - g->pl)) * c;
-    const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.f);
-    size_t ch = 0;
-    for (; ch + 8 <= c; ch += 8) {
-        __m256 acc = bias ? _mm256_loadu_ps(bias + ch) : zero;
-        for (int i = i0; i < i1; i++) {
-            const float *xr = x0 + (size_t)i * g->w * c + ch;
-            const float *wr = wt + (size_t)i * g->kw * c + ch;
-            for (int j = j0; j < j1; j++)
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(xr + j * c), _mm256_loadu_ps(wr + j * c), acc);
-        }
-        if (act != QC_ACT_NONE) acc = _mm256_max_ps(acc, zero);
-        if (act == QC_ACT_RELU6) acc = _mm256_min_ps(acc, six);
-        _mm256_storeu_ps(yp + ch, acc);
+    tap_range(oy, a->sh, a->pt, a->kh, a->h, &i0, &i1);
+    tap_range(ox, a->sw, a->pl, a->kw, a->w, &j0, &j1);
+    __m512 acc = a->bias ? _mm512_maskz_loadu_ps(m, a->bias + cb) : _mm512_setzero_ps();
+    for (int i = i0; i < i1; i++) {
+        const float *xr = xb + ((size_t)(iy + i) * a->w + (size_t)(ix + j0)) * c + cb;
+        const float *wr = a->wt + ((size_t)i * a->kw + j0) * c + cb;
+        for (int j = j0; j < j1; j++, xr += c, wr += c)
+            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, xr), _mm512_maskz_loadu_ps(m, wr), acc);
     }
-    for (; ch < c; ch++) {  /* channel tail: same sum, one lane at a time */
-        float acc = bias ? bias[ch] : 0.f;
-        for (int i = i0; i < i1; i++)
-            for (int j = j0; j < j1; j++)
-                acc += x0[((size_t)i * g->w + j) * c + ch] * wt[((size_t)i * g->kw + j) * c + ch];
-        yp[ch] = qc_act(acc, act);
+    _mm512_mask_storeu_ps(yp + cb, m, qc_act512(acc, a->act));
+}
+
+/* One border pixel: taps outside the input row are skipped one by one (few pixels per row). */
+QC_AVX512 QC_INLINE void dw512_border(const dw_args *a, const float *const *rows, float *yr, const __m512 *W, __m512 B,
+                                     size_t cb, int ox, const int KH, const int KW, const int SW, const int FULL) {
+    const size_t c = (size_t)a->c;
+    const int ix = ox * SW - a->pl;
+    const int j0 = ix < 0 ? -ix : 0, j1 = ix + KW > a->w ? a->w - ix : KW;
+    __m512 acc = B;
+#pragma GCC unroll 8
+    for (int i = 0; i < KH; i++) {
+        if (!FULL && !rows[i]) continue;
+#pragma GCC unroll 8
+        for (int j = 0; j < KW; j++)
+            if (j >= j0 && j < j1)  /* index formed as an integer first: ix may be negative */
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(&rows[i][(ptrdiff_t)(ix + j) * (ptrdiff_t)c + (ptrdiff_t)cb]),
+                                      W[i * KW + j], acc);
+    }
+    _mm512_storeu_ps(yr + (size_t)ox * c + cb, qc_act512(acc, a->act));
+}
+
+/* Fixed kernel KH x KW, column stride SW, Q outputs per step.  rows[i] is input row i of the
+ * window (NULL outside the image); FULL promises every row is present, removing the row tests. */
+QC_AVX512 QC_INLINE void dw512_fixed(const dw_args *a, const float *const *rows, float *yr, int lo, int hi,
+                                    const int KH, const int KW, const int SW, const int Q, const int FULL) {
+    const size_t c = (size_t)a->c;
+    const int pl = a->pl, act = a->act;
+    for (size_t cb = 0; cb + 16 <= c; cb += 16) {
+        __m512 W[DW_MAXK * DW_MAXK];  /* fixed size, not a VLA: only a real array can become registers */
+#pragma GCC unroll 32
+        for (int t = 0; t < KH * KW; t++)
+            W[t] = _mm512_loadu_ps(a->wt + (size_t)t * c + cb);
+        const __m512 B = a->bias ? _mm512_loadu_ps(a->bias + cb) : _mm512_setzero_ps();
+        int ox = 0;
+        for (; ox < lo; ox++)
+            dw512_border(a, rows, yr, W, B, cb, ox, KH, KW, SW, FULL);
+        /* Interior: Q pixels at a time; each input vector is loaded once per row of taps and
+         * feeds every one of the Q outputs whose window covers it. */
+        for (; ox + Q <= hi; ox += Q) {
+            const size_t col = (size_t)(ox * SW - pl) * c + cb;
+            __m512 acc[DW_MAXQ];
+#pragma GCC unroll 8
+            for (int q = 0; q < Q; q++) acc[q] = B;
+#pragma GCC unroll 8
+            for (int i = 0; i < KH; i++) {
+                if (!FULL && !rows[i]) continue;
+                const float *r = rows[i] + col;
+#pragma GCC unroll 32
+                for (int t = 0; t < (Q - 1) * SW + KW; t++) {
+                    const __m512 v = _mm512_loadu_ps(r + (size_t)t * c);
+#pragma GCC unroll 8
+                    for (int q = 0; q < Q; q++) {
+                        const int j = t - q * SW;
+                        if (j >= 0 && j < KW) acc[q] = _mm512_fmadd_ps(v, W[i * KW + j], acc[q]);
+                    }
+                }
+            }
+#pragma GCC unroll 8
+            for (int q = 0; q < Q; q++)
+                _mm512_storeu_ps(yr + (size_t)(ox + q) * c + cb, qc_act512(acc[q], act));
+        }
+        for (; ox < hi; ox++) {
+            const size_t col = (size_t)(ox * SW - pl) * c + cb;
+            __m512 acc = B;
+#pragma GCC unroll 8
+            for (int i = 0; i < KH; i++) {
+                if (!FULL && !rows[i]) continue;
+#pragma GCC unroll 8
+                for (int j = 0; j < KW; j++)
+                    acc = _mm512_fmadd_ps(_mm512_loadu_ps(rows[i] + col + (size_t)j * c), W[i * KW + j], acc);
+            }
+            _mm512_storeu_ps(yr + (size_t)ox * c + cb, qc_act512(acc, act));
+        }
+        for (; ox < a->ow; ox++)
+            dw512_border(a, rows, yr, W, B, cb, ox, KH, KW, SW, FULL);
     }
 }
+
+QC_AVX512 static void dw_row_avx512(const dw_args *a, int b, int oy) {
+    const size_t c = (size_t)a->c;
+    const float *xb = a->x + (size_t)b * a->h * a->w * c;
+    float *yr = a->y + ((size_t)b * a->oh + oy) * a->ow * c;
+    int i0, i1, lo, hi;
+    tap_range(oy, a->sh, a->pt, a->kh, a->h, &i0, &i1);
+    interior_cols(a, &lo, &hi);
+    size_t cvec = c & ~(size_t)15;
+    if (a->kh == a->kw && (a->kh == 3 || a->kh == 5) && (a->sw == 1 || a->sw == 2)) {
+        const float *rows[5] = {0};
+        for (int i = i0; i < i1; i++)
+            rows[i] = xb + (size_t)(oy * a->sh - a->pt + i) * a->w * c;
+        const int full = i0 == 0 && i1 == a->kh;
+        /* Q: 4 outputs for 3x3; 2 for 5x5, whose 25 weight vectors leave few spare registers. */
+        if (a->kh == 3 && a->sw == 1) {
+            if (full) dw512_fixed(a, rows, yr, lo, hi, 3, 3, 1, 4, 1); else dw512_fixed(a, rows, yr, lo, hi, 3, 3, 1, 4, 0);
+        } else if (a->kh == 3) {
+            if (full) dw512_fixed(a, rows, yr, lo, hi, 3, 3, 2, 4, 1); else dw512_fixed(a, rows, yr, lo, hi, 3, 3, 2, 4, 0);
+        } else if (a->sw == 1) {
+            if (full) dw512_fixed(a, rows, yr, lo, hi, 5, 5, 1, 2, 1); else dw512_fixed(a, rows, yr, lo, hi, 5, 5, 1, 2, 0);
+        } else {
+            if (full) dw512_fixed(a, rows, yr, lo, hi, 5, 5, 2, 2, 1); else dw512_fixed(a, rows, yr, lo, hi, 5, 5, 2, 2, 0);
+        }
+    } else {
+        cvec = 0;  /* no specialisation: every block goes through the generic path */
+    }
+    for (size_t cb = cvec; cb < c; cb += 16) {
+        const __mmask16 m = c - cb >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (c - cb)) - 1);
+        for (int ox = 0; ox < a->ow; ox++)
+            dw512_pixel(a, xb, oy, ox, (int)cb, m, yr + (size_t)ox * c);
+    }
+}
+
+/* ---- AVX2 + FMA: 8 channels per vector, 16 registers ------------------------------------------ */
+
+QC_AVX2 static void dw256_pixel(const dw_args *a, const float *xb, int oy, int ox, int cb, __m256i m,
+                                float *yp) {
+    const size_t c = (size_t)a->c;
+    const int iy = oy * a->sh - a->pt, ix = ox * a->sw - a->pl;
+    int i0, i1, j0, j1;
+    tap_range(oy, a->sh, a->pt, a->kh, a->h, &i0, &i1);
+    tap_range(ox, a->sw, a->pl, a->kw, a->w, &j0, &j1);
+    __m256 acc = a->bias ? _mm256_maskload_ps(a->bias + cb, m) : _mm256_setzero_ps();
+    for (int i = i0; i < i1; i++) {
+        const float *xr = xb + ((size_t)(iy + i) * a->w + (size_t)(ix + j0)) * c + cb;
+        const float *wr = a->wt + ((size_t)i * a->kw + j0) * c + cb;
+        for (int j = j0; j < j1; j++, xr += c, wr += c)
+            acc = _mm256_fmadd_ps(_mm256_maskload_ps(xr, m), _mm256_maskload_ps(wr, m), acc);
+    }
+    _mm256_maskstore_ps(yp + cb, m, qc_act256(acc, a->act));
+}
+
+/* One border pixel: taps outside the input row are skipped one by one (few pixels per row). */
+QC_AVX2 QC_INLINE void dw256_border(const dw_args *a, const float *const *rows, float *yr, const __m256 *W, __m256 B,
+                                     size_t cb, int ox, const int KH, const int KW, const int SW, const int FULL) {
+    const size_t c = (size_t)a->c;
+    const int ix = ox * SW - a->pl;
+    const int j0 = ix < 0 ? -ix : 0, j1 = ix + KW > a->w ? a->w - ix : KW;
+    __m256 acc = B;
+#pragma GCC unroll 8
+    for (int i = 0; i < KH; i++) {
+        if (!FULL && !rows[i]) continue;
+#pragma GCC unroll 8
+        for (int j = 0; j < KW; j++)
+            if (j >= j0 && j < j1)  /* index formed as an integer first: ix may be negative */
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(&rows[i][(ptrdiff_t)(ix + j) * (ptrdiff_t)c + (ptrdiff_t)cb]),
+                                      W[i * KW + j], acc);
+    }
+    _mm256_storeu_ps(yr + (size_t)ox * c + cb, qc_act256(acc, a->act));
+}
+
+/* Same scheme as dw512_fixed with 8-lane vectors.  For 5x5 the 25 weight vectors cannot all stay
+ * in the 16 registers; the compiler keeps the rest on the stack, which still costs one load per
+ * tap and pixel group, as with any other weight layout. */
+QC_AVX2 QC_INLINE void dw256_fixed(const dw_args *a, const float *const *rows, float *yr, int lo, int hi,
+                                    const int KH, const int KW, const int SW, const int Q, const int FULL) {
+    const size_t c = (size_t)a->c;
+    const int pl = a->pl, act = a->act;
+    for (size_t cb = 0; cb + 8 <= c; cb += 8) {
+        __m256 W[DW_MAXK * DW_MAXK];
+#pragma GCC unroll 32
+        for (int t = 0; t < KH * KW; t++)
+            W[t] = _mm256_loadu_ps(a->wt + (size_t)t * c + cb);
+        const __m256 B = a->bias ? _mm256_loadu_ps(a->bias + cb) : _mm256_setzero_ps();
+        int ox = 0;
+        for (; ox < lo; ox++)
+            dw256_border(a, rows, yr, W, B, cb, ox, KH, KW, SW, FULL);
+        /* Interior: Q pixels at a time; each input vector is loaded once per row of taps and
+         * feeds every one of the Q outputs whose window covers it. */
+        for (; ox + Q <= hi; ox += Q) {
+            const size_t col = (size_t)(ox * SW - pl) * c + cb;
+            __m256 acc[DW_MAXQ];
+#pragma GCC unroll 8
+            for (int q = 0; q < Q; q++) acc[q] = B;
+#pragma GCC unroll 8
+            for (int i = 0; i < KH; i++) {
+                if (!FULL && !rows[i]) continue;
+                const float *r = rows[i] + col;
+#pragma GCC unroll 32
+                for (int t = 0; t < (Q - 1) * SW + KW; t++) {
+                    const __m256 v = _mm256_loadu_ps(r + (size_t)t * c);
+#pragma GCC unroll 8
+                    for (int q = 0; q < Q; q++) {
+                        const int j = t - q * SW;
+                        if (j >= 0 && j < KW) acc[q] = _mm256_fmadd_ps(v, W[i * KW + j], acc[q]);
+                    }
+                }
+            }
+#pragma GCC unroll 8
+            for (int q = 0; q < Q; q++)
+                _mm256_storeu_ps(yr + (size_t)(ox + q) * c + cb, qc_act256(acc[q], act));
+        }
+        for (; ox < hi; ox++) {
+            const size_t col = (size_t)(ox * SW - pl) * c + cb;
+            __m256 acc = B;
+#pragma GCC unroll 8
+            for (int i = 0; i < KH; i++) {
+                if (!FULL && !rows[i]) continue;
+#pragma GCC unroll 8
+                for (int j = 0; j < KW; j++)
+                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(rows[i] + col + (size_t)j * c), W[i * KW + j], acc);
+            }
+            _mm256_storeu_ps(yr + (size_t)ox * c + cb, qc_act256(acc, act));
+        }
+        for (; ox < a->ow; ox++)
+            dw256_border(a, rows, yr, W, B, cb, ox, KH, KW, SW, FULL);
+    }
+}
+
+QC_AVX2 static void dw_row_avx2(const dw_args *a, int b, int oy) {
+    const size_t c = (size_t)a->c;
+    const float *xb = a->x + (size_t)b * a->h * a->w * c;
+    float *yr = a->y + ((size_t)b * a->oh + oy) * a->ow * c;
+    int i0, i1, lo, hi;
+    tap_range(oy, a->sh, a->pt, a->kh, a->h, &i0, &i1);
+    interior_cols(a, &lo, &hi);
+    size_t cvec = c & ~(size_t)7;
+    if (a->kh == a->kw && (a->kh == 3 || a->kh == 5) && (a->sw == 1 || a->sw == 2)) {
+        const float *rows[5] = {0};
+        for (int i = i0; i < i1; i++)
+            rows[i] = xb + (size_t)(oy * a->sh - a->pt + i) * a->w * c;
+        const int full = i0 == 0 && i1 == a->kh;
+        if (a->kh == 3 && a->sw == 1) {
+            if (full) dw256_fixed(a, rows, yr, lo, hi, 3, 3, 1, 4, 1); else dw256_fixed(a, rows, yr, lo, hi, 3, 3, 1, 4, 0);
+        } else if (a->kh == 3) {
+            if (full) dw256_fixed(a, rows, yr, lo, hi, 3, 3, 2, 4, 1); else dw256_fixed(a, rows, yr, lo, hi, 3, 3, 2, 4, 0);
+        } else if (a->sw == 1) {
+            if (full) dw256_fixed(a, rows, yr, lo, hi, 5, 5, 1, 4, 1); else dw256_fixed(a, rows, yr, lo, hi, 5, 5, 1, 4, 0);
+        } else {
+            if (full) dw256_fixed(a, rows, yr, lo, hi, 5, 5, 2, 4, 1); else dw256_fixed(a, rows, yr, lo, hi, 5, 5, 2, 4, 0);
+        }
+    } else {
+        cvec = 0;
+    }
+    for (size_t cb = cvec; cb < c; cb += 8) {
+        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(c - cb)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        for (int ox = 0; ox < a->ow; ox++)
+            dw256_pixel(a, xb, oy, ox, (int)cb, m, yr + (size_t)ox * c);
+    }
+}
+
+#endif  /* QC_HAVE_X86 */
+
+/* ---- dispatch ---------------------------------------------------------------------------------- */
+
+typedef void (*dw_row_fn)(const dw_args *, int b, int oy);
+
+static const dw_row_fn DW_ROW[QC_ISA_COUNT] = {
+    [QC_ISA_SCALAR] = dw_row_scalar,
+#if QC_HAVE_X86
+    [QC_ISA_AVX2] = dw_row_avx2,
+    [QC_ISA_AVX512] = dw_row_avx512,
+#else
+    [QC_ISA_AVX2] = dw_row_scalar,
+    [QC_ISA_AVX512] = dw_row_scalar,
 #endif
+};
 
 void qc_depthwise_f32(const float *x, int n, int h, int w, int c, const float *wt, const float *bias,
                       int kh, int kw, int sh, int sw, int pt, int pl, float *y, int oh, int ow, int act) {
-    dw_geom g = {h, w, c, kh, kw, sh, sw, pt, pl};
-    void (*pixel)(const float *, const float *, const float *, const dw_geom *, int, int, float *, int) =
-        dw_pixel_scalar;
-#if QC_HAVE_X86
-    if (qc_isa() >= QC_ISA_AVX2) pixel = dw_pixel_avx2;
-#endif
-    for (int b = 0; b < n; b++) {
-        const float *xb = x + (size_t)b * h * w * c;
+    const dw_args a = {x, wt, bias, y, n, h, w, c, kh, kw, sh, sw, pt, pl, oh, ow, act};
+    const dw_row_fn row = DW_ROW[qc_isa()];
+    for (int b = 0; b < n; b++)
         for (int oy = 0; oy < oh; oy++)
-            for (int ox = 0; ox < ow; ox++)
-                pixel(xb, wt, bias, &g, oy, ox, y + (((size_t)b * oh + oy) * ow + ox) * c, act);
-    }
+            row(&a, b, oy);
 }

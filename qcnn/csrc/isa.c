@@ -1,4 +1,5 @@
-/* Run-time choice of SIMD variant: one place decides, every kernel family follows. */
+/* Run-time choice of SIMD variant: one place decides, every kernel family follows (each family
+ * indexes its own table of variants with qc_isa()). */
 #include <stdlib.h>
 #include <string.h>
 #include "qcnn.h"
@@ -11,7 +12,12 @@ int qc_isa_best(void) {
         return QC_ISA_SCALAR;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    /* libgcc also checks that the OS saves the wider registers (XCR0) before reporting these. */
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+        return QC_ISA_AVX512;
+    if (avx2)
         return QC_ISA_AVX2;
 #endif
     return QC_ISA_SCALAR;

@@ -1,0 +1,288 @@
+/* Cross-channel LRN and max / average pooling in NHWC, with the semantics of qcnn/layers.py
+ * (LRN and Pool2D: Caffe / ONNX).  Both are memory-bound sweeps vectorised across the contiguous
+ * channels; each keeps the order of floating-point operations of the numpy layer, so the scalar
+ * reference and the SIMD variants agree with it to the last bit in the common cases (beta = 0.75).
+ *
+ * LRN: y = x / (k + alpha/size * sum of x^2 over channels [ch - (size-1)/2, ch + size/2])^beta.
+ * The window sums are taken straight from x (squaring each neighbour again rather than keeping a
+ * padded buffer of squares: a few more FMAs, no scratch memory); lanes whose neighbour falls
+ * outside [0, c) are masked to zero.  beta = 0.75 is x / (sqrt(s) * sqrt(sqrt(s))) as in the layer;
+ * any other beta goes through powf lane by lane.
+ *
+ * Pooling: the window of each output pixel is clipped to the image (padding never wins a max and
+ * adds zeros to a sum); an average divides by the number of window positions inside the image, or
+ * inside the declared padding with count_include_pad (the ceil-mode overhang never counts). */
+#include <math.h>
+#include <stdint.h>
+#include "qcnn.h"
+#include "simd.h"
+
+/* ---- LRN ---------------------------------------------------------------------------------------- */
+
+typedef struct {
+    const float *x;
+    float *y;
+    size_t npix;
+    int c, size, lo;   /* window: channels [ch - lo, ch - lo + size) */
+    float scale, k, beta;
+} lrn_args;
+
+static inline float lrn_scalar_one(const lrn_args *a, const float *xp, int ch) {
+    float s = 0.f;
+    for (int d = 0; d < a->size; d++) {
+        const int j = ch - a->lo + d;
+        const float v = j >= 0 && j < a->c ? xp[j] : 0.f;
+        s += v * v;
+    }
+    s = s * a->scale;
+    s = s + a->k;
+    if (a->beta == 0.75f) {
+        const float r = sqrtf(s);
+        return xp[ch] / (r * sqrtf(r));
+    }
+    return xp[ch] * powf(s, -a->beta);
+}
+
+static void lrn_scalar(const lrn_args *a) {
+    for (size_t p = 0; p < a->npix; p++) {
+        const float *xp = a->x + p * a->c;
+        float *yp = a->y + p * a->c;
+        for (int ch = 0; ch < a->c; ch++)
+            yp[ch] = lrn_scalar_one(a, xp, ch);
+    }
+}
+
+#if QC_HAVE_X86
+
+QC_AVX512 static void lrn_avx512(const lrn_args *a) {
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 scale = _mm512_set1_ps(a->scale), kk = _mm512_set1_ps(a->k);
+    const __m512i cv = _mm512_set1_epi32(a->c);
+    for (size_t p = 0; p < a->npix; p++) {
+        const float *xp = a->x + p * a->c;
+        float *yp = a->y + p * a->c;
+        for (int ch = 0; ch < a->c; ch += 16) {
+            const __mmask16 own = _mm512_cmplt_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(ch)), cv);
+            __m512 s = _mm512_setzero_ps();
+            for (int d = 0; d < a->size; d++) {
+                const int j = ch - a->lo + d;
+                /* lanes j + t inside [0, c); the others read nothing (masked loads do not fault) */
+                const __m512i idx = _mm512_add_epi32(lane, _mm512_set1_epi32(j));
+                const __mmask16 m = _mm512_cmpge_epi32_mask(idx, _mm512_setzero_si512()) &
+                                    _mm512_cmplt_epi32_mask(idx, cv);
+                const __m512 v = _mm512_maskz_loadu_ps(m, (const float *)((uintptr_t)xp + (intptr_t)j * 4));
+                s = _mm512_add_ps(s, _mm512_mul_ps(v, v));  /* not fused: the layer squares, then adds */
+            }
+            s = _mm512_add_ps(_mm512_mul_ps(s, scale), kk);
+            const __m512 xv = _mm512_maskz_loadu_ps(own, xp + ch);
+            __m512 out;
+            if (a->beta == 0.75f) {
+                const __m512 r = _mm512_sqrt_ps(s);
+                out = _mm512_div_ps(xv, _mm512_mul_ps(r, _mm512_sqrt_ps(r)));
+            } else {
+                float sv[16];
+                _mm512_storeu_ps(sv, s);
+                for (int t = 0; t < 16; t++) sv[t] = powf(sv[t], -a->beta);
+                out = _mm512_mul_ps(xv, _mm512_loadu_ps(sv));
+            }
+            _mm512_mask_storeu_ps(yp + ch, own, out);
+        }
+    }
+}
+
+QC_AVX2 static void lrn_avx2(const lrn_args *a) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256 scale = _mm256_set1_ps(a->scale), kk = _mm256_set1_ps(a->k);
+    const __m256i cv = _mm256_set1_epi32(a->c), minus1 = _mm256_set1_epi32(-1);
+    for (size_t p = 0; p < a->npix; p++) {
+        const float *xp = a->x + p * a->c;
+        float *yp = a->y + p * a->c;
+        for (int ch = 0; ch < a->c; ch += 8) {
+            const __m256i own = _mm256_cmpgt_epi32(cv, _mm256_add_epi32(lane, _mm256_set1_epi32(ch)));
+            const int whole = ch + 8 <= a->c;
+            __m256 s = _mm256_setzero_ps();
+            for (int d = 0; d < a->size; d++) {
+                const int j = ch - a->lo + d;
+                __m256 v;
+                if (j >= 0 && j + 8 <= a->c) {  /* the common case: no mask, plain load */
+                    v = _mm256_loadu_ps(xp + j);
+                } else {
+                    const __m256i idx = _mm256_add_epi32(lane, _mm256_set1_epi32(j));
+                    const __m256i m = _mm256_and_si256(_mm256_cmpgt_epi32(idx, minus1), _mm256_cmpgt_epi32(cv, idx));
+                    v = _mm256_maskload_ps((const float *)((uintptr_t)xp + (intptr_t)j * 4), m);
+                }
+                s = _mm256_add_ps(s, _mm256_mul_ps(v, v));
+            }
+            s = _mm256_add_ps(_mm256_mul_ps(s, scale), kk);
+            const __m256 xv = whole ? _mm256_loadu_ps(xp + ch) : _mm256_maskload_ps(xp + ch, own);
+            __m256 out;
+            if (a->beta == 0.75f) {
+                const __m256 r = _mm256_sqrt_ps(s);
+                out = _mm256_div_ps(xv, _mm256_mul_ps(r, _mm256_sqrt_ps(r)));
+            } else {
+                float sv[8];
+                _mm256_storeu_ps(sv, s);
+                for (int t = 0; t < 8; t++) sv[t] = powf(sv[t], -a->beta);
+                out = _mm256_mul_ps(xv, _mm256_loadu_ps(sv));
+            }
+            if (whole) _mm256_storeu_ps(yp + ch, out);
+            else _mm256_maskstore_ps(yp + ch, own, out);
+        }
+    }
+}
+
+#endif  /* QC_HAVE_X86 */
+
+typedef void (*lrn_fn)(const lrn_args *);
+static const lrn_fn LRN[QC_ISA_COUNT] = {
+    [QC_ISA_SCALAR] = lrn_scalar,
+#if QC_HAVE_X86
+    [QC_ISA_AVX2] = lrn_avx2,
+    [QC_ISA_AVX512] = lrn_avx512,
+#else
+    [QC_ISA_AVX2] = lrn_scalar,
+    [QC_ISA_AVX512] = lrn_scalar,
+#endif
+};
+
+void qc_lrn_f32(const float *x, size_t npix, int c, int size, float scale, float beta, float k, float *y) {
+    const lrn_args a = {x, y, npix, c, size, (size - 1) / 2, scale, k, beta};
+    LRN[qc_isa()](&a);
+}
+
+/* ---- pooling ------------------------------------------------------------------------------------ */
+
+typedef struct {
+    const float *x;
+    float *y;
+    int n, h, w, c, kh, kw, sh, sw, pt, pl, pb, pr, avg, include_pad, oh, ow;
+} pool_args;
+
+/* Window of output (oy, ox) clipped to the image: rows [i0, i1), cols [j0, j1) in input
+ * coordinates, and 1 / (positions counted for an average). */
+typedef struct {
+    int i0, i1, j0, j1;
+    float inv;
+} pool_win;
+
+static inline int imax(int a, int b) { return a > b ? a : b; }
+static inline int imin(int a, int b) { return a < b ? a : b; }
+
+static pool_win pool_window(const pool_args *a, int oy, int ox) {
+    const int y0 = oy * a->sh - a->pt, x0 = ox * a->sw - a->pl;
+    pool_win win = {imax(y0, 0), imin(y0 + a->kh, a->h), imax(x0, 0), imin(x0 + a->kw, a->w), 1.f};
+    if (a->avg) {
+        int count;
+        if (a->include_pad)
+            count = imax(imin(y0 + a->kh, a->h + a->pb) - imax(y0, -a->pt), 0) *
+                    imax(imin(x0 + a->kw, a->w + a->pr) - imax(x0, -a->pl), 0);
+        else
+            count = imax(win.i1 - win.i0, 0) * imax(win.j1 - win.j0, 0);
+        win.inv = 1.f / (float)(count > 1 ? count : 1);
+    }
+    return win;
+}
+
+static void pool_scalar(const pool_args *a, int b, int oy) {
+    const size_t c = (size_t)a->c;
+    const float *xb = a->x + (size_t)b * a->h * a->w * c;
+    float *yr = a->y + ((size_t)b * a->oh + oy) * a->ow * c;
+    for (int ox = 0; ox < a->ow; ox++) {
+        const pool_win win = pool_window(a, oy, ox);
+        float *yp = yr + (size_t)ox * c;
+        for (size_t ch = 0; ch < c; ch++) {
+            float acc = a->avg ? 0.f : -INFINITY;
+            for (int i = win.i0; i < win.i1; i++)
+                for (int j = win.j0; j < win.j1; j++) {
+                    const float v = xb[((size_t)i * a->w + j) * c + ch];
+                    acc = a->avg ? acc + v : (v > acc ? v : acc);
+                }
+            yp[ch] = a->avg ? acc * win.inv : acc;
+        }
+    }
+}
+
+#if QC_HAVE_X86
+
+QC_AVX512 static void pool_avx512(const pool_args *a, int b, int oy) {
+    const size_t c = (size_t)a->c;
+    const float *xb = a->x + (size_t)b * a->h * a->w * c;
+    float *yr = a->y + ((size_t)b * a->oh + oy) * a->ow * c;
+    for (int ox = 0; ox < a->ow; ox++) {
+        const pool_win win = pool_window(a, oy, ox);
+        float *yp = yr + (size_t)ox * c;
+        for (size_t ch = 0; ch < c; ch += 16) {
+            const __mmask16 m = c - ch >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (c - ch)) - 1);
+            __m512 acc = a->avg ? _mm512_setzero_ps() : _mm512_set1_ps(-INFINITY);
+            for (int i = win.i0; i < win.i1; i++) {
+                const float *xr = xb + ((size_t)i * a->w + win.j0) * c + ch;
+                for (int j = win.j0; j < win.j1; j++, xr += c) {
+                    const __m512 v = _mm512_maskz_loadu_ps(m, xr);
+                    acc = a->avg ? _mm512_add_ps(acc, v) : _mm512_max_ps(acc, v);
+                }
+            }
+            if (a->avg) acc = _mm512_mul_ps(acc, _mm512_set1_ps(win.inv));
+            _mm512_mask_storeu_ps(yp + ch, m, acc);
+        }
+    }
+}
+
+QC_AVX2 static void pool_avx2(const pool_args *a, int b, int oy) {
+    const size_t c = (size_t)a->c;
+    const float *xb = a->x + (size_t)b * a->h * a->w * c;
+    float *yr = a->y + ((size_t)b * a->oh + oy) * a->ow * c;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int ox = 0; ox < a->ow; ox++) {
+        const pool_win win = pool_window(a, oy, ox);
+        float *yp = yr + (size_t)ox * c;
+        size_t ch = 0;
+        for (; ch + 8 <= c; ch += 8) {
+            __m256 acc = a->avg ? _mm256_setzero_ps() : _mm256_set1_ps(-INFINITY);
+            for (int i = win.i0; i < win.i1; i++) {
+                const float *xr = xb + ((size_t)i * a->w + win.j0) * c + ch;
+                for (int j = win.j0; j < win.j1; j++, xr += c) {
+                    const __m256 v = _mm256_loadu_ps(xr);
+                    acc = a->avg ? _mm256_add_ps(acc, v) : _mm256_max_ps(acc, v);
+                }
+            }
+            if (a->avg) acc = _mm256_mul_ps(acc, _mm256_set1_ps(win.inv));
+            _mm256_storeu_ps(yp + ch, acc);
+        }
+        if (ch < c) {  /* channel tail under a mask; masked-off lanes are never stored */
+            const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(c - ch)), lane);
+            __m256 acc = a->avg ? _mm256_setzero_ps() : _mm256_set1_ps(-INFINITY);
+            for (int i = win.i0; i < win.i1; i++) {
+                const float *xr = xb + ((size_t)i * a->w + win.j0) * c + ch;
+                for (int j = win.j0; j < win.j1; j++, xr += c) {
+                    const __m256 v = _mm256_maskload_ps(xr, m);
+                    acc = a->avg ? _mm256_add_ps(acc, v) : _mm256_max_ps(acc, v);
+                }
+            }
+            if (a->avg) acc = _mm256_mul_ps(acc, _mm256_set1_ps(win.inv));
+            _mm256_maskstore_ps(yp + ch, m, acc);
+        }
+    }
+}
+
+#endif  /* QC_HAVE_X86 */
+
+typedef void (*pool_row_fn)(const pool_args *, int b, int oy);
+static const pool_row_fn POOL_ROW[QC_ISA_COUNT] = {
+    [QC_ISA_SCALAR] = pool_scalar,
+#if QC_HAVE_X86
+    [QC_ISA_AVX2] = pool_avx2,
+    [QC_ISA_AVX512] = pool_avx512,
+#else
+    [QC_ISA_AVX2] = pool_scalar,
+    [QC_ISA_AVX512] = pool_scalar,
+#endif
+};
+
+void qc_pool_f32(const float *x, int n, int h, int w, int c, int kh, int kw, int sh, int sw, int pt, int pb,
+                 int pl, int pr, int avg, int include_pad, float *y, int oh, int ow) {
+    const pool_args a = {x, y, n, h, w, c, kh, kw, sh, sw, pt, pl, pb, pr, avg, include_pad, oh, ow};
+    const pool_row_fn row = POOL_ROW[qc_isa()];
+    for (int b = 0; b < n; b++)
+        for (int oy = 0; oy < oh; oy++)
+            row(&a, b, oy);
+}
