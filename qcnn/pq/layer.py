@@ -48,6 +48,9 @@ class PQLayer(Layer):
     pads: tuple[int, int, int, int] | str = (0, 0, 0, 0)
     groups: int = 1
     activation: str | None = None
+    # How the layer runs: "reference" (the numpy test phase below), or a C kernel, "exact" (float
+    # tables) or "fastscan" (uint8 tables, K <= 16); see qcnn.pq.engine.with_kernel.
+    impl: str = "reference"
     kind = "pq"
 
     def __post_init__(self):
@@ -76,6 +79,8 @@ class PQLayer(Layer):
             raise ValueError("PQ layer: bias shape")
         if self.kind_of not in ("conv", "fc") or self.activation not in ACTIVATIONS:
             raise ValueError("PQ layer: bad kind or activation")
+        if self.impl not in ("reference", "exact", "fastscan"):
+            raise ValueError(f"PQ layer: unknown implementation {self.impl!r}")
         if self.kind_of == "fc" and (kh, kw, g) != (1, 1, 1):
             raise ValueError("PQ layer: FC layers are 1x1 with one group")
 
@@ -152,6 +157,19 @@ class PQLayer(Layer):
         return table.transpose(1, 0, 2).reshape(n, h, w, g * m, k)  # (pixels, G*M, K) order
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.impl == "reference":
+            return self.reference(x)
+        return self.prepared()(x)
+
+    def prepared(self):
+        """The C kernel's view of this layer, its code layout made once and kept."""
+        if getattr(self, "_prepared", None) is None:
+            from .kernels import PreparedPQ    # the kernels module builds on this one
+            self._prepared = PreparedPQ(self, self.impl)
+        return self._prepared
+
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        """The paper's test phase in numpy: the oracle the C kernels are tested against."""
         x = np.asarray(x, dtype=np.float32)
         kh, kw = self.kernel
         if self.kind_of == "fc":

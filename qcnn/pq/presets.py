@@ -1,0 +1,75 @@
+"""Named quantization presets per model, shipped as data (QuantConfig.to_dict() form).
+
+AlexNet:
+  paper   the released configuration of the original Quantized-CNN implementation:
+          conv1 C_s'=3 K=128; conv2-conv5 C_s'=8 K=128; fc6, fc7 C_s'=4 K=32; fc8 C_s'=1 K=16.
+  fast4   C_s'=4, K=16 on conv2-conv5 and fc6-fc8, conv1 dense: the kernels' speed test.
+EfficientNet-Lite0 (found by qcnn.pq.search on the odd rows of imagenet-sample-500; see LITE0_NOTES):
+  accurate  >= 5x whole-model compression, aiming at <= 1 point top-5 loss;
+  fast      >= 1.5x theoretical speed-up, aiming at <= 3 points top-5 loss.
+"""
+from __future__ import annotations
+
+import copy
+
+from .quantize import QuantConfig
+
+
+def _uniform(layers, dsub, ksub):
+    return {name: {"dsub": dsub, "ksub": ksub} for name in layers}
+
+
+_ALEXNET = {
+    "paper": {"layers": {"conv1": {"dsub": 3, "ksub": 128}, **_uniform(("conv2", "conv3", "conv4", "conv5"), 8, 128),
+                         **_uniform(("fc6", "fc7"), 4, 32), "fc8": {"dsub": 1, "ksub": 16}}},
+    "fast4": {"layers": {"conv1": None, **_uniform(("conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"), 4, 16)}},
+}
+
+# Found by the search script on the odd data rows of imagenet-sample-500 (first 128 for calibration,
+# the other 122 as probe images); (C_s', K) per layer.  Absent layers (always the stem and the
+# depthwise convolutions) stay dense.  Measured figures: LITE0_NOTES.
+_LITE0 = {
+    "accurate": {"layers": {
+        "b1.project": (1, 16), "b2.expand": (1, 16), "b2.project": (1, 16), "b3.project": (1, 16),
+        "b4.expand": (1, 16), "b4.project": (1, 16), "b5.expand": (1, 16), "b5.project": (1, 16),
+        "b6.expand": (1, 16), "b6.project": (1, 16), "b7.expand": (1, 16), "b7.project": (1, 16),
+        "b8.expand": (1, 16), "b8.project": (1, 16), "b9.expand": (1, 16), "b9.project": (1, 16),
+        "b10.expand": (2, 32), "b10.project": (4, 16), "b11.expand": (1, 16), "b11.project": (1, 16),
+        "b12.expand": (2, 32), "b12.project": (1, 16), "b13.expand": (2, 32), "b13.project": (1, 16),
+        "b14.expand": (2, 32), "b14.project": (1, 16), "b15.expand": (1, 16), "b15.project": (1, 16),
+        "head": (1, 16), "fc": (2, 32)}},
+    "fast": {"layers": {
+        "b1.expand": (4, 64), "b2.expand": (2, 32), "b4.expand": (2, 32), "b4.project": (4, 16),
+        "b5.expand": (2, 64), "b6.expand": (4, 64), "b6.project": (4, 16), "b7.expand": (4, 64),
+        "b7.project": (4, 16), "b8.expand": (2, 64), "b8.project": (2, 16), "b9.expand": (4, 32),
+        "b9.project": (4, 16), "b10.expand": (4, 32), "b10.project": (4, 16), "b11.expand": (2, 64),
+        "b11.project": (2, 32), "b12.expand": (2, 64), "b12.project": (3, 32), "b13.expand": (2, 64),
+        "b13.project": (4, 64), "b14.expand": (2, 64), "b14.project": (4, 64), "b15.expand": (2, 64),
+        "b15.project": (2, 64), "head": (2, 64)}},
+}
+
+# Evaluation on the even data rows of imagenet-sample-500 (250 images, never used for calibration
+# or search).  Speed-up and compression by the search's simple formulas (_budget.py).
+LITE0_NOTES = {
+    "dense": {"top1": 0.892, "top5": 0.972},
+    "accurate": {"top1": 0.876, "top5": 0.976, "compression": 5.24, "speedup": 1.00,
+                 "command": "python -m qcnn.pq.search --labels ../shared/imagenet-sample-500/labels.csv "
+                            "--objective compression --target 5.2 --max-kl 0.15 --sensitivity sens.json"},
+    "fast": {"top1": 0.848, "top5": 0.968, "compression": 2.12, "speedup": 1.51,
+             "command": "python -m qcnn.pq.search --labels ../shared/imagenet-sample-500/labels.csv "
+                        "--objective speed --target 1.51 --max-kl 0.5 --sensitivity sens.json"},
+}
+
+PRESETS: dict[str, dict[str, dict]] = {"alexnet": _ALEXNET, "efficientnet-lite0": _LITE0}
+
+
+def preset_names(model_name: str) -> list[str]:
+    return sorted(PRESETS.get(model_name, {}))
+
+
+def preset(model_name: str, name: str) -> QuantConfig:
+    """The named preset as a QuantConfig (a fresh copy: callers may edit it)."""
+    table = PRESETS.get(model_name, {})
+    if name not in table:
+        raise ValueError(f"no preset {name!r} for {model_name}: choose from {', '.join(sorted(table)) or 'none'}")
+    return QuantConfig.from_dict(copy.deepcopy(table[name]))

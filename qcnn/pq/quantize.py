@@ -1,0 +1,319 @@
+"""Model-level product quantization: config, calibration data and the layer-by-layer driver.
+
+quantize_model() never touches the Model or Graph it is given: it returns a new Graph whose
+unquantized nodes share the (never mutated) layer objects of the original.  Cancellation raises
+Cancelled at the next check, before anything is returned, so there is nothing to roll back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..graph import Graph, Node
+from ..layers import Conv2D, Dense
+from ..threads import ensure_thread_limit
+from .correct import ConvView, correct_group, sample_rows
+from .kmeans import init_codebooks
+from .layer import PQLayer, PQSetting
+
+# progress(layer_name, step, fraction): step is "kmeans", "correct", "forward" or "done";
+# fraction is the overall fraction of the work done, 0..1, non-decreasing.
+Progress = Callable[[str, str, float], None]
+
+SAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "samples"
+
+
+class Cancelled(Exception):
+    """Quantization was cancelled; the input model is untouched and no result exists."""
+
+
+def _checker(cancel) -> Callable[[], None]:
+    if cancel is None:
+        return lambda: None
+    is_set = cancel.is_set if hasattr(cancel, "is_set") else cancel
+
+    def check():
+        if is_set():
+            raise Cancelled("quantization cancelled")
+    return check
+
+
+# ----------------------------------------------------------------------------- config
+
+def quantizable_layers(graph: Graph, include_depthwise: bool = False) -> list[str]:
+    """Names of the Conv2D (depthwise only when asked) and Dense nodes, in network order."""
+    out = []
+    for node in graph:
+        layer = node.layer
+        if isinstance(layer, Dense) or (isinstance(layer, Conv2D) and (include_depthwise or not layer.depthwise)):
+            out.append(node.name)
+    return out
+
+
+def _setting_from(value) -> PQSetting | None:
+    if value is None or isinstance(value, PQSetting):
+        return value
+    if isinstance(value, dict):
+        return PQSetting(int(value["dsub"]), int(value["ksub"]))
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return PQSetting(int(value[0]), int(value[1]))
+    raise ValueError(f"bad PQ setting {value!r}: use {{'dsub': C_s', 'ksub': K}} or null")
+
+
+@dataclass
+class QuantConfig:
+    """Per-layer settings (layer name -> PQSetting, or None / absent for dense) and how to fit them."""
+
+    layers: dict[str, PQSetting | None] = field(default_factory=dict)
+    error_correction: bool = True
+    iterations: int = 4            # error-correction sweeps per layer
+    seed: int = 0
+    max_rows: int = 8192           # sampled output positions per layer for error correction
+    kmeans_init: int = 1           # k-means restarts (sklearn n_init)
+    shrinkage: float = 1.0         # weight of the pull towards the dense weights (see correct_group)
+
+    def __post_init__(self):
+        self.layers = {str(k): _setting_from(v) for k, v in self.layers.items()}
+        if self.iterations < 0 or self.max_rows < 1 or self.kmeans_init < 1:
+            raise ValueError("iterations must be >= 0, max_rows and kmeans_init >= 1")
+
+    @property
+    def quantized(self) -> dict[str, PQSetting]:
+        return {k: v for k, v in self.layers.items() if v is not None}
+
+    @classmethod
+    def uniform(cls, model, conv: PQSetting | None = None, fc: PQSetting | None = None,
+                skip_depthwise: bool = True, skip: tuple[str, ...] = (), **options) -> "QuantConfig":
+        """`conv` on every convolution, `fc` on every FC layer; names in `skip` stay dense."""
+        graph = getattr(model, "graph", model)
+        layers = {}
+        for name in quantizable_layers(graph, include_depthwise=not skip_depthwise):
+            layers[name] = None if name in skip else (fc if isinstance(graph[name].layer, Dense) else conv)
+        return cls(layers, **options)
+
+    def to_dict(self) -> dict:
+        return {"layers": {k: None if v is None else {"dsub": v.dsub, "ksub": v.ksub} for k, v in self.layers.items()},
+                "error_correction": self.error_correction, "iterations": self.iterations, "seed": self.seed,
+                "max_rows": self.max_rows, "kmeans_init": self.kmeans_init, "shrinkage": self.shrinkage}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QuantConfig":
+        if not isinstance(d, dict) or not isinstance(d.get("layers", {}), dict):
+            raise ValueError("quantization config: expected an object with a 'layers' object")
+        unknown = set(d) - {"layers", "error_correction", "iterations", "seed", "max_rows", "kmeans_init", "shrinkage"}
+        if unknown:
+            raise ValueError(f"quantization config: unknown keys {sorted(unknown)}")
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------- one layer
+
+def quantize_layer(layer, setting: PQSetting, x_quant: np.ndarray | None = None, x_dense: np.ndarray | None = None,
+                   *, error_correction: bool = True, iterations: int = 4, seed: int = 0, max_rows: int = 8192,
+                   kmeans_init: int = 1, shrinkage: float = 1.0, check: Callable[[], None] | None = None,
+                   on_step: Callable[[str, float], None] | None = None) -> PQLayer:
+    """A PQLayer for a Conv2D or Dense layer.  With error correction, x_quant are the layer's inputs
+    in the partly quantized network and x_dense its inputs in the dense one (the targets)."""
+    view = ConvView.of(layer)
+    kh, kw, cin_g, cout = view.weight.shape
+    books, codes = init_codebooks(view.weight, view.groups, setting, seed=seed, n_init=kmeans_init, check=check)
+    if on_step:
+        on_step("kmeans", 1.0)
+    bias = view.bias
+    if error_correction and iterations > 0:
+        if x_quant is None or x_dense is None:
+            raise ValueError("error correction needs calibration inputs")
+        rng = np.random.default_rng(seed)
+        groups = sample_rows(view, x_quant, x_dense, max_rows, rng)
+        g, cout_g = view.groups, cout // view.groups
+        codes_g = codes.reshape(kh * kw, codes.shape[2], g, cout_g)          # (O, M, G, C/g)
+        new_codes = np.empty_like(codes_g)
+        new_bias = None if bias is None else np.empty(cout, np.float32)
+        for gi, (x, y) in enumerate(groups):
+            oc = slice(gi * cout_g, (gi + 1) * cout_g)
+            res = correct_group(x, y, books[gi], codes_g[:, :, gi].astype(np.int64),
+                                view.weight[..., oc].reshape(kh * kw, cin_g, cout_g),
+                                None if bias is None else bias[oc], iterations=iterations,
+                                shrinkage=shrinkage, check=check,
+                                on_step=None if on_step is None else
+                                (lambda f, gi=gi: on_step("correct", (gi + f) / g)))
+            books[gi] = res.codebook
+            new_codes[:, :, gi] = res.codes
+            if new_bias is not None:
+                new_bias[oc] = res.bias
+        codes = new_codes.reshape(kh, kw, -1, cout)
+        bias = new_bias
+    return PQLayer(view.kind_of, books, codes, cin_g * view.groups, bias=bias, stride=view.stride,
+                   pads=view.pads, groups=view.groups, activation=view.activation)
+
+
+# ----------------------------------------------------------------------------- whole model
+
+def _run(layer, args: list[np.ndarray], chunk: int = 32) -> np.ndarray:
+    """layer(*args) in batches of images, so im2col temporaries stay small."""
+    n = args[0].shape[0]
+    if n <= chunk:
+        return layer(*args)
+    first = layer(*[a[:chunk] for a in args])
+    out = np.empty((n,) + first.shape[1:], first.dtype)
+    out[:chunk] = first
+    for s in range(chunk, n, chunk):
+        out[s:s + chunk] = layer(*[a[s:s + chunk] for a in args])
+    return out
+
+
+def quantize_model(model, config: QuantConfig, calib: np.ndarray | None = None, progress: Progress | None = None,
+                   cancel=None) -> Graph:
+    """A new Graph with the configured layers product-quantized, in network order.
+
+    With error correction each layer is fitted on its inputs in the network quantized so far,
+    against the dense network's responses, so it also corrects the error accumulated below it.
+    `calib` is a preprocessed NHWC batch (see calibration_batch); `cancel` is an Event-like object
+    (is_set()) or a callable returning True to stop, which raises Cancelled."""
+    graph: Graph = getattr(model, "graph", model)
+    check = _checker(cancel)
+    todo = config.quantized
+    names = {n.name for n in graph}
+    unknown = sorted(set(config.layers) - names)
+    if unknown:
+        raise ValueError(f"quantization config names unknown layers: {unknown}")
+    for name in todo:
+        if not isinstance(graph[name].layer, (Conv2D, Dense)):
+            raise ValueError(f"layer {name!r} ({graph[name].layer.describe()}) cannot be product-quantized")
+    correcting = config.error_correction and config.iterations > 0
+    if correcting and calib is None:
+        raise ValueError("error correction needs a calibration batch")
+    ensure_thread_limit()
+
+    # Work units for the progress fraction: a layer's weight count (a proxy for its k-means and
+    # correction cost) plus, when correcting, one unit per node for the forward passes.
+    weights = {n: graph[n].layer.weight.size for n in todo}
+    total = float(sum(weights.values()) or 1)
+    fwd_unit = 0.25 * total / len(graph.nodes) if correcting else 0.0
+    total += fwd_unit * len(graph.nodes) if correcting else 0.0
+    shown = [0.0]
+
+    def report(name: str, step: str, units: float) -> None:
+        # Absolute work units -> overall fraction, never going backwards.
+        shown[0] = max(shown[0], min(1.0, units / total))
+        if progress:
+            progress(name, step, shown[0])
+
+    check()
+    if not correcting:
+        new_layers, done = {}, 0.0
+        for name, setting in todo.items():
+            check()
+            w = weights[name]
+            new_layers[name] = quantize_layer(graph[name].layer, setting, error_correction=False, seed=config.seed,
+                                              kmeans_init=config.kmeans_init, check=check,
+                                              on_step=lambda step, f, name=name, w=w, base=done:
+                                              report(name, step, base + f * w))
+            done += w
+    else:
+        new_layers = _quantize_corrected(graph, config, np.asarray(calib, np.float32), check, report,
+                                         weights, fwd_unit)
+    check()
+    nodes = [Node(n.name, new_layers.get(n.name, n.layer), tuple(n.inputs)) for n in graph]
+    if progress:
+        progress("", "done", 1.0)
+    return Graph(nodes, graph.input_name, graph.output)
+
+
+def _quantize_corrected(graph, config, calib, check, report, weights, fwd_unit):
+    """Walk the graph once, keeping each tensor for the dense and the partly quantized network.
+    Until the first quantized layer both are the same arrays (no duplicate work or memory)."""
+    last_use = {}
+    for i, node in enumerate(graph.nodes):
+        for name in node.inputs:
+            last_use[name] = i
+    dense = {graph.input_name: calib}
+    quant = {graph.input_name: calib}
+    new_layers = {}
+    done = 0.0
+    for i, node in enumerate(graph.nodes):
+        check()
+        xd = [dense[n] for n in node.inputs]
+        xq = [quant[n] for n in node.inputs]
+        dense[node.name] = yd = _run(node.layer, xd)
+        setting = config.layers.get(node.name)
+        if setting is not None:
+            w = weights[node.name]
+            base = done
+            pq = quantize_layer(node.layer, setting, xq[0], xd[0], error_correction=True,
+                                iterations=config.iterations, seed=config.seed, max_rows=config.max_rows,
+                                kmeans_init=config.kmeans_init, shrinkage=config.shrinkage, check=check,
+                                on_step=lambda step, f, name=node.name, w=w, base=base:
+                                report(name, step, base + (0.2 * f if step == "kmeans" else 0.2 + 0.8 * f) * w))
+            new_layers[node.name] = pq
+            done += w
+            # The reconstructed dense layer computes the same function as the lookup forward,
+            # with BLAS instead of gathers.
+            quant[node.name] = _run(pq.to_dense(), xq)
+        elif all(a is b for a, b in zip(xq, xd)):
+            quant[node.name] = yd
+        else:
+            quant[node.name] = _run(node.layer, xq)
+        done += fwd_unit
+        report(node.name, "forward", done)
+        for name in node.inputs:
+            if last_use[name] == i:
+                dense.pop(name, None)
+                quant.pop(name, None)
+    return new_layers
+
+
+def reconstructed(graph: Graph) -> Graph:
+    """The same network with every PQLayer replaced by its reconstructed dense layer: identical
+    outputs (up to float rounding) at BLAS speed, for accuracy evaluation."""
+    return Graph([Node(n.name, n.layer.to_dense() if isinstance(n.layer, PQLayer) else n.layer, tuple(n.inputs))
+                  for n in graph], graph.input_name, graph.output)
+
+
+# ----------------------------------------------------------------------------- calibration data
+
+def _augment(img, rng: np.random.Generator):
+    """Random resized crop (8-100 % of the area, aspect 3/4..4/3) and a coin-flip mirror."""
+    from PIL import Image
+    w, h = img.size
+    for _ in range(10):
+        area = w * h * rng.uniform(0.08, 1.0)
+        ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        cw, ch = int(round(np.sqrt(area * ratio))), int(round(np.sqrt(area / ratio)))
+        if 0 < cw <= w and 0 < ch <= h:
+            left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            img = img.crop((left, top, left + cw, top + ch))
+            break
+    if rng.random() < 0.5:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return img
+
+
+def calibration_batch(model, folder=None, count: int = 128, seed: int = 0, files=None) -> np.ndarray:
+    """(count, H, W, 3) preprocessed calibration inputs; no labels needed.
+
+    Images come from `files`, else `folder`, else the bundled samples.  Each image is used once as
+    is; when there are fewer images than `count` the rest are random resized crops and flips of
+    them (deterministic for a seed).  With more images than `count` a seeded random subset is used.
+    Unreadable files are skipped."""
+    from ..imageio import ImageLoadError, image_files, load_image
+    paths = [Path(p) for p in files] if files is not None else image_files(folder or SAMPLES_DIR)
+    rng = np.random.default_rng(seed)
+    if len(paths) > count:
+        paths = [paths[i] for i in np.sort(rng.choice(len(paths), count, replace=False))]
+    images = []
+    for p in paths:
+        try:
+            images.append(load_image(p))
+        except ImageLoadError:
+            continue
+    if not images:
+        raise ValueError(f"no readable calibration images in {folder or SAMPLES_DIR}")
+    out = np.empty((count, model.input_size, model.input_size, 3), np.float32)
+    for i in range(count):
+        img = images[i % len(images)]
+        out[i] = model.preprocess(img if i < len(images) else _augment(img, rng))[0]
+    return out

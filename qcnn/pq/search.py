@@ -1,0 +1,342 @@
+"""Per-layer sensitivity analysis and a greedy search for per-layer PQ settings.
+
+Everything is measured against the dense model on unlabelled images:
+  agree  top-1 agreement with the dense model,
+  keep5  fraction of images whose dense top-1 class is still in the quantized top-5,
+  kl     mean KL(dense || quantized) of the class distributions.
+
+search():
+  1. sensitivity: quantize one layer at a time with each setting of a ladder (error correction
+     included, the rest of the network dense) and measure kl on the probe images;
+  2. greedy path: from all-dense, repeatedly apply the single-layer change with the best ratio
+     (saving in the objective -- MACs or bits -- per unit of added kl), until nothing saves more;
+  3. check: binary-search the longest prefix of that path whose WHOLE model, quantized in
+     network order with error correction, meets the accuracy budget on the probe images.
+The result maximises the theoretical speed-up or compression the path reaches within the budget.
+
+Run as a script (python -m qcnn.pq.search --help) to reproduce the shipped Lite0 presets.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..graph import Graph
+from ._budget import layer_shapes, totals
+from .layer import PQSetting
+from .quantize import QuantConfig, _checker, quantizable_layers, quantize_layer, quantize_model, reconstructed
+
+# Candidate settings, most to least bits per weight (roughly).  K=256 is left out of the
+# compression ladder: for Lite0's layers (C_out <= 1280) its codebooks cost more than it saves.
+LADDERS = {
+    "compression": [PQSetting(1, 16), PQSetting(2, 64), PQSetting(2, 32), PQSetting(3, 32), PQSetting(4, 64),
+                    PQSetting(4, 32), PQSetting(4, 16)],
+    "speed": [PQSetting(2, 64), PQSetting(2, 32), PQSetting(2, 16), PQSetting(3, 32), PQSetting(4, 64),
+              PQSetting(4, 32), PQSetting(4, 16)],
+}
+
+
+@dataclass
+class Budget:
+    """Accuracy budget for the whole model on the probe images (unset limits are ignored)."""
+    max_kl: float | None = None
+    min_agree: float | None = None
+    min_keep5: float | None = None
+
+    def met(self, m: dict) -> bool:
+        return ((self.max_kl is None or m["kl"] <= self.max_kl)
+                and (self.min_agree is None or m["agree"] >= self.min_agree)
+                and (self.min_keep5 is None or m["keep5"] >= self.min_keep5))
+
+
+def agreement(ref_probs: np.ndarray, probs: np.ndarray) -> dict:
+    top5 = np.argsort(-probs, axis=1, kind="stable")[:, :5]
+    ref1 = ref_probs.argmax(1)
+    kl = np.sum(ref_probs * (np.log(ref_probs + 1e-12) - np.log(probs + 1e-12)), axis=1)
+    return {"agree": float(np.mean(top5[:, 0] == ref1)), "keep5": float(np.mean((top5 == ref1[:, None]).any(1))),
+            "kl": float(np.mean(kl))}
+
+
+def _last_use(graph: Graph) -> dict[str, int]:
+    last = {}
+    for i, node in enumerate(graph.nodes):
+        for name in node.inputs:
+            last[name] = i
+    return last
+
+
+def _forward_from(graph: Graph, env: dict, start: int, replace: dict, last: dict, chunk: int = 32) -> np.ndarray:
+    """Finish a forward pass from node `start` given the live tensors `env` (not modified), with some
+    layers replaced; in image chunks to bound memory."""
+    n = next(iter(env.values())).shape[0]
+    outs = []
+    for s in range(0, n, chunk):
+        local = {k: v[s:s + chunk] for k, v in env.items()}
+        for i in range(start, len(graph.nodes)):
+            node = graph.nodes[i]
+            local[node.name] = replace.get(node.name, node.layer)(*[local[k] for k in node.inputs])
+            for k in node.inputs:
+                if last[k] == i and k != graph.output:
+                    del local[k]
+        outs.append(local[graph.output])
+    return np.concatenate(outs)
+
+
+def sensitivity(model, calib: np.ndarray, probe: np.ndarray, ladder: list[PQSetting], layers: list[str] | None = None,
+                config: QuantConfig | None = None, progress: Callable[[str, str, float], None] | None = None,
+                cancel=None, useful: Callable[[str, PQSetting], bool] | None = None) -> dict[str, dict[PQSetting, dict]]:
+    """{layer: {setting: agreement metrics}}, each layer quantized alone (rest dense) and error
+    corrected on `calib`, measured on `probe`.  One pass through the dense network.  Settings
+    for which useful(layer, setting) is False are skipped (e.g. ones that save nothing)."""
+    graph: Graph = model.graph
+    config = config or QuantConfig()
+    check = _checker(cancel)
+    layers = set(layers if layers is not None else quantizable_layers(graph))
+    last = _last_use(graph)
+    ref = model.probabilities(graph.forward(probe))
+    cal_env = {graph.input_name: calib}
+    probe_env = {graph.input_name: probe}
+    out, done = {}, 0
+    for i, node in enumerate(graph.nodes):
+        if node.name in layers:
+            out[node.name] = {}
+            x = cal_env[node.inputs[0]]
+            for setting in ladder:
+                if useful is not None and not useful(node.name, setting):
+                    continue
+                check()
+                pq = quantize_layer(node.layer, setting, x, x, error_correction=config.error_correction,
+                                    iterations=config.iterations, seed=config.seed, max_rows=config.max_rows,
+                                    kmeans_init=config.kmeans_init, shrinkage=config.shrinkage, check=check)
+                probs = model.probabilities(_forward_from(graph, probe_env, i, {node.name: pq.to_dense()}, last))
+                out[node.name][setting] = agreement(ref, probs)
+            done += 1
+            if progress:
+                progress(node.name, "sensitivity", done / len(layers))
+        for env in (cal_env, probe_env):
+            env[node.name] = node.layer(*[env[k] for k in node.inputs])
+            for k in node.inputs:
+                if last[k] == i:
+                    del env[k]
+    return out
+
+
+@dataclass
+class SearchResult:
+    config: QuantConfig
+    metrics: dict                      # probe agreement of the chosen whole model
+    speedup: float
+    compression: float
+    path: list[tuple[str, PQSetting]]  # greedy moves, in order
+    checks: list[dict] = field(default_factory=list)
+
+
+def greedy_path(sens: dict, cost: Callable[[str, PQSetting | None], float]) -> list[tuple[str, PQSetting]]:
+    """Moves (layer, setting) by best saving per added kl, each saving something over the layer's
+    current state; the kl of a layer alone is the additive sensitivity model."""
+    state = {name: None for name in sens}
+    kl_now = {name: 0.0 for name in sens}
+    path = []
+    while True:
+        best, best_score = None, 0.0
+        for name, options in sens.items():
+            c_now = cost(name, state[name])
+            for setting, m in options.items():
+                saving = c_now - cost(name, setting)
+                if saving <= 0:
+                    continue
+                score = saving / max(m["kl"] - kl_now[name], 1e-6)
+                if score > best_score:
+                    best, best_score = (name, setting), score
+        if best is None:
+            return path
+        state[best[0]], kl_now[best[0]] = best[1], sens[best[0]][best[1]]["kl"]
+        path.append(best)
+
+
+def search(model, calib: np.ndarray, probe: np.ndarray, objective: str, budget: Budget,
+           ladder: list[PQSetting] | None = None, sens: dict | None = None, config: QuantConfig | None = None,
+           target: float | None = None, log: Callable[[str], None] = lambda s: None, cancel=None) -> SearchResult:
+    """Per-layer settings maximising `objective` ("speed" or "compression") within `budget`.
+    With a `target` (speed-up or compression factor) the greedy path stops at the first step that
+    reaches it: the result is then the most accurate point of the path that does, if within budget."""
+    if objective not in LADDERS:
+        raise ValueError(f"objective must be one of {sorted(LADDERS)}")
+    graph = model.graph
+    config = config or QuantConfig()
+    ladder = ladder or LADDERS[objective]
+    shapes = layer_shapes(graph, probe.shape[1:])
+    def cost(name, setting):
+        s = shapes[name]
+        if objective == "speed":
+            return s.dense_macs() if setting is None else s.pq_macs(setting)
+        return s.weight_bits() if setting is None else s.pq_weight_bits(setting)
+
+    if sens is None:
+        t0 = time.perf_counter()
+        sens = sensitivity(model, calib, probe, ladder, config=config, cancel=cancel,
+                           useful=lambda n, s: cost(n, s) < cost(n, None),
+                           progress=lambda n, s, f: log(f"sensitivity {f * 100:5.1f}%  {n}"))
+        log(f"sensitivity done in {time.perf_counter() - t0:.0f} s")
+    sens = {n: {s: m for s, m in opts.items() if s in ladder} for n, opts in sens.items()}
+
+    path = greedy_path(sens, cost)
+    if target is not None:
+        for k in range(1, len(path) + 1):
+            t = totals(graph, shapes, dict(path[:k]))
+            if (t.speedup if objective == "speed" else t.compression) >= target:
+                path = path[:k]
+                break
+    log(f"greedy path: {len(path)} moves")
+    ref = model.probabilities(graph.forward(probe))
+    cache: dict[int, dict] = {}
+    checks = []
+
+    def settings_at(k):
+        state = {}
+        for name, setting in path[:k]:
+            state[name] = setting
+        return state
+
+    def check(k):
+        if k not in cache:
+            t0 = time.perf_counter()
+            cfg = QuantConfig(settings_at(k), **{f: getattr(config, f) for f in
+                                                 ("error_correction", "iterations", "seed", "max_rows",
+                                                  "kmeans_init", "shrinkage")})
+            q = quantize_model(model, cfg, calib, cancel=cancel)
+            m = agreement(ref, model.probabilities(reconstructed(q).forward(probe)))
+            t = totals(graph, shapes, cfg.layers)
+            m.update(step=k, speedup=t.speedup, compression=t.compression, seconds=time.perf_counter() - t0,
+                     met=budget.met(m))
+            cache[k] = m
+            checks.append(m)
+            log(f"check {k}/{len(path)}: speed-up {t.speedup:.2f}x compression {t.compression:.2f}x  "
+                f"agree {m['agree']:.3f} keep5 {m['keep5']:.3f} kl {m['kl']:.4f}  {'ok' if m['met'] else 'over budget'}")
+        return cache[k]["met"]
+
+    lo, hi = 0, len(path)            # invariant: prefix lo is within budget (all dense is)
+    if check(hi):
+        lo = hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if check(mid):
+            lo = mid
+        else:
+            hi = mid
+    final = QuantConfig(settings_at(lo), **{f: getattr(config, f) for f in
+                                            ("error_correction", "iterations", "seed", "max_rows", "kmeans_init",
+                                             "shrinkage")})
+    t = totals(graph, shapes, final.layers)
+    metrics = cache.get(lo, {"agree": 1.0, "keep5": 1.0, "kl": 0.0})
+    return SearchResult(final, metrics, t.speedup, t.compression, path[:lo], checks)
+
+
+# ----------------------------------------------------------------------------- script
+
+def _load_split(model, labels_csv, parity: int):
+    """Preprocessed images and labels of the CSV rows with index % 2 == parity (0-based data rows)."""
+    from ..dataset import read_labels
+    from ..imageio import ImageLoadError, load_image
+    xs, ys = [], []
+    for i, (path, label) in enumerate(read_labels(labels_csv)):
+        if i % 2 != parity:
+            continue
+        try:
+            xs.append(model.preprocess(load_image(path))[0])
+            ys.append(label)
+        except ImageLoadError:
+            continue
+    return np.stack(xs), np.asarray(ys)
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    top5 = np.argsort(-probs, axis=1, kind="stable")[:, :5]
+    return float(np.mean(top5[:, 0] == labels)), float(np.mean((top5 == labels[:, None]).any(1)))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m qcnn.pq.search", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="efficientnet-lite0")
+    p.add_argument("--labels", required=True, help="labels.csv (file,class_index) of the image folder")
+    p.add_argument("--objective", choices=sorted(LADDERS), required=True)
+    p.add_argument("--calib", type=int, default=128, help="search-half images used for calibration; "
+                   "the rest of the search half are the probe images")
+    p.add_argument("--max-kl", type=float)
+    p.add_argument("--min-agree", type=float)
+    p.add_argument("--min-keep5", type=float)
+    p.add_argument("--target", type=float, help="stop at the first greedy step reaching this speed-up/compression")
+    p.add_argument("--sens-probe", type=int, default=48, help="probe images used for the sensitivity table")
+    p.add_argument("--iterations", type=int, default=4)
+    p.add_argument("--shrinkage", type=float, default=1.0)
+    p.add_argument("--sensitivity", help="JSON file to cache the sensitivity table in (read if it exists)")
+    p.add_argument("--out", help="write the chosen config (JSON) here")
+    args = p.parse_args(argv)
+
+    from ..models import load_model
+    from ..threads import ensure_thread_limit
+    ensure_thread_limit()
+
+    def log(s):
+        print(f"[{time.strftime('%H:%M:%S')}] {s}", file=sys.stderr, flush=True)
+
+    model = load_model(args.model)
+    # Odd data rows (index % 2 == 1) for calibration and search, even rows for the final evaluation.
+    search_x, _ = _load_split(model, args.labels, 1)
+    calib, probe = search_x[:args.calib], search_x[args.calib:]
+    log(f"search half: {len(search_x)} images ({len(calib)} calibration, {len(probe)} probe)")
+    config = QuantConfig(iterations=args.iterations, shrinkage=args.shrinkage)
+    ladder = LADDERS[args.objective]
+    sens = None
+    if args.sensitivity:
+        # One table for both objectives: every setting of either ladder that saves MACs or bits.
+        try:
+            with open(args.sensitivity) as f:
+                raw = json.load(f)
+            sens = {n: {PQSetting(*map(int, k.split("x"))): m for k, m in o.items()} for n, o in raw.items()}
+        except FileNotFoundError:
+            shapes = layer_shapes(model.graph, calib.shape[1:])
+            union = sorted({s for lad in LADDERS.values() for s in lad}, key=lambda s: (s.dsub, -s.ksub))
+
+            def useful(n, s):
+                sh = shapes[n]
+                return sh.pq_macs(s) < sh.dense_macs() or sh.pq_weight_bits(s) < sh.weight_bits()
+            t0 = time.perf_counter()
+            sens_config = QuantConfig(iterations=min(2, args.iterations), shrinkage=args.shrinkage)
+            sens = sensitivity(model, calib, probe[:args.sens_probe], union, config=sens_config, useful=useful,
+                               progress=lambda n, s, f: log(f"sensitivity {f * 100:5.1f}%  {n}"))
+            log(f"sensitivity: {time.perf_counter() - t0:.0f} s")
+            with open(args.sensitivity, "w") as f:
+                json.dump({n: {f"{s.dsub}x{s.ksub}": m for s, m in o.items()} for n, o in sens.items()}, f, indent=1)
+    budget = Budget(args.max_kl, args.min_agree, args.min_keep5)
+    result = search(model, calib, probe, args.objective, budget, ladder=ladder, sens=sens, config=config,
+                    target=args.target, log=log)
+    log(f"chosen: speed-up {result.speedup:.2f}x compression {result.compression:.2f}x metrics {result.metrics}")
+
+    # Final evaluation on the held-out even rows, quantizing once more from the whole search half.
+    eval_x, eval_y = _load_split(model, args.labels, 0)
+    t0 = time.perf_counter()
+    q = quantize_model(model, result.config, calib)
+    seconds = time.perf_counter() - t0
+    dense = accuracy(model.predict(eval_x), eval_y)
+    quant = accuracy(model.predict(eval_x, reconstructed(q)), eval_y)
+    report = {"model": model.name, "objective": args.objective, "budget": vars(budget),
+              "eval_images": len(eval_y), "eval_rows": "even (0-based data rows 0, 2, 4, ...)",
+              "calibration_rows": "odd, first %d" % len(calib), "dense_top1": dense[0], "dense_top5": dense[1],
+              "top1": quant[0], "top5": quant[1], "speedup": result.speedup, "compression": result.compression,
+              "quantize_seconds": seconds, "probe_metrics": result.metrics, "config": result.config.to_dict()}
+    print(json.dumps(report, indent=1))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,105 @@
+"""Cost formulas, sensitivity, greedy search and presets."""
+import numpy as np
+import pytest
+
+from qcnn.layers import softmax
+from qcnn.pq import presets
+from qcnn.pq._budget import layer_shapes, totals
+from qcnn.pq.layer import PQSetting
+from qcnn.pq.quantize import QuantConfig, quantizable_layers
+from qcnn.pq.search import Budget, agreement, greedy_path, search, sensitivity
+
+from test_pq_quantize import tiny_graph
+
+
+class TinyModel:
+    def __init__(self, seed=0):
+        self.graph = tiny_graph(seed)
+
+    def probabilities(self, logits):
+        return softmax(logits.reshape(len(logits), -1))
+
+
+def test_costs_follow_the_formulas():
+    graph = tiny_graph()
+    shapes = layer_shapes(graph, (16, 16, 3))
+    g = shapes["grouped"]                      # 3x3, 2 groups of 4 -> 12, on 8x8
+    assert (g.in_pixels, g.out_pixels, g.cin_g, g.groups) == (64, 64, 4, 2)
+    assert g.dense_macs() == 64 * 12 * 9 * 4
+    s = PQSetting(3, 8)                        # M = 2 (4 channels, the last subspace padded)
+    assert g.pq_macs(s) == 64 * 2 * 2 * 8 * 3 + 64 * 12 * 9 * 2
+    assert g.pq_weight_bits(s) == 32 * 2 * 2 * 8 * 3 + 3 * 9 * 2 * 12
+    assert shapes["pw2"].out_pixels == 16 and shapes["pw2"].in_pixels == 64
+    assert shapes["fc"].dense_macs() == 24 * 10
+    t = totals(graph, shapes, {"fc": PQSetting(4, 4)})
+    assert t.dense_bits == 32 * graph.num_params()
+    assert t.dense_bits - t.bits == 32 * 240 - (32 * 6 * 4 * 4 + 2 * 6 * 10)
+    assert t.dense_macs == sum(x.dense_macs() for x in shapes.values())
+
+
+def test_agreement_metrics():
+    ref = softmax(np.array([[5.0, 1, 0, 0, 0, 0, -1], [0, 3, 0, 0, 0, 0, 0]]))
+    same = agreement(ref, ref)
+    assert same == {"agree": 1.0, "keep5": 1.0, "kl": pytest.approx(0.0, abs=1e-9)}
+    other = softmax(np.array([[0.0, 5, 4, 3, 2, 1, -1], [0, 3, 0, 0, 0, 0, 0]]))
+    m = agreement(ref, other)
+    assert m["agree"] == 0.5 and m["keep5"] == 0.5 and m["kl"] > 0.1
+
+
+def test_greedy_path_prefers_cheap_savings():
+    sens = {"a": {PQSetting(2, 4): {"kl": 0.5}}, "b": {PQSetting(2, 4): {"kl": 0.01}, PQSetting(4, 4): {"kl": 0.02}}}
+    costs = {("a", None): 100, ("a", PQSetting(2, 4)): 10, ("b", None): 100, ("b", PQSetting(2, 4)): 50,
+             ("b", PQSetting(4, 4)): 20}
+    path = greedy_path(sens, lambda n, s: costs[(n, s)])
+    assert path[0][0] == "b" and path[-1] == ("a", PQSetting(2, 4))
+    assert {n for n, _ in path} == {"a", "b"}
+
+
+def test_sensitivity_and_search_on_a_tiny_model():
+    model = TinyModel(2)
+    rng = np.random.default_rng(0)
+    calib = rng.standard_normal((6, 16, 16, 3)).astype(np.float32)
+    probe = rng.standard_normal((6, 16, 16, 3)).astype(np.float32)
+    ladder = [PQSetting(1, 8), PQSetting(4, 2)]
+    cfg = QuantConfig(iterations=1)
+    sens = sensitivity(model, calib, probe, ladder, config=cfg)
+    assert set(sens) == set(quantizable_layers(model.graph))
+    assert all(set(v) == set(ladder) for v in sens.values())
+    assert all(m["kl"] >= 0 for v in sens.values() for m in v.values())
+    loose = search(model, calib, probe, "compression", Budget(max_kl=10.0), ladder=ladder, sens=sens, config=cfg)
+    assert loose.metrics["kl"] <= 10.0 and loose.compression > 1.0
+    strict = search(model, calib, probe, "compression", Budget(max_kl=0.0), ladder=ladder, sens=sens, config=cfg)
+    assert strict.config.quantized == {} and strict.compression == pytest.approx(1.0)
+    assert all(c["met"] == (c["kl"] <= 0.0) for c in strict.checks)
+
+
+@pytest.mark.parametrize("model_name", ["alexnet", "efficientnet-lite0"])
+def test_presets_name_real_layers(model_name):
+    from qcnn.models.alexnet import CONVS, FCS
+    names = presets.preset_names(model_name)
+    assert names
+    if model_name == "alexnet":
+        assert {"paper", "fast4"} <= set(names)
+        layers = [c[0] for c in CONVS] + [f[0] for f in FCS]
+    else:
+        assert {"accurate", "fast"} <= set(names)
+        from qcnn.models import load_model
+        layers = quantizable_layers(load_model(model_name).graph)
+    for name in names:
+        cfg = presets.preset(model_name, name)
+        assert isinstance(cfg, QuantConfig)
+        assert set(cfg.layers) <= set(layers)
+        assert cfg.quantized
+
+
+def test_alexnet_paper_preset_is_the_released_configuration():
+    cfg = presets.preset("alexnet", "paper")
+    assert cfg.layers["conv1"] == PQSetting(3, 128)
+    assert all(cfg.layers[f"conv{i}"] == PQSetting(8, 128) for i in range(2, 6))
+    assert cfg.layers["fc6"] == cfg.layers["fc7"] == PQSetting(4, 32)
+    assert cfg.layers["fc8"] == PQSetting(1, 16)
+    fast = presets.preset("alexnet", "fast4")
+    assert fast.layers.get("conv1") is None
+    assert all(fast.layers[n] == PQSetting(4, 16) for n in ("conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"))
+    with pytest.raises(ValueError):
+        presets.preset("alexnet", "nope")
