@@ -1,12 +1,18 @@
-"""Command line: `qcnn classify | eval`."""
+"""Command line: `qcnn classify | eval | quantize | cost | bench | search`."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import time
+
+import numpy as np
 
 from .imageio import ImageLoadError, load_image
 from .threads import set_num_threads
+
+KERNELS = ("reference", "exact", "fastscan", "auto")
 
 
 def _model(spec: str):
@@ -40,27 +46,171 @@ def cmd_classify(args) -> int:
     return 1 if failed else 0
 
 
-def cmd_eval(args) -> int:
-    from .evaluate import evaluate
+def _progress_bar(enabled: bool):
+    """A one-line progress bar on stderr (only on a terminal)."""
+    def show(text: str, fraction: float):
+        if enabled and sys.stderr.isatty():
+            bar = "#" * int(fraction * 30)
+            print(f"\r[{bar:<30}] {fraction * 100:5.1f}%  {text[:40]:<40}", end="", file=sys.stderr, flush=True)
+    return show
+
+
+def _config(args, model):
+    """The quantization config from --config FILE or --preset NAME."""
+    from .pq.presets import preset, preset_names
+    from .pq.quantize import QuantConfig
+    if getattr(args, "config", None):
+        try:
+            with open(args.config, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{args.config}: {exc}") from exc
+        return QuantConfig.from_dict(data.get("config", data))    # a search report holds "config"
+    if not args.preset:
+        raise ValueError(f"give --preset ({', '.join(preset_names(model.name)) or 'none for this model'}) "
+                         f"or --config FILE")
+    config = preset(model.name, args.preset)
+    if getattr(args, "no_error_correction", False):
+        config.error_correction = False
+    return config
+
+
+def _quantized(args, model):
+    """(Workbench holding the dense model and its quantized graph, how it was obtained)."""
+    from .pq.engine import with_kernel
+    from .workbench import Workbench, settings_from_config
+    bench = Workbench()
+    if str(args.model).endswith(".qcnn"):
+        dense, dense_graph, quantized, note = bench.open_model_file(args.model)
+        bench.set_model(dense, dense_graph, note)
+        source = f"{args.model} ({quantized.file_bytes} bytes)"
+    else:
+        config = _config(args, model)
+        settings = settings_from_config(config, model)
+        settings = dataclasses.replace(settings, calib_folder=getattr(args, "calib", None),
+                                       calib_count=getattr(args, "calib_count", settings.calib_count))
+        bench.set_model(model)
+        quantized = bench.quantize(settings, progress=_progress_bar(not getattr(args, "json", False)))
+        source = f"preset {args.preset}" if args.preset else f"config {args.config}"
+        source += " (cached)" if quantized.from_cache else f" (quantized in {quantized.seconds:.1f} s)"
+    bench.kernel = args.kernel
+    bench.adopt(quantized, with_kernel(quantized.graph, args.kernel))
+    return bench, source
+
+
+def cmd_cost(args) -> int:
+    from .pq.cost import cost_report, format_table, planned_graph
     model = _model(args.model)
+    if str(args.model).endswith(".qcnn"):
+        raise ValueError("cost takes a model and a preset or config; for a saved file use `qcnn eval`")
+    from .pq.engine import impl_for
+    from .pq.layer import PQLayer
+    config = _config(args, model)
+    planned = planned_graph(model.graph, config.layers)
+    kernels = {n.name: impl_for(n.layer, args.kernel) for n in planned if isinstance(n.layer, PQLayer)}
+    report = cost_report(planned, (model.input_size,) * 2, dense_graph=model.graph, kernels=kernels)
+    if args.json:
+        print(json.dumps({"model": model.name, "setting": args.preset or args.config, **report.to_json()}, indent=1))
+    else:
+        print(f"{model.description}\nsetting: {args.preset or args.config}\n")
+        print(format_table(report))
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from .pq.modelfile import save_model
+    from .pq.quantize import Cancelled, calibration_batch, quantize_model
+    model = _model(args.model)
+    config = _config(args, model)
+    calib = None
+    if config.error_correction:
+        calib = calibration_batch(model, folder=args.calib, count=args.calib_count)
+    bar = _progress_bar(True)
+    t0 = time.perf_counter()
+    try:
+        graph = quantize_model(model, config, calib, progress=lambda layer, step, f: bar(f"{layer} {step}", f))
+    except (KeyboardInterrupt, Cancelled):
+        print("\ncancelled: nothing written", file=sys.stderr)
+        return 130
+    seconds = time.perf_counter() - t0
+    metadata = {"config": config.to_dict(), "calibration": args.calib or "bundled samples",
+                "calibration_count": 0 if calib is None else len(calib), "quantize_seconds": seconds}
+    size = save_model(args.output, model, graph, metadata)
+    print(f"\n{args.output}: {size} bytes, quantized in {seconds:.1f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    model = _model(args.model) if not str(args.model).endswith(".qcnn") else None
+    quantized = bool(args.preset or args.config) or model is None
+    if quantized:
+        bench, source = _quantized(args, model)
+    else:
+        from .workbench import Workbench
+        bench, source = Workbench(model), None
+    model = bench.model
 
     def progress(i, n):
         if not args.json and sys.stderr.isatty():
             print(f"\r{i}/{n}", end="", file=sys.stderr, flush=True)
 
-    ev = evaluate(model, args.labels, args.images, limit=args.limit, progress=progress)
-    dense = ev.scores["dense"]
-    out = {"model": model.name, "images": ev.images, "skipped": ev.skipped,
-           "dense_top1": dense.top1, "dense_top5": dense.top5, "dense_median_ms": dense.median_ms}
+    ev = bench.evaluate(args.labels, args.images, progress=progress, limit=args.limit)
+    out = {"model": model.name, "images": ev.images, "skipped": ev.skipped}
+    for name, score in ev.scores.items():
+        key = "dense" if name == "dense" else "quant"
+        out.update({f"{key}_top1": score.top1, f"{key}_top5": score.top5, f"{key}_median_ms": score.median_ms})
+    if quantized:
+        d, q = ev.probs["dense"], ev.probs["quantized"]
+        out["agreement"] = float(np.mean(d.argmax(1) == q.argmax(1)))
+        out["mean_kl"] = float(np.mean(np.sum(d * (np.log(d + 1e-12) - np.log(q + 1e-12)), axis=1)))
+        out["quantized_with"] = source
+        out["kernel"] = args.kernel
     if args.json:
         print(json.dumps(out, indent=1))
-    else:
-        print(f"\n{model.name} on {ev.images} images ({len(ev.skipped)} unreadable)")
-        print(f"  dense: top-1 {dense.top1 * 100:.1f}%  top-5 {dense.top5 * 100:.1f}%  "
-              f"median {dense.median_ms:.1f} ms/image")
-        for s in ev.skipped:
-            print(f"  skipped: {s}")
+        return 0
+    print(f"\n{model.name} on {ev.images} images ({len(ev.skipped)} unreadable)")
+    for name, score in ev.scores.items():
+        print(f"  {name:>9}: top-1 {score.top1 * 100:5.1f}%  top-5 {score.top5 * 100:5.1f}%  "
+              f"median {score.median_ms:.1f} ms/image")
+    if quantized:
+        print(f"  quantized with {source}, kernel {args.kernel}")
+        print(f"  top-1 agreement {out['agreement'] * 100:.1f}%, mean KL(dense || quantized) {out['mean_kl']:.4f}")
+    for s in ev.skipped:
+        print(f"  skipped: {s}")
     return 0
+
+
+def cmd_bench(args) -> int:
+    from . import bench as B
+    model = _model(args.model) if not str(args.model).endswith(".qcnn") else None
+    wb, source = _quantized(args, model)
+    model = wb.model
+    inputs = B.bench_inputs(model, args.images, max(args.images_per_run, 16))
+    engines = {"dense": wb.dense_graph.forward, "quantized": wb.quant_graph.forward}
+    skipped = {}
+    if args.peers:
+        peers, skipped = B.onnxruntime_engines(wb.dense_graph, (model.input_size,) * 2, inputs[:16])
+        engines.update(peers)
+    bar = _progress_bar(not args.json)
+    test = B.speed_test(engines, inputs, runs=args.runs, per_run=args.images_per_run,
+                        progress=lambda i, n: bar("speed test", i / n))
+    layers = B.layer_breakdown(wb.dense_graph, wb.quant_graph, inputs, repeats=args.layer_repeats)
+    memory = {"dense": B.peak_memory(wb.dense_graph, inputs[0]), "quantized": B.peak_memory(wb.quant_graph, inputs[0])}
+    report = B.BenchReport(model.name, source, args.kernel, test, layers, memory, skipped,
+                           str(args.images) if args.images else "synthetic inputs")
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+    else:
+        print("\r" + " " * 80 + "\r", end="", file=sys.stderr)
+        if model.speed_test_only:
+            print(f"note: {model.description}")
+        print(report.format())
+    return 0
+
+
+def cmd_search(args) -> int:
+    from .pq import search
+    return search.main(args.search_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,13 +225,54 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_classify)
 
-    e = sub.add_parser("eval", help="top-1/top-5 accuracy on a labelled image folder")
-    e.add_argument("--model", default="efficientnet-lite0")
+    def quant_options(q, kernel=True):
+        q.add_argument("--preset", help="named quantization preset of the model (see qcnn.pq.presets)")
+        q.add_argument("--config", help="JSON quantization config (QuantConfig.to_dict form, or a search report)")
+        q.add_argument("--calib", help="folder of unlabelled calibration images (default: the bundled samples)")
+        q.add_argument("--calib-count", type=int, default=128, help="calibration inputs (augmented crops "
+                       "fill up when the folder has fewer images)")
+        q.add_argument("--no-error-correction", action="store_true", help="plain k-means codebooks")
+        if kernel:
+            q.add_argument("--kernel", default="auto", choices=KERNELS, help="how PQ layers run (default: auto)")
+
+    e = sub.add_parser("eval", help="top-1/top-5 of the dense and quantized engines on a labelled folder")
+    e.add_argument("--model", default="efficientnet-lite0", help="model name, PATH.onnx or FILE.qcnn")
     e.add_argument("--images", required=True, help="folder of images")
     e.add_argument("--labels", required=True, help="CSV with file,class_index columns")
     e.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     e.add_argument("--json", action="store_true")
+    quant_options(e)
     e.set_defaults(func=cmd_eval)
+
+    q = sub.add_parser("quantize", help="product-quantize a model and save it as a .qcnn file")
+    q.add_argument("--model", default="efficientnet-lite0")
+    q.add_argument("-o", "--output", required=True, help="the .qcnn file to write")
+    quant_options(q, kernel=False)
+    q.set_defaults(func=cmd_quantize)
+
+    c = sub.add_parser("cost", help="cost model: MACs, lookups, storage, memory per layer")
+    c.add_argument("--model", default="efficientnet-lite0")
+    c.add_argument("--preset")
+    c.add_argument("--config")
+    c.add_argument("--kernel", default="auto", choices=KERNELS, help="kernel the PQ layers would run")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_cost)
+
+    b = sub.add_parser("bench", help="the paper's speed test: dense vs quantized, batch 1, one thread")
+    b.add_argument("--model", default="alexnet", help="model name, PATH.onnx or FILE.qcnn")
+    b.add_argument("--images", help="folder of photos (default: synthetic inputs)")
+    b.add_argument("--runs", type=int, default=5)
+    b.add_argument("--images-per-run", type=int, default=100)
+    b.add_argument("--layer-repeats", type=int, default=20, help="images for the per-layer breakdown")
+    b.add_argument("--peers", action="store_true", help="also time onnxruntime fp32 and int8 (static QDQ)")
+    b.add_argument("--json", action="store_true")
+    quant_options(b)
+    b.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("search", help="sensitivity analysis and per-layer setting search (see --help)",
+                       add_help=False)
+    s.add_argument("search_args", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_search)
     return p
 
 

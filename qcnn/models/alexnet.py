@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import Graph, Node
-from ..layers import LRN, Activation, Conv2D, Dense, Flatten, Pool2D
+from ..layers import LRN, Conv2D, Dense, Flatten, Pool2D
 from ..labels import imagenet_labels
 from ..preprocess import Preprocess
 from . import Model

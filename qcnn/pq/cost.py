@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import layers as L
-from ..graph import Graph
+from ..graph import Graph, Node
 from .layer import PQLayer, PQSetting
 
 Shape = tuple[int, ...]     # (H, W, C) for feature maps, (F,) after flattening; batch excluded
@@ -368,3 +368,27 @@ def format_table(report: CostReport) -> str:
               f"(weights {_mb(r.quant_weight_bytes)}, peak activations {_mb(r.quant_activation_bytes)}, "
               f"largest lookup table {_mb(r.table_bytes)}" + (f" in {r.table_layer})" if r.table_layer else ")")]
     return "\n".join(table)
+
+
+def planned_graph(graph: Graph, settings: dict[str, PQSetting | None]) -> Graph:
+    """`graph` with the layers named in `settings` replaced by PQ layers of the configured shapes
+    whose codebooks and codes are all zero: everything the cost model reads, without k-means."""
+    nodes = []
+    for node in graph.nodes:
+        layer, setting = node.layer, settings.get(node.name)
+        if setting is not None:
+            if isinstance(layer, L.Dense):
+                w, kind, geometry = layer.weight[None, None], "fc", {}
+            elif isinstance(layer, L.Conv2D):
+                w, kind = layer.weight, "conv"
+                geometry = {"stride": layer.stride, "pads": layer.pads, "groups": layer.groups}
+            else:
+                raise ValueError(f"layer {node.name!r} ({layer.describe()}) cannot be product-quantized")
+            kh, kw, cin_g, cout = w.shape
+            g = geometry.get("groups", 1)
+            m = -(-cin_g // setting.dsub)
+            layer = PQLayer(kind, np.zeros((g, m, setting.ksub, setting.dsub), np.float32),
+                            np.zeros((kh, kw, m, cout), np.uint8), cin_g * g, layer.bias,
+                            activation=layer.activation, **geometry)
+        nodes.append(Node(node.name, layer, node.inputs))
+    return Graph(nodes, graph.input_name, graph.output)

@@ -1,0 +1,48 @@
+/* Product-quantized layers: the paper's test phase.  For every input pixel and subspace a table of
+ * inner products with the K codewords is built once (pq_tables.c); each output is then a sum of
+ * table entries selected by the codes, either from float tables (pq_exact.c) or from tables
+ * quantized to uint8 and read sixteen-wide with byte shuffles (pq_fastscan.c).
+ *
+ * Vocabulary (FAISS's): M subspaces of dsub channels per group, ksub codewords each; "gm" indexes
+ * (group, subspace) pairs, g * M + m.  Shapes are validated by qcnn/pq/kernels.py. */
+#ifndef QCNN_PQ_H
+#define QCNN_PQ_H
+
+#include "qcnn.h"
+
+/* Tables for npix pixels: T[p, gm, k] = <x[p, channels of (g, m)], codeword k of (g, m)>.
+ * x: (npix, cin) with cin = groups * cin_g; cbt: codebooks transposed to (groups * M, dsub, ksub),
+ * the last subspace of a group may be narrower than dsub (its padded rows are ignored);
+ * T: (npix, groups * M, ksub). */
+void qc_pq_tables_f32(const float *x, int npix, int cin, int groups, int M, int dsub, int ksub,
+                      const float *cbt, float *T);
+
+/* Exact lookups for a convolution (an FC layer is a 1x1 one on a 1x1 map).
+ * T: tables of the (h, w) input map of one image, (h * w, groups * M, ksub);
+ * codes: canonical (kh, kw, M, cout) uint8, every code < ksub; y: (oh, ow, cout). */
+void qc_pq_conv_exact(const float *T, int h, int w, int groups, int M, int ksub, const uint8_t *codes,
+                      int kh, int kw, int sh, int sw, int pt, int pl, int cout, const float *bias,
+                      float *y, int oh, int ow, int act);
+
+/* Fast-scan tables: each pixel's float tables (groups * M, 16) become uint8 with one offset per
+ * (pixel, gm) and one scale per (pixel, group), or one scale for all pixels when shared_scale:
+ * T ~ offset + scale * Q.  Q: (npix, groups, Mp, 16) with Mp = M rounded up to a multiple of 4
+ * (padding rows are zero); scale, offset_sum: (npix, groups), offset_sum = sum over m of offsets;
+ * lo: scratch of npix * groups * M floats (the offsets). */
+void qc_fs_quantize_tables(const float *T, int npix, int groups, int M, int shared_scale, uint8_t *Q,
+                           float *scale, float *offset_sum, float *lo);
+
+/* Fast-scan lookups, K = 16.  packed: codes in the block layout of qc_fs_pack_codes, one code per
+ * byte or two per byte (nibbles), as documented in pq_fastscan.c.  Needs
+ * kh * kw <= QC_FS_MAX_TAPS, and a shared scale whenever kh * kw > 1. */
+#define QC_FS_BLOCK 32
+#define QC_FS_MAX_TAPS 121
+size_t qc_fs_packed_size(int kh, int kw, int groups, int M, int cout, int nibbles);
+void qc_fs_pack_codes(const uint8_t *codes, int kh, int kw, int groups, int M, int cout, int nibbles,
+                      uint8_t *packed);
+void qc_pq_conv_fastscan(const uint8_t *Q, const float *scale, const float *offset_sum, int h, int w,
+                         int groups, int M, const uint8_t *packed, int kh, int kw, int sh, int sw,
+                         int pt, int pl, int cout, const float *bias, float *y, int oh, int ow, int act,
+                         int nibbles);
+
+#endif

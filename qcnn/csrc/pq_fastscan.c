@@ -1,0 +1,437 @@
+/* Fast-scan PQ lookups for K = 16 (4-bit codes).
+ *
+ * Tables: each input pixel's float tables become uint8, T ~ offset[p, gm] + scale[p, g] * Q, so a
+ * 16-entry table fits a 128-bit lane and `vpshufb` performs 16 lookups per lane and instruction.
+ * Sums of Q are integers, scaled back to float once per output and block of channels; the offsets
+ * enter as their per-pixel sum, the same for every output channel.  An output sums the tables of
+ * all its kernel offsets, so for k x k convolutions every pixel of a band shares one scale
+ * (`shared_scale`); a 1x1 convolution or FC layer reads one pixel per output and keeps a scale per
+ * pixel, which is more precise.
+ *
+ * Code layout (made once at load by qc_fs_pack_codes), for group g, kernel offset t, block b of 32
+ * output channels of the group and quad u of subspaces (M is padded to Mp, a multiple of 4, with
+ * zero tables and zero codes), QB bytes at ((((g * taps + t) * nblk + b) * Mp/4 + u) * QB, for
+ * h in 0..3 (subspace m = 4u + h), l in 0..15, half in {0, 1}, perm(l) = l / 2 + 8 * (l % 2):
+ *   bytes layout   (QB = 128): byte 64 * half + 16 * h + l = code of channel b*32 + 16 * half + perm(l)
+ *   nibbles layout (QB = 64):  byte 16 * h + l holds that code in its low (half 0) or high (half 1)
+ *                              nibble.
+ * Convolutions reuse their codes at every output position, so they take bytes: no unpacking,
+ * three vector ops fewer per 64 lookups on the ports the shuffles compete for.  FC layers read each
+ * code once per image and are bound by memory bandwidth: they take nibbles.
+ * Lane h (128 bits) of a 64-byte half meets lane h of
+ * the four consecutive 16-byte tables loaded beside it.  The permutation makes the even/odd-byte
+ * split of the 16-bit accumulators come out in channel order (even bytes: channels 0..7, odd
+ * bytes: 8..15).  Channels past the group's end carry code 0 and are discarded.
+ *
+ * Accumulation: the shuffled bytes r are added as 16-bit words into `all` (even + 256 * odd,
+ * modulo 2^16) and r >> 8 into `odd`; even = all - (odd << 8) is exact as long as the even sum
+ * fits 16 bits.  A lane receives at most two bytes (<= 255) per quad, so the sums are widened to
+ * 32 bits every FS_FLUSH = 128 quads (65280 < 65536). */
+#include <math.h>
+#include <string.h>
+#include "pq.h"
+#include "simd.h"
+
+#define FS_FLUSH 128
+
+static inline int perm16(int l) { return l / 2 + 8 * (l % 2); }
+static inline int quads_of(int m) { return (m + 3) / 4; }
+
+/* Quantization of one (pixel, group): lo[m] = min of table m, returns the widest max - min. */
+typedef float (*range_fn)(const float *t, int M, float *lo);
+/* q[m, k] = round((t[m, k] - lo[m]) * inv), nearest-even in every variant. */
+typedef void (*quant_fn)(const float *t, int M, const float *lo, float inv, uint8_t *q);
+
+static float range_scalar(const float *t, int M, float *lo) {
+    float widest = 0.f;
+    for (int m = 0; m < M; m++) {
+        float a = t[m * 16], b = a;
+        for (int k = 1; k < 16; k++) {
+            float v = t[m * 16 + k];
+            a = v < a ? v : a;
+            b = v > b ? v : b;
+        }
+        lo[m] = a;
+        widest = b - a > widest ? b - a : widest;
+    }
+    return widest;
+}
+
+static void quant_scalar(const float *t, int M, const float *lo, float inv, uint8_t *q) {
+    for (int m = 0; m < M; m++)
+        for (int k = 0; k < 16; k++) {
+            long v = lrintf((t[m * 16 + k] - lo[m]) * inv);
+            q[m * 16 + k] = (uint8_t)(v > 255 ? 255 : v);
+        }
+}
+
+#if QC_HAVE_X86
+QC_AVX2 static float hmin8(__m256 v) {
+    __m128 a = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_min_ps(a, _mm_movehl_ps(a, a));
+    return _mm_cvtss_f32(_mm_min_ss(a, _mm_shuffle_ps(a, a, 1)));
+}
+
+QC_AVX2 static float hmax8(__m256 v) {
+    __m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_max_ps(a, _mm_movehl_ps(a, a));
+    return _mm_cvtss_f32(_mm_max_ss(a, _mm_shuffle_ps(a, a, 1)));
+}
+
+QC_AVX2 static float range_avx2(const float *t, int M, float *lo) {
+    float widest = 0.f;
+    for (int m = 0; m < M; m++) {
+        __m256 x0 = _mm256_loadu_ps(t + m * 16), x1 = _mm256_loadu_ps(t + m * 16 + 8);
+        float a = hmin8(_mm256_min_ps(x0, x1)), b = hmax8(_mm256_max_ps(x0, x1));
+        lo[m] = a;
+        widest = b - a > widest ? b - a : widest;
+    }
+    return widest;
+}
+
+QC_AVX2 static void quant_avx2(const float *t, int M, const float *lo, float inv, uint8_t *q) {
+    const __m256 vinv = _mm256_set1_ps(inv);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int m = 0; m < M; m++) {
+        __m256 l = _mm256_set1_ps(lo[m]);
+        __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(t + m * 16), l), vinv));
+        __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(t + m * 16 + 8), l), vinv));
+        /* Saturating packs work within 128-bit lanes; the final permute restores the order. */
+        __m256i w = _mm256_packus_epi32(a, b);
+        __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(w, w), order);
+        _mm_storeu_si128((__m128i *)(q + m * 16), _mm256_castsi256_si128(bytes));
+    }
+}
+#endif
+
+void qc_fs_quantize_tables(const float *T, int npix, int groups, int M, int shared_scale, uint8_t *Q,
+                           float *scale, float *offset_sum, float *lo) {
+    static const range_fn ranges[QC_ISA_COUNT] = {
+        range_scalar,
+#if QC_HAVE_X86
+        range_avx2, range_avx2,
+#else
+        range_scalar, range_scalar,
+#endif
+    };
+    static const quant_fn quants[QC_ISA_COUNT] = {
+        quant_scalar,
+#if QC_HAVE_X86
+        quant_avx2, quant_avx2,
+#else
+        quant_scalar, quant_scalar,
+#endif
+    };
+    const range_fn range = ranges[qc_isa()];
+    const quant_fn quant = quants[qc_isa()];
+    const int Mp = 4 * quads_of(M);
+    float widest_all = 0.f;
+    for (size_t pg = 0; pg < (size_t)npix * groups; pg++) {
+        float widest = range(T + pg * M * 16, M, lo + pg * M), osum = 0.f;
+        for (int m = 0; m < M; m++) osum += lo[pg * M + m];
+        scale[pg] = widest;
+        offset_sum[pg] = osum;
+        widest_all = widest > widest_all ? widest : widest_all;
+    }
+    for (size_t pg = 0; pg < (size_t)npix * groups; pg++) {
+        float widest = shared_scale ? widest_all : scale[pg];
+        float s = widest > 0.f ? widest / 255.f : 1.f;
+        uint8_t *q = Q + pg * Mp * 16;
+        quant(T + pg * M * 16, M, lo + pg * M, 1.f / s, q);
+        memset(q + (size_t)M * 16, 0, (size_t)(Mp - M) * 16);
+        scale[pg] = s;
+    }
+}
+
+static inline size_t quad_bytes(int nibbles) { return nibbles ? 64 : 128; }
+
+size_t qc_fs_packed_size(int kh, int kw, int groups, int M, int cout, int nibbles) {
+    size_t nblk = (size_t)(cout / groups + QC_FS_BLOCK - 1) / QC_FS_BLOCK;
+    return (size_t)groups * kh * kw * nblk * quads_of(M) * quad_bytes(nibbles);
+}
+
+void qc_fs_pack_codes(const uint8_t *codes, int kh, int kw, int groups, int M, int cout, int nibbles,
+                      uint8_t *packed) {
+    const int cout_g = cout / groups, nblk = (cout_g + QC_FS_BLOCK - 1) / QC_FS_BLOCK, quads = quads_of(M);
+    const int taps = kh * kw;
+    const size_t qb = quad_bytes(nibbles);
+    memset(packed, 0, qc_fs_packed_size(kh, kw, groups, M, cout, nibbles));
+    for (int g = 0; g < groups; g++)
+        for (int t = 0; t < taps; t++)
+            for (int b = 0; b < nblk; b++)
+                for (int u = 0; u < quads; u++) {
+                    uint8_t *dst = packed + ((((size_t)g * taps + t) * nblk + b) * quads + u) * qb;
+                    for (int h = 0; h < 4 && 4 * u + h < M; h++)
+                        for (int l = 0; l < 16; l++)
+                            for (int half = 0; half < 2; half++) {
+                                int ch = b * QC_FS_BLOCK + 16 * half + perm16(l);
+                                if (ch >= cout_g) continue;
+                                uint8_t code = codes[((size_t)t * M + 4 * u + h) * cout + g * cout_g + ch];
+                                if (nibbles)
+                                    dst[16 * h + l] |= (uint8_t)((code & 15) << (4 * half));
+                                else
+                                    dst[64 * half + 16 * h + l] = code;
+                            }
+                }
+}
+
+/* The valid taps of one output pixel, gathered once and shared by all its blocks. */
+typedef struct {
+    int n;
+    size_t pix[QC_FS_MAX_TAPS];          /* input pixel index */
+    int tap[QC_FS_MAX_TAPS];             /* kernel offset index */
+} fs_taps;
+
+/* How the integer sums of a block become outputs: y[c] = act(s * sum[c] + osum + bias[c]), c < n. */
+typedef struct {
+    float s, osum;
+    const float *bias;                   /* NULL or the block's first channel */
+    float *y;                            /* the block's first output */
+    int n, act;
+} fs_out;
+
+static void store_scalar(const uint32_t sum[QC_FS_BLOCK], const fs_out *o) {
+    for (int c = 0; c < o->n; c++)
+        o->y[c] = qc_act(fmaf(o->s, (float)sum[c], o->osum) + (o->bias ? o->bias[c] : 0.f), o->act);
+}
+
+/* One (output pixel, group) and nb <= FS_NB consecutive blocks of 32 channels: integer sums over
+ * all valid taps, then stored.  Blocks are handled together so that they share each table load
+ * and the loop overhead, which dominates when a layer has few subspaces per kernel offset. */
+#define FS_NB 2
+typedef void (*blocks_fn)(const uint8_t *Q, int groups, int quads, const uint8_t *codes, size_t tap_stride,
+                          int nibbles, int nb, int g, const fs_taps *tp, const fs_out *out);
+
+static void blocks_scalar(const uint8_t *Q, int groups, int quads, const uint8_t *codes, size_t tap_stride,
+                          int nibbles, int nb, int g, const fs_taps *tp, const fs_out *out) {
+    const size_t qb = quad_bytes(nibbles);
+    for (int b = 0; b < nb; b++) {
+        uint32_t sum[QC_FS_BLOCK] = {0};
+        const uint8_t *codes_b = codes + (size_t)b * quads * qb;
+        for (int k = 0; k < tp->n; k++) {
+            const uint8_t *lut = Q + (tp->pix[k] * groups + g) * quads * 64;
+            const uint8_t *cd = codes_b + (size_t)tp->tap[k] * tap_stride;
+            for (int u = 0; u < quads; u++)
+                for (int i = 0; i < 64; i += 16)
+                    for (int l = 0; l < 16; l++) {
+                        const uint8_t *c = cd + u * qb + i + l;
+                        uint8_t lo = nibbles ? c[0] & 15 : c[0], hi = nibbles ? c[0] >> 4 : c[64];
+                        sum[perm16(l)] += lut[u * 64 + i + lo];
+                        sum[16 + perm16(l)] += lut[u * 64 + i + hi];
+                    }
+        }
+        store_scalar(sum, out + b);
+    }
+}
+
+#if QC_HAVE_X86
+QC_AVX2 static inline __m256i widen2(__m256i a) {
+    return _mm256_add_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(a)),
+                            _mm256_cvtepu16_epi32(_mm256_extracti128_si256(a, 1)));
+}
+
+/* The float epilogue of one block from its 32-bit sums t[0..3] (channels 0-7, 8-15, 16-23,
+ * 24-31), 8 channels at a time; the same fused multiply-add as store_scalar. */
+QC_AVX2 static void store_avx2(const __m256i t[4], const fs_out *o) {
+    if (o->n < QC_FS_BLOCK) {
+        uint32_t sum[QC_FS_BLOCK];
+        for (int i = 0; i < 4; i++) _mm256_storeu_si256((__m256i *)(sum + 8 * i), t[i]);
+        store_scalar(sum, o);
+        return;
+    }
+    const __m256 s = _mm256_set1_ps(o->s), osum = _mm256_set1_ps(o->osum);
+    const __m256 zero = _mm256_setzero_ps(), six = _mm256_set1_ps(6.f);
+    for (int i = 0; i < 4; i++) {
+        __m256 v = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(t[i]), osum);
+        if (o->bias) v = _mm256_add_ps(v, _mm256_loadu_ps(o->bias + 8 * i));
+        if (o->act != QC_ACT_NONE) v = _mm256_max_ps(v, zero);
+        if (o->act == QC_ACT_RELU6) v = _mm256_min_ps(v, six);
+        _mm256_storeu_ps(o->y + 8 * i, v);
+    }
+}
+
+/* 16-bit accumulators of one block: all/odd for the low 16 channels (codes bytes 0..63 of a
+ * quad) and for the high 16 (bytes 64..127).  even = all - (odd << 8); both are widened with the
+ * lanes (subspaces) summed into the 32-bit totals t (even 0-7, odd 8-15, even 16-23, odd 24-31). */
+QC_AVX2 static void flush_avx2(__m256i acc[4], __m256i t[4]) {
+    t[0] = _mm256_add_epi32(t[0], widen2(_mm256_sub_epi16(acc[0], _mm256_slli_epi16(acc[1], 8))));
+    t[1] = _mm256_add_epi32(t[1], widen2(acc[1]));
+    t[2] = _mm256_add_epi32(t[2], widen2(_mm256_sub_epi16(acc[2], _mm256_slli_epi16(acc[3], 8))));
+    t[3] = _mm256_add_epi32(t[3], widen2(acc[3]));
+    for (int i = 0; i < 4; i++) acc[i] = _mm256_setzero_si256();
+}
+
+QC_AVX2 QC_INLINE void blocks_avx2_n(const uint8_t *Q, int groups, int quads, const uint8_t *codes,
+                                     size_t tap_stride, const int nibbles, const int nb, int g, const fs_taps *tp,
+                                     const fs_out *out) {
+    __m256i acc[FS_NB][4], t[FS_NB][4];
+    for (int b = 0; b < nb; b++)
+        for (int i = 0; i < 4; i++) acc[b][i] = t[b][i] = _mm256_setzero_si256();
+    const size_t qb = quad_bytes(nibbles), bstride = (size_t)quads * qb;
+    const __m256i nib = _mm256_set1_epi8(0x0f);
+    int pending = 0;
+    for (int k = 0; k < tp->n; k++) {
+        const uint8_t *lut = Q + (tp->pix[k] * groups + g) * quads * 64;
+        const uint8_t *cd = codes + (size_t)tp->tap[k] * tap_stride;
+        for (int u = 0; u < quads; u++) {
+            for (int i = 0; i < 64; i += 32) {
+                __m256i l = _mm256_loadu_si256((const __m256i *)(lut + (size_t)u * 64 + i));
+                for (int b = 0; b < nb; b++) {
+                    const uint8_t *c = cd + b * bstride + (size_t)u * qb + i;
+                    __m256i clo = _mm256_loadu_si256((const __m256i *)c), chi;
+                    if (nibbles) {
+                        chi = _mm256_and_si256(_mm256_srli_epi16(clo, 4), nib);
+                        clo = _mm256_and_si256(clo, nib);
+                    } else {
+                        chi = _mm256_loadu_si256((const __m256i *)(c + 64));
+                    }
+                    __m256i rlo = _mm256_shuffle_epi8(l, clo), rhi = _mm256_shuffle_epi8(l, chi);
+                    acc[b][0] = _mm256_add_epi16(acc[b][0], rlo);
+                    acc[b][1] = _mm256_add_epi16(acc[b][1], _mm256_srli_epi16(rlo, 8));
+                    acc[b][2] = _mm256_add_epi16(acc[b][2], rhi);
+                    acc[b][3] = _mm256_add_epi16(acc[b][3], _mm256_srli_epi16(rhi, 8));
+                }
+            }
+            if (++pending == FS_FLUSH) {
+                for (int b = 0; b < nb; b++) flush_avx2(acc[b], t[b]);
+                pending = 0;
+            }
+        }
+    }
+    for (int b = 0; b < nb; b++) {
+        flush_avx2(acc[b], t[b]);
+        store_avx2(t[b], out + b);
+    }
+}
+
+QC_AVX2 static void blocks_avx2(const uint8_t *Q, int groups, int quads, const uint8_t *codes, size_t tap_stride,
+                                int nibbles, int nb, int g, const fs_taps *tp, const fs_out *out) {
+    /* Constant arguments let the inlined body specialise: accumulators stay in registers. */
+    if (nibbles)
+        nb == 2 ? blocks_avx2_n(Q, groups, quads, codes, tap_stride, 1, 2, g, tp, out)
+                : blocks_avx2_n(Q, groups, quads, codes, tap_stride, 1, 1, g, tp, out);
+    else
+        nb == 2 ? blocks_avx2_n(Q, groups, quads, codes, tap_stride, 0, 2, g, tp, out)
+                : blocks_avx2_n(Q, groups, quads, codes, tap_stride, 0, 1, g, tp, out);
+}
+
+/* Sum of the four 128-bit lanes of 16-bit counts, widened: 8 x u32. */
+QC_AVX512 static inline __m256i widen4(__m512i a) {
+    __m512i w = _mm512_add_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(a)),
+                                 _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(a, 1)));
+    return _mm256_add_epi32(_mm512_castsi512_si256(w), _mm512_extracti64x4_epi64(w, 1));
+}
+
+QC_AVX512 static void flush_avx512(__m512i acc[4], __m256i t[4]) {
+    t[0] = _mm256_add_epi32(t[0], widen4(_mm512_sub_epi16(acc[0], _mm512_slli_epi16(acc[1], 8))));
+    t[1] = _mm256_add_epi32(t[1], widen4(acc[1]));
+    t[2] = _mm256_add_epi32(t[2], widen4(_mm512_sub_epi16(acc[2], _mm512_slli_epi16(acc[3], 8))));
+    t[3] = _mm256_add_epi32(t[3], widen4(acc[3]));
+    for (int i = 0; i < 4; i++) acc[i] = _mm512_setzero_si512();
+}
+
+QC_AVX512 QC_INLINE void blocks_avx512_n(const uint8_t *Q, int groups, int quads, const uint8_t *codes,
+                                         size_t tap_stride, const int nibbles, const int nb, int g,
+                                         const fs_taps *tp, const fs_out *out) {
+    __m512i acc[FS_NB][4];
+    __m256i t[FS_NB][4];
+    for (int b = 0; b < nb; b++)
+        for (int i = 0; i < 4; i++) {
+            acc[b][i] = _mm512_setzero_si512();
+            t[b][i] = _mm256_setzero_si256();
+        }
+    const size_t qb = quad_bytes(nibbles), bstride = (size_t)quads * qb;
+    const __m512i nib = _mm512_set1_epi8(0x0f);
+    int pending = 0;
+    for (int k = 0; k < tp->n; k++) {
+        const uint8_t *lut = Q + (tp->pix[k] * groups + g) * quads * 64;
+        const uint8_t *cd = codes + (size_t)tp->tap[k] * tap_stride;
+        for (int u = 0; u < quads; u++) {
+            __m512i l = _mm512_loadu_si512((const void *)(lut + (size_t)u * 64));
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *c = cd + b * bstride + (size_t)u * qb;
+                __m512i clo = _mm512_loadu_si512((const void *)c), chi;
+                if (nibbles) {
+                    chi = _mm512_and_si512(_mm512_srli_epi16(clo, 4), nib);
+                    clo = _mm512_and_si512(clo, nib);
+                } else {
+                    chi = _mm512_loadu_si512((const void *)(c + 64));
+                }
+                __m512i rlo = _mm512_shuffle_epi8(l, clo), rhi = _mm512_shuffle_epi8(l, chi);
+                acc[b][0] = _mm512_add_epi16(acc[b][0], rlo);
+                acc[b][1] = _mm512_add_epi16(acc[b][1], _mm512_srli_epi16(rlo, 8));
+                acc[b][2] = _mm512_add_epi16(acc[b][2], rhi);
+                acc[b][3] = _mm512_add_epi16(acc[b][3], _mm512_srli_epi16(rhi, 8));
+            }
+            if (++pending == FS_FLUSH) {
+                for (int b = 0; b < nb; b++) flush_avx512(acc[b], t[b]);
+                pending = 0;
+            }
+        }
+    }
+    for (int b = 0; b < nb; b++) {
+        flush_avx512(acc[b], t[b]);
+        store_avx2(t[b], out + b);
+    }
+}
+
+QC_AVX512 static void blocks_avx512(const uint8_t *Q, int groups, int quads, const uint8_t *codes,
+                                    size_t tap_stride, int nibbles, int nb, int g, const fs_taps *tp,
+                                    const fs_out *out) {
+    if (nibbles)
+        nb == 2 ? blocks_avx512_n(Q, groups, quads, codes, tap_stride, 1, 2, g, tp, out)
+                : blocks_avx512_n(Q, groups, quads, codes, tap_stride, 1, 1, g, tp, out);
+    else
+        nb == 2 ? blocks_avx512_n(Q, groups, quads, codes, tap_stride, 0, 2, g, tp, out)
+                : blocks_avx512_n(Q, groups, quads, codes, tap_stride, 0, 1, g, tp, out);
+}
+#endif
+
+void qc_pq_conv_fastscan(const uint8_t *Q, const float *scale, const float *offset_sum, int h, int w,
+                         int groups, int M, const uint8_t *packed, int kh, int kw, int sh, int sw,
+                         int pt, int pl, int cout, const float *bias, float *y, int oh, int ow, int act,
+                         int nibbles) {
+    static const blocks_fn variants[QC_ISA_COUNT] = {
+        blocks_scalar,
+#if QC_HAVE_X86
+        blocks_avx2, blocks_avx512,
+#else
+        blocks_scalar, blocks_scalar,
+#endif
+    };
+    const blocks_fn blocks = variants[qc_isa()];
+    const int cout_g = cout / groups, nblk = (cout_g + QC_FS_BLOCK - 1) / QC_FS_BLOCK, quads = quads_of(M);
+    const size_t qb = quad_bytes(nibbles), tap_stride = (size_t)nblk * quads * qb;
+    fs_taps tp;
+    for (int oy = 0; oy < oh; oy++)
+        for (int ox = 0; ox < ow; ox++) {
+            tp.n = 0;
+            for (int i = 0; i < kh; i++) {
+                int iy = oy * sh - pt + i;
+                if (iy < 0 || iy >= h) continue;    /* zero padding contributes nothing */
+                for (int j = 0; j < kw; j++) {
+                    int ix = ox * sw - pl + j;
+                    if (ix < 0 || ix >= w) continue;
+                    tp.pix[tp.n] = (size_t)iy * w + ix;
+                    tp.tap[tp.n++] = i * kw + j;
+                }
+            }
+            float *yp = y + ((size_t)oy * ow + ox) * cout;
+            for (int g = 0; g < groups; g++) {
+                /* Every valid tap shares the scale (one tap, or a shared-scale band). */
+                float s = tp.n ? scale[tp.pix[0] * groups + g] : 0.f, osum = 0.f;
+                for (int k = 0; k < tp.n; k++) osum += offset_sum[tp.pix[k] * groups + g];
+                for (int b = 0; b < nblk; b += FS_NB) {
+                    int nb = nblk - b < FS_NB ? nblk - b : FS_NB;
+                    fs_out out[FS_NB];
+                    for (int j = 0; j < nb; j++) {
+                        int c0 = g * cout_g + (b + j) * QC_FS_BLOCK, rest = cout_g - (b + j) * QC_FS_BLOCK;
+                        out[j] = (fs_out){s, osum, bias ? bias + c0 : NULL, yp + c0,
+                                          rest < QC_FS_BLOCK ? rest : QC_FS_BLOCK, act};
+                    }
+                    blocks(Q, groups, quads, packed + ((size_t)g * kh * kw * nblk + b) * quads * qb, tap_stride,
+                           nibbles, nb, g, &tp, out);
+                }
+            }
+        }
+}

@@ -1,0 +1,153 @@
+"""Validated entry points to the PQ lookup kernels (qcnn/csrc/pq_*.c).
+
+A `PreparedPQ` holds the layouts a kernel wants (codebooks transposed for the table build, codes
+packed for fast-scan), made once when a model is loaded, and runs the layer on NHWC batches.
+Everything the C side indexes with is checked here first: the kernels trust their arguments.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .._kernels import ffi, lib
+from ..layers import resolve_pads
+from .layer import PQLayer
+
+KERNELS = ("exact", "fastscan")
+MAX_TAPS = 121                  # QC_FS_MAX_TAPS in pq.h
+_ACT = {None: 0, "relu": 1, "relu6": 2}
+# Tables of a band of input rows are built, used and dropped before the next band: it bounds
+# memory (K = 256 tables of a 112x112 map would take hundreds of MB) and keeps them in cache.
+TABLE_BUDGET_BYTES = 2 << 20
+
+
+def _ptr(a: np.ndarray | None, ctype: str = "float *"):
+    return ffi.NULL if a is None else ffi.cast(ctype, a.ctypes.data)
+
+
+def fastscan_supported(layer: PQLayer) -> bool:
+    return layer.ksub <= 16
+
+
+class PreparedPQ:
+    def __init__(self, layer: PQLayer, kernel: str = "exact"):
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown PQ kernel {kernel!r}; choose from {KERNELS}")
+        layer.validate()       # every code < K, shapes consistent: required before C reads them
+        if kernel == "fastscan" and not fastscan_supported(layer):
+            raise ValueError(f"fast-scan needs K <= 16, layer has K = {layer.ksub}")
+        if kernel == "fastscan" and layer.kernel[0] * layer.kernel[1] > MAX_TAPS:
+            raise ValueError(f"fast-scan supports kernels up to {MAX_TAPS} taps")
+        self.layer, self.kernel = layer, kernel
+        g, m, k, d = layer.codebooks.shape
+        cb = layer.codebooks
+        if kernel == "fastscan" and k < 16:
+            # Pad to 16 codewords with copies of codeword 0: never selected, and they leave each
+            # table's min and max (hence the uint8 step) unchanged.
+            cb = np.concatenate([cb, np.repeat(cb[:, :, :1], 16 - k, axis=2)], axis=2)
+        self.ksub = cb.shape[2]
+        self.cbt = np.ascontiguousarray(cb.transpose(0, 1, 3, 2).reshape(g * m, d, self.ksub))
+        self.codes = layer.codes
+        self._buffers: dict[str, np.ndarray] = {}
+        # Seconds spent building tables (incl. their uint8 quantization) and looking up, summed
+        # over calls: the benchmark's per-layer breakdown reads and resets them.
+        self.seconds = {"tables": 0.0, "lookups": 0.0}
+        if kernel == "fastscan":
+            # FC layers read each code once per image (memory-bound): two codes per byte.
+            # Convolutions reuse codes at every position (compute-bound): one per byte.
+            self.pack_codes(nibbles=layer.kind_of == "fc")
+
+    def pack_codes(self, nibbles: bool) -> None:
+        """The fast-scan code layout (pq_fastscan.c documents both)."""
+        l = self.layer
+        kh, kw = l.kernel
+        self.nibbles = int(nibbles)
+        self.packed = np.empty(lib.qc_fs_packed_size(kh, kw, l.groups, l.M, l.out_channels, self.nibbles), np.uint8)
+        lib.qc_fs_pack_codes(_ptr(self.codes, "uint8_t *"), kh, kw, l.groups, l.M, l.out_channels, self.nibbles,
+                             _ptr(self.packed, "uint8_t *"))
+
+    def table_bytes(self, w: int) -> int:
+        """Bytes of lookup tables for one input row of width w."""
+        l = self.layer
+        return w * l.groups * l.M * self.ksub * (4 + (1 if self.kernel == "fastscan" else 0))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        l = self.layer
+        if l.kind_of == "fc":
+            x = x.reshape(x.shape[0], 1, 1, -1)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n, h, w, c = x.shape
+        if c != l.in_channels:
+            raise ValueError(f"{l.describe()}: got {c} input channels")
+        kh, kw = l.kernel
+        sh, sw = l.stride
+        top, bottom, left, right = resolve_pads(l.pads, h, w, kh, kw, sh, sw)
+        oh = (h + top + bottom - kh) // sh + 1
+        ow = (w + left + right - kw) // sw + 1
+        if oh < 1 or ow < 1 or min(top, bottom, left, right) < 0:
+            raise ValueError(f"{l.describe()}: input {h}x{w} too small")
+        if (kh, kw) == (1, 1) and (sh, sw) != (1, 1):
+            # A strided 1x1 reads a quarter of the pixels: build tables for those only.
+            x = np.ascontiguousarray(x[:, top % sh::sh, left % sw::sw][:, :oh, :ow])
+            n, h, w, c = x.shape
+            sh = sw = 1
+            top = left = 0
+        y = np.empty((n, oh, ow, l.out_channels), np.float32)
+        rows = max(1, TABLE_BUDGET_BYTES // max(1, self.table_bytes(w) * sh) - kh)
+        for b in range(n):
+            for oy0 in range(0, oh, rows):
+                oy1 = min(oh, oy0 + rows)
+                r0 = max(0, oy0 * sh - top)
+                r1 = min(h, (oy1 - 1) * sh - top + kh)
+                self._band(x[b, r0:r1], y[b, oy0:oy1], top + r0 - oy0 * sh, left, sh, sw)
+        return y.reshape(n, -1) if l.kind_of == "fc" else y
+
+    def _scratch(self, name: str, shape: tuple, dtype) -> np.ndarray:
+        """A reused work buffer: fresh megabyte-sized arrays per call cost page faults.
+        (So one PreparedPQ must not run in two threads at once; each engine has its own.)"""
+        size = int(np.prod(shape))
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < size or buf.dtype != dtype:
+            buf = self._buffers[name] = np.empty(size, dtype)
+        return buf[:size].reshape(shape)
+
+    def _band(self, xb: np.ndarray, yb: np.ndarray, pt: int, pl: int, sh: int, sw: int) -> None:
+        """Output rows yb from input rows xb; pt, pl: padding before the band (may count rows
+        of the image above it, which the band's outputs never read)."""
+        l = self.layer
+        h, w, c = xb.shape
+        oh, ow, cout = yb.shape
+        kh, kw = l.kernel
+        g, m = l.groups, l.M
+        # The kernels read rows oy*sh - pt + i for i < kh, clipped to [0, h): check they exist.
+        if pt < 0 or pl < 0 or (oh - 1) * sh - pt + kh > h + kh or not yb.flags.c_contiguous:
+            raise ValueError("PQ kernel: bad band geometry")
+        xb = np.ascontiguousarray(xb)
+        t0 = time.perf_counter()
+        T = self._scratch("tables", (h * w, g * m, self.ksub), np.float32)
+        lib.qc_pq_tables_f32(_ptr(xb), h * w, c, g, m, l.dsub, self.ksub, _ptr(self.cbt), _ptr(T))
+        bias, act = l.bias, _ACT[l.activation]
+        if self.kernel == "exact":
+            t1 = time.perf_counter()
+            lib.qc_pq_conv_exact(_ptr(T), h, w, g, m, self.ksub, _ptr(self.codes, "uint8_t *"), kh, kw, sh, sw,
+                                 pt, pl, cout, _ptr(bias), _ptr(yb), oh, ow, act)
+            self._count(t0, t1)
+            return
+        Q = self._scratch("q", (h * w, g, -(-m // 4) * 4, 16), np.uint8)
+        scale = self._scratch("scale", (h * w, g), np.float32)
+        offset_sum = self._scratch("offset_sum", (h * w, g), np.float32)
+        lo = self._scratch("lo", (h * w, g, m), np.float32)
+        # An output of a k x k layer sums tables of several pixels: they must share one scale.
+        shared = int(kh * kw > 1)
+        lib.qc_fs_quantize_tables(_ptr(T), h * w, g, m, shared, _ptr(Q, "uint8_t *"), _ptr(scale),
+                                  _ptr(offset_sum), _ptr(lo))
+        t1 = time.perf_counter()
+        lib.qc_pq_conv_fastscan(_ptr(Q, "uint8_t *"), _ptr(scale), _ptr(offset_sum), h, w, g, m,
+                                _ptr(self.packed, "uint8_t *"), kh, kw, sh, sw, pt, pl, cout, _ptr(bias),
+                                _ptr(yb), oh, ow, act, self.nibbles)
+        self._count(t0, t1)
+
+    def _count(self, t0: float, t1: float) -> None:
+        self.seconds["tables"] += t1 - t0
+        self.seconds["lookups"] += time.perf_counter() - t1

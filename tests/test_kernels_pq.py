@@ -1,0 +1,137 @@
+"""PQ lookup kernels (qcnn/csrc/pq_*.c) against the dense engine on reconstructed weights, and every
+SIMD variant against the scalar reference."""
+import numpy as np
+import pytest
+
+from qcnn import kernels as dense_kernels
+from qcnn.layers import resolve_pads
+from qcnn.pq import kernels as K
+from qcnn.pq.layer import PQLayer
+
+ISAS = [isa for isa in ("scalar", "avx2", "avx512") if isa in dense_kernels.ISA_NAMES.values()]
+
+# kind, C_in, C_out, kernel, dsub, K, groups, stride, pads, map size
+CASES = [
+    ("conv", 8, 40, 3, 2, 16, 1, (1, 1), (1, 1, 1, 1), (9, 8)),
+    ("conv", 12, 64, 3, 4, 16, 2, (2, 2), "same", (9, 8)),        # groups, stride 2, SAME on odd/even
+    ("conv", 7, 33, 1, 3, 16, 1, (2, 2), (0, 0, 0, 0), (7, 6)),   # strided 1x1, dsub does not divide C_in
+    ("conv", 16, 17, 5, 4, 256, 1, (1, 1), (2, 2, 2, 2), (6, 7)), # K = 256: exact only
+    ("conv", 6, 24, 3, 1, 5, 3, (1, 2), (0, 2, 1, 0), (5, 9)),     # K < 16, asymmetric pads
+    ("conv", 4, 9, 3, 8, 16, 1, (1, 1), "same", (1, 1)),          # one subspace, 1-pixel map
+    ("conv", 96, 64, 5, 4, 16, 1, (1, 1), (2, 2, 2, 2), (6, 6)),   # 25 taps x 6 quads: widening flush
+    ("fc", 100, 70, 1, 4, 16, 1, (1, 1), (0, 0, 0, 0), (1, 1)),
+    ("fc", 2100, 40, 1, 4, 16, 1, (1, 1), (0, 0, 0, 0), (1, 1)),   # 525 subspaces: flush inside a tap
+    ("fc", 37, 9, 1, 5, 200, 1, (1, 1), (0, 0, 0, 0), (1, 1)),
+]
+
+
+def make_layer(kind, cin, cout, k, dsub, ksub, groups, stride, pads, seed=0):
+    rng = np.random.default_rng(seed)
+    m = -(-(cin // groups) // dsub)
+    cb = rng.standard_normal((groups, m, ksub, dsub)).astype(np.float32)
+    codes = rng.integers(0, ksub, (k, k, m, cout)).astype(np.uint8)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    return PQLayer(kind, cb, codes, cin, bias, stride, pads, groups, "relu" if cout % 2 else None)
+
+
+def inputs(case, seed=1):
+    kind, cin, *_, hw = case
+    return np.random.default_rng(seed).standard_normal((2, *hw, cin)).astype(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def restore_isa():
+    yield
+    dense_kernels.set_isa(ISAS[-1])
+
+
+def fastscan_bound(layer, x):
+    """|fast-scan - exact| <= sum over the terms of an output of half a uint8 table step.
+    1x1/FC layers quantize each pixel's tables with their own step; k x k layers share the widest
+    step of the band (the whole map here), and an output sums at most taps * M terms."""
+    g, m, k, d = layer.codebooks.shape
+    xs = x.reshape(x.shape[0], -1, x.shape[-1]) if layer.kind_of == "fc" else x.reshape(x.shape[0], -1, x.shape[-1])
+    cin_g = layer.in_channels // g
+    xp = np.zeros((*xs.shape[:2], g, m * d), np.float32)
+    for gi in range(g):
+        xp[:, :, gi, :cin_g] = xs[..., gi * cin_g:(gi + 1) * cin_g]
+    tables = np.einsum("npgmd,gmkd->npgmk", xp.reshape(*xs.shape[:2], g, m, d), layer.codebooks)
+    step = (tables.max(-1) - tables.min(-1)).max(axis=-1) / 255          # (n, pixels, g)
+    taps = layer.kernel[0] * layer.kernel[1]
+    per_term = step.max() if taps > 1 else step.max()
+    return taps * m * per_term / 2 * 1.001 + 1e-4
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}{c[1]}-{c[2]}k{c[3]}d{c[4]}K{c[5]}g{c[6]}")
+@pytest.mark.parametrize("isa", ISAS)
+def test_exact_kernel_equals_dense_engine_on_reconstructed_weights(case, isa):
+    dense_kernels.set_isa(isa)
+    layer = make_layer(*case[:-1])
+    x = inputs(case)
+    want = layer.to_dense()(x)
+    got = K.PreparedPQ(layer, "exact")(x)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[5] <= 16], ids=lambda c: f"{c[0]}{c[1]}-{c[2]}k{c[3]}")
+@pytest.mark.parametrize("isa", ISAS)
+def test_fastscan_within_the_table_quantization_bound(case, isa):
+    dense_kernels.set_isa(isa)
+    layer = make_layer(*case[:-1])
+    x = inputs(case)
+    exact = K.PreparedPQ(layer, "exact")(x)
+    fast = K.PreparedPQ(layer, "fastscan")(x)
+    err = np.abs(fast - exact).max()
+    assert err <= fastscan_bound(layer, x), err
+    assert err > 0          # it really used the uint8 tables
+
+
+@pytest.mark.parametrize("kernel", K.KERNELS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}{c[1]}-{c[2]}k{c[3]}")
+def test_simd_variants_equal_the_scalar_reference_bit_for_bit(case, kernel):
+    layer = make_layer(*case[:-1])
+    if kernel == "fastscan" and layer.ksub > 16:
+        pytest.skip("fast-scan needs K <= 16")
+    x = inputs(case)
+    outs = {}
+    for isa in ISAS:
+        dense_kernels.set_isa(isa)
+        outs[isa] = K.PreparedPQ(layer, kernel)(x)
+    for isa in ISAS[1:]:
+        np.testing.assert_array_equal(outs[isa], outs["scalar"], err_msg=isa)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[5] <= 16], ids=lambda c: f"{c[0]}{c[1]}-{c[2]}k{c[3]}")
+def test_both_fastscan_code_layouts_agree(case):
+    layer = make_layer(*case[:-1])
+    x = inputs(case)
+    prepared = K.PreparedPQ(layer, "fastscan")
+    first = prepared(x)
+    prepared.pack_codes(nibbles=not prepared.nibbles)
+    np.testing.assert_array_equal(prepared(x), first)
+
+
+def test_row_bands_give_the_same_result(monkeypatch):
+    case = ("conv", 12, 64, 3, 4, 16, 2, (2, 2), "same", (17, 11))
+    layer = make_layer(*case[:-1])
+    x = inputs(case)
+    whole = {k: K.PreparedPQ(layer, k)(x) for k in K.KERNELS}
+    monkeypatch.setattr(K, "TABLE_BUDGET_BYTES", 1)        # one output row per band
+    np.testing.assert_array_equal(K.PreparedPQ(layer, "exact")(x), whole["exact"])
+    banded = K.PreparedPQ(layer, "fastscan")(x)          # bands may pick their own shared scale
+    assert np.abs(banded - whole["exact"]).max() <= fastscan_bound(layer, x)
+
+
+def test_validation_before_c():
+    layer = make_layer("conv", 8, 16, 3, 2, 16, 1, (1, 1), "same")
+    with pytest.raises(ValueError, match="input channels"):
+        K.PreparedPQ(layer)(np.zeros((1, 5, 5, 7), np.float32))
+    layer.codes[0, 0, 0, 0] = 16                            # corrupted after construction
+    with pytest.raises(ValueError, match="code is >= K"):
+        K.PreparedPQ(layer)
+    big = make_layer("fc", 8, 4, 1, 2, 64, 1, (1, 1), (0, 0, 0, 0))
+    with pytest.raises(ValueError, match="K <= 16"):
+        K.PreparedPQ(big, "fastscan")
+    with pytest.raises(ValueError, match="unknown PQ kernel"):
+        K.PreparedPQ(big, "magic")
