@@ -1,1 +1,6 @@
-"""qcnn desktop app (PySide6)."""
+"""qcnn desktop app (PySide6): a thin view over qcnn.workbench."""
+import os
+
+# QtMultimedia lists every optional library it does not find (PipeWire, VA-API) when it loads,
+# before any code of ours runs: silence that category unless the user set rules of their own.
+os.environ.setdefault("QT_LOGGING_RULES", "qt.multimedia.symbolsresolver=false")

@@ -1,8 +1,15 @@
-from PIL import Image
-from PySide6.QtCore import Qt
-import pytest
+"""Launching: the screenshot mode of `main`, the entry points and the desktop-entry installer."""
+import configparser
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-from app.window import MainWindow, main
+from PIL import Image
+
+from app.window import main
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def gradient_bmp(path):
@@ -12,42 +19,39 @@ def gradient_bmp(path):
     return path
 
 
-def shown_probs(window):
-    items = [window.results.item(i) for i in range(window.results.count())]
-    return [item.data(Qt.ItemDataRole.UserRole) for item in items]
-
-
-@pytest.fixture
-def window(qtbot):
-    w = MainWindow()
-    qtbot.addWidget(w)
-    w.show()
-    return w
-
-
-def test_open_bmp_shows_top5(window, tmp_path):
-    window.open_image(gradient_bmp(tmp_path / "gradient.bmp"))
-    probs = shown_probs(window)
-    assert len(probs) == 5
-    assert all(0 < p <= 1 for p in probs)
-    assert sum(probs) <= 1 + 1e-6
-    assert "ms" in window.latency_label.text()
-    assert not window.image_label.pixmap().isNull()
-
-
-def test_corrupt_file_shows_error_and_window_keeps_working(window, tmp_path):
-    bad = tmp_path / "x.bmp"
-    bad.write_bytes(b"\x00not a bitmap\xff" * 20)
-    assert window.open_image(bad) is None
-    assert "x.bmp" in window.status.text()
-    assert window.results.count() == 0
-
-    window.open_image(gradient_bmp(tmp_path / "gradient.bmp"))
-    assert len(shown_probs(window)) == 5
-    assert "x.bmp" not in window.status.text()
-
-
-def test_screenshot_mode(qapp, tmp_path):
+def test_screenshot_mode_waits_for_both_engines_then_saves_the_window(qapp, tmp_path, monkeypatch):
+    monkeypatch.setenv("QCNN_CACHE_DIR", str(tmp_path / "cache"))
     shot = tmp_path / "window.png"
-    assert main([str(gradient_bmp(tmp_path / "g.bmp")), "--screenshot", str(shot)]) == 0
-    assert Image.open(shot).size[0] > 0
+    argv = [str(gradient_bmp(tmp_path / "g.bmp")), "--screenshot", str(shot), "--size", "1400x820",
+            "--conv", "dense", "--fc", "16/16", "--no-error-correction"]
+    assert main(argv) == 0
+    assert Image.open(shot).size == (1400, 820)
+    assert list((tmp_path / "cache" / "quantized").glob("efficientnet-lite0-*.qcnn"))
+
+
+def test_entry_points_name_app_window_main():
+    text = (REPO / "pyproject.toml").read_text()
+    assert 'qcnn-app = "app.window:main"' in text
+    assert "from app.window import main" in (REPO / "main.py").read_text()
+    out = subprocess.run([sys.executable, str(REPO / "main.py"), "--help"], capture_output=True, text=True,
+                         env={**os.environ, "QT_QPA_PLATFORM": "offscreen"}, timeout=60)
+    assert out.returncode == 0 and "--screenshot" in out.stdout
+
+
+def test_desktop_entry_installer_writes_entry_and_icon(tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "share")}
+    subprocess.run(["bash", str(REPO / "scripts" / "install-desktop-entry.sh")], env=env, check=True,
+                   capture_output=True)
+    entry = tmp_path / "share" / "applications" / "qcnn.desktop"
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str
+    parser.read(entry)
+    desktop = parser["Desktop Entry"]
+    assert desktop["Type"] == "Application" and desktop["Icon"] == "qcnn" and desktop["Terminal"] == "false"
+    assert ("qcnn-app" in desktop["Exec"] or "main.py" in desktop["Exec"]) and desktop["Exec"].endswith("%f")
+    assert (tmp_path / "share" / "icons" / "hicolor" / "scalable" / "apps" / "qcnn.svg").is_file()
+    assert (tmp_path / "share" / "icons" / "hicolor" / "256x256" / "apps" / "qcnn.png").is_file()
+
+    subprocess.run(["bash", str(REPO / "scripts" / "install-desktop-entry.sh"), "--uninstall"], env=env,
+                   check=True, capture_output=True)
+    assert not entry.exists()

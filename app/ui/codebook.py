@@ -1,0 +1,400 @@
+"""Codebook controls: C_s' and K per layer kind (and per layer), error correction, kernel, threads,
+and the evaluation folder."""
+from __future__ import annotations
+
+import os
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from qcnn.pq.layer import PQSetting
+from qcnn.workbench import QuantSettings, sample_images
+
+K_CHOICES = (2, 4, 8, 16, 32, 64, 128, 256)
+LAYER_MODES = ("default", "custom", "dense")
+
+
+def _same_codebooks(a: QuantSettings, b: QuantSettings) -> bool:
+    def key(s: QuantSettings):
+        return s.conv, s.fc, dict(s.per_layer), s.error_correction
+    return key(a) == key(b)
+
+
+class KindControls(QGroupBox):
+    """Quantize on/off, C_s' and K for one layer kind (conv or FC)."""
+
+    changed = Signal()
+
+    def __init__(self, title: str, parent=None):
+        super().__init__(title, parent)
+        self.setCheckable(True)
+        self.dsub = QSpinBox()
+        self.dsub.setRange(1, 256)
+        self.dsub.setToolTip("C_s': input channels per subspace (wider = fewer subspaces, faster, coarser)")
+        self.ksub = QComboBox()
+        for k in K_CHOICES:
+            self.ksub.addItem(f"{k}  ({max(1, (k - 1).bit_length())} bit codes)", k)
+        self.ksub.setToolTip("K: codewords per subspace (more = more accurate, slower to build)")
+        form = QFormLayout(self)
+        form.addRow("subspace width C_s'", self.dsub)
+        form.addRow("codebook size K", self.ksub)
+        self.toggled.connect(lambda _on: self.changed.emit())
+        self.dsub.valueChanged.connect(lambda _v: self.changed.emit())
+        self.ksub.currentIndexChanged.connect(lambda _i: self.changed.emit())
+
+    def setting(self) -> PQSetting | None:
+        return PQSetting(self.dsub.value(), self.ksub.currentData()) if self.isChecked() else None
+
+    def set_setting(self, s: PQSetting | None, fallback: PQSetting) -> None:
+        self.blockSignals(True)
+        s_shown = s or fallback
+        self.setChecked(s is not None)
+        self.dsub.setValue(s_shown.dsub)
+        i = self.ksub.findData(s_shown.ksub)
+        if i < 0:
+            self.ksub.addItem(str(s_shown.ksub), s_shown.ksub)
+            i = self.ksub.count() - 1
+        self.ksub.setCurrentIndex(i)
+        self.blockSignals(False)
+
+
+class LayerTable(QTableWidget):
+    """Per-layer overrides: default (the kind's setting), a custom C_s'/K, or dense."""
+
+    changed = Signal()
+    COLS = ("layer", "kind", "shape", "use", "C_s'", "K")
+
+    def __init__(self, parent=None):
+        super().__init__(0, len(self.COLS), parent)
+        self.setHorizontalHeaderLabels(self.COLS)
+        self.verticalHeader().setVisible(False)
+        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.layers = []
+
+    def set_layers(self, layers) -> None:
+        self.layers = list(layers)
+        self.setRowCount(len(self.layers))
+        for row, layer in enumerate(self.layers):
+            for col, text in enumerate((layer.name, layer.kind, layer.shape)):
+                self.setItem(row, col, QTableWidgetItem(text))
+            mode = QComboBox()
+            mode.addItems(LAYER_MODES)
+            dsub, ksub = QSpinBox(), QComboBox()
+            dsub.setRange(1, 256)
+            for k in K_CHOICES:
+                ksub.addItem(str(k), k)
+            mode.currentIndexChanged.connect(lambda _i, r=row: self._mode_changed(r))
+            dsub.valueChanged.connect(lambda _v: self.changed.emit())
+            ksub.currentIndexChanged.connect(lambda _i: self.changed.emit())
+            self.setCellWidget(row, 3, mode)
+            self.setCellWidget(row, 4, dsub)
+            self.setCellWidget(row, 5, ksub)
+            self._mode_changed(row, emit=False)
+
+    def _mode_changed(self, row: int, emit: bool = True) -> None:
+        custom = self.cellWidget(row, 3).currentText() == "custom"
+        self.cellWidget(row, 4).setEnabled(custom)
+        self.cellWidget(row, 5).setEnabled(custom)
+        if emit:
+            self.changed.emit()
+
+    def overrides(self) -> tuple:
+        out = []
+        for row, layer in enumerate(self.layers):
+            mode = self.cellWidget(row, 3).currentText()
+            if mode == "dense":
+                out.append((layer.name, None))
+            elif mode == "custom":
+                out.append((layer.name, PQSetting(self.cellWidget(row, 4).value(),
+                                                  self.cellWidget(row, 5).currentData())))
+        return tuple(sorted(out, key=lambda t: t[0]))
+
+    def set_overrides(self, settings: QuantSettings) -> None:
+        given = dict(settings.per_layer)
+        self.blockSignals(True)
+        for row, layer in enumerate(self.layers):
+            mode, dsub, ksub = self.cellWidget(row, 3), self.cellWidget(row, 4), self.cellWidget(row, 5)
+            for w in (mode, dsub, ksub):
+                w.blockSignals(True)
+            shown = settings.layer_setting(layer.name, layer.kind) or PQSetting(4, 32)
+            mode.setCurrentText("default" if layer.name not in given else ("dense" if given[layer.name] is None
+                                                                           else "custom"))
+            dsub.setValue(shown.dsub)
+            i = ksub.findData(shown.ksub)
+            ksub.setCurrentIndex(max(0, i))
+            for w in (mode, dsub, ksub):
+                w.blockSignals(False)
+            self._mode_changed(row, emit=False)
+        self.blockSignals(False)
+
+
+class CodebookPanel(QWidget):
+    """Everything that decides what the quantized engine is, and how fast it runs."""
+
+    apply_requested = Signal(object)          # QuantSettings
+    preset_chosen = Signal(str)
+    kernel_changed = Signal(str)
+    threads_changed = Signal(int)
+    evaluate_requested = Signal(str)          # folder holding labels.csv
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.applied: QuantSettings | None = None
+        self._presets: dict[str, QuantSettings] = {}
+
+        self.preset = QComboBox()
+        self.preset.setToolTip("Named settings for this model")
+        self.preset.activated.connect(self._preset_activated)
+
+        self.conv = KindControls("Conv layers")
+        self.fc = KindControls("Fully connected layers")
+
+        self.layer_toggle = QToolButton()
+        self.layer_toggle.setText("Per-layer settings ▸")
+        self.layer_toggle.setCheckable(True)
+        self.layer_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        self.layer_table = LayerTable()
+        self.layer_table.setVisible(False)
+        self.layer_table.setMinimumHeight(180)
+        self.layer_toggle.toggled.connect(self._toggle_layers)
+
+        self.error_correction = QCheckBox("Error correction (calibration images)")
+        self.error_correction.setToolTip("Wu et al., Sec. 3.2/3.3: refine the codebooks so each layer's "
+                                         "output error on real images is minimised (slower to build)")
+        self.calib_source = QComboBox()
+        n = len(sample_images())
+        self.calib_source.addItem(f"bundled samples ({n} photos)", None)
+        self.calib_source.addItem("choose a folder…", "__choose__")
+        self.calib_source.activated.connect(self._calib_activated)
+        self.calib_count = QSpinBox()
+        self.calib_count.setRange(1, 10000)
+        self.calib_count.setValue(16)
+        self.calib_count.setToolTip("Calibration images used for error correction")
+
+        self.apply = QPushButton("Apply")
+        self.apply.setDefault(True)
+        self.apply.setToolTip("Re-quantize with these settings (in the background; cached on disk)")
+        self.apply.clicked.connect(lambda: self.apply_requested.emit(self.settings()))
+        self.revert = QPushButton("Revert")
+        self.revert.setToolTip("Show the settings of the quantized model in use")
+        self.revert.clicked.connect(lambda: self.applied and self.set_settings(self.applied))
+
+        self.kernel = QComboBox()
+        self.kernel.currentIndexChanged.connect(self._kernel_changed)
+        self.threads = QSpinBox()
+        self.threads.setRange(1, max(1, os.cpu_count() or 1))
+        self.threads.setValue(1)
+        self.threads.setToolTip("Threads per engine (BLAS and C kernels); 1 is how the paper measures")
+        self.threads.valueChanged.connect(self.threads_changed.emit)
+
+        self.eval_folder = QLineEdit()
+        self.eval_folder.setPlaceholderText("folder with images + labels.csv")
+        browse = QPushButton("…")
+        browse.setFixedWidth(30)
+        browse.clicked.connect(self._browse_eval)
+        self.eval_limit = QSpinBox()
+        self.eval_limit.setRange(0, 1_000_000)
+        self.eval_limit.setSpecialValueText("all")
+        self.eval_limit.setToolTip("Evaluate only the first N images of labels.csv (all: 0)")
+        self.evaluate = QPushButton("Evaluate")
+        self.evaluate.setToolTip("Top-1/top-5 of both engines on the folder's labelled images (background)")
+        self.evaluate.clicked.connect(lambda: self.evaluate_requested.emit(self.eval_folder.text().strip()))
+        self.eval_result = QLabel("")
+        self.eval_result.setWordWrap(True)
+        self.eval_result.setTextFormat(Qt.TextFormat.RichText)
+
+        # ---- layout
+        quant = QGroupBox("Codebooks")
+        q = QVBoxLayout(quant)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("preset"))
+        row.addWidget(self.preset, 1)
+        q.addLayout(row)
+        q.addWidget(self.conv)
+        q.addWidget(self.fc)
+        q.addWidget(self.layer_toggle)
+        q.addWidget(self.layer_table)
+        q.addWidget(self.error_correction)
+        calib = QFormLayout()
+        calib.addRow("calibration", self.calib_source)
+        calib.addRow("images", self.calib_count)
+        q.addLayout(calib)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.revert)
+        buttons.addStretch(1)
+        buttons.addWidget(self.apply)
+        q.addLayout(buttons)
+
+        run = QGroupBox("Engine")
+        r = QFormLayout(run)
+        r.addRow("kernel", self.kernel)
+        r.addRow("threads", self.threads)
+
+        ev = QGroupBox("Accuracy on a labelled folder")
+        e = QVBoxLayout(ev)
+        er = QHBoxLayout()
+        er.addWidget(self.eval_folder, 1)
+        er.addWidget(browse)
+        e.addLayout(er)
+        el = QHBoxLayout()
+        el.addWidget(QLabel("images"))
+        el.addWidget(self.eval_limit, 1)
+        el.addWidget(self.evaluate)
+        e.addLayout(el)
+        e.addWidget(self.eval_result)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(quant)
+        layout.addWidget(run)
+        layout.addWidget(ev)
+        layout.addStretch(1)
+
+        for w in (self.conv, self.fc, self.layer_table):
+            w.changed.connect(self._mark)
+        self.error_correction.toggled.connect(self._mark)
+        self.calib_count.valueChanged.connect(self._mark)
+
+    # ---- model-dependent content
+    def set_layers(self, layers) -> None:
+        self.layer_table.set_layers(layers)
+        kinds = {layer.kind for layer in layers}
+        self.conv.setEnabled("conv" in kinds)
+        self.fc.setEnabled("fc" in kinds)
+
+    def set_presets(self, presets: dict[str, QuantSettings]) -> None:
+        self._presets = dict(presets)
+        self.preset.blockSignals(True)
+        self.preset.clear()
+        self.preset.addItem("custom", None)
+        for name in presets:
+            self.preset.addItem(name, name)
+        self.preset.blockSignals(False)
+        self.preset.setEnabled(bool(presets))
+        if not presets:
+            self.preset.setToolTip("No presets for this model")
+
+    def set_kernels(self, choices) -> None:
+        """choices: (name, label, available, why not)."""
+        self.kernel.blockSignals(True)
+        self.kernel.clear()
+        model = self.kernel.model()
+        for i, (name, label, ok, why) in enumerate(choices):
+            self.kernel.addItem(label, name)
+            model.item(i).setEnabled(ok)
+            if why:
+                self.kernel.setItemData(i, why, Qt.ItemDataRole.ToolTipRole)
+        self.kernel.setCurrentIndex(0)
+        self.kernel.blockSignals(False)
+
+    def kernel_enabled(self, name: str) -> bool:
+        i = self.kernel.findData(name)
+        return i >= 0 and self.kernel.model().item(i).isEnabled()
+
+    def set_kernel(self, name: str) -> None:
+        i = self.kernel.findData(name)
+        if i >= 0:
+            self.kernel.blockSignals(True)
+            self.kernel.setCurrentIndex(i)
+            self.kernel.blockSignals(False)
+
+    # ---- settings
+    def settings(self) -> QuantSettings:
+        folder = self.calib_source.currentData()
+        return QuantSettings(conv=self.conv.setting(), fc=self.fc.setting(),
+                             per_layer=self.layer_table.overrides(),
+                             error_correction=self.error_correction.isChecked(),
+                             calib_folder=folder if folder and folder != "__choose__" else None,
+                             calib_count=self.calib_count.value(),
+                             seed=self.applied.seed if self.applied else 0)
+
+    def set_settings(self, s: QuantSettings, applied: bool = False) -> None:
+        """Show `s` in the controls; `applied`: it is what the quantized engine runs."""
+        if applied:
+            self.applied = s
+        self.conv.set_setting(s.conv, PQSetting(4, 32))
+        self.fc.set_setting(s.fc, PQSetting(4, 32))
+        self.layer_table.set_overrides(s)
+        self.error_correction.blockSignals(True)
+        self.error_correction.setChecked(s.error_correction)
+        self.error_correction.blockSignals(False)
+        self.calib_count.blockSignals(True)
+        self.calib_count.setValue(s.calib_count)
+        self.calib_count.blockSignals(False)
+        self._set_calib_folder(s.calib_folder)
+        self._mark()
+
+    def set_busy(self, busy: bool) -> None:
+        """While the quantized engine is being rebuilt: no second Apply, no kernel switch (a
+        kernel switch would replace the running task and so cancel it)."""
+        self.apply.setEnabled(not busy)
+        self.kernel.setEnabled(not busy)
+        self.preset.setEnabled(not busy and bool(self._presets))
+
+    def _mark(self) -> None:
+        current = self.settings()
+        match = next((name for name, s in self._presets.items() if _same_codebooks(s, current)), None)
+        self.preset.blockSignals(True)
+        self.preset.setCurrentIndex(max(0, self.preset.findData(match)) if match else 0)
+        self.preset.blockSignals(False)
+        changed = self.applied is None or current != self.applied
+        self.apply.setText("Apply ●" if changed and self.applied is not None else "Apply")
+        self.revert.setEnabled(changed and self.applied is not None)
+
+    def _toggle_layers(self, on: bool) -> None:
+        self.layer_table.setVisible(on)
+        self.layer_toggle.setText("Per-layer settings ▾" if on else "Per-layer settings ▸")
+
+    def _preset_activated(self, _index: int) -> None:
+        name = self.preset.currentData()
+        if name and name in self._presets:
+            self.set_settings(self._presets[name])
+            self.preset_chosen.emit(name)
+
+    def _set_calib_folder(self, folder: str | None) -> None:
+        self.calib_source.blockSignals(True)
+        if folder is None:
+            self.calib_source.setCurrentIndex(0)
+        else:
+            i = self.calib_source.findData(folder)
+            if i < 0:
+                self.calib_source.insertItem(1, os.path.basename(folder.rstrip("/")) or folder, folder)
+                i = 1
+            self.calib_source.setCurrentIndex(i)
+        self.calib_source.blockSignals(False)
+
+    def _calib_activated(self, _index: int) -> None:
+        if self.calib_source.currentData() != "__choose__":
+            self._mark()
+            return
+        folder = QFileDialog.getExistingDirectory(self, "Calibration images")
+        self._set_calib_folder(folder or None)
+        self._mark()
+
+    def _browse_eval(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Labelled images (with labels.csv)")
+        if folder:
+            self.eval_folder.setText(folder)
+
+    def _kernel_changed(self, _index: int) -> None:
+        name = self.kernel.currentData()
+        if name:
+            self.kernel_changed.emit(name)

@@ -1,0 +1,149 @@
+"""Latency plots (pyqtgraph): a rolling per-frame line per engine, and the last frame per layer."""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QScrollArea, QSizePolicy
+
+from .style import ENGINE_COLORS, ENGINE_TITLES
+
+WEIGHT_KINDS = {"conv", "fc", "pq", "depthwise"}
+
+
+def _setup(plot: pg.PlotWidget) -> None:
+    plot.setBackground("w")
+    plot.showGrid(x=True, y=True, alpha=0.25)
+    plot.setMenuEnabled(False)
+    for name in ("left", "bottom"):
+        plot.getAxis(name).setTextPen("#444")
+        plot.getAxis(name).setPen("#999")
+
+
+def legend_html() -> str:
+    """The engines' colours as text, for the plots' titles (a pyqtgraph legend would hide bars)."""
+    return "  ".join(f"<span style='color:{c}'>&#9632;</span> {ENGINE_TITLES[e]}" for e, c in ENGINE_COLORS.items())
+
+
+class LatencyPlot(pg.PlotWidget):
+    """Rolling latency of the last `keep` frames, one line per engine."""
+
+    def __init__(self, keep: int = 200, parent=None):
+        super().__init__(parent)
+        _setup(self)
+        self.setLabel("left", "latency", units="ms")
+        self.setLabel("bottom", "frame")
+        self.keep = keep
+        self.frame = 0
+        self.data = {e: (deque(maxlen=keep), deque(maxlen=keep)) for e in ENGINE_COLORS}
+        # Markers only while there are few points: per-point symbols are pyqtgraph's costliest
+        # drawing, and a stream adds many.
+        self.curves = {e: self.plot([], [], name=ENGINE_TITLES[e], pen=pg.mkPen(c, width=2), symbol="o",
+                                    symbolSize=5, symbolBrush=c, symbolPen=None, skipFiniteCheck=True)
+                       for e, c in ENGINE_COLORS.items()}
+        self.setMinimumHeight(160)
+
+    MARKERS_UP_TO = 40
+
+    def add(self, dense_ms: float | None, quant_ms: float | None, redraw: bool = True) -> None:
+        """One frame: the latencies each engine took (None: that engine did not run it)."""
+        self.frame += 1
+        for engine, ms in (("dense", dense_ms), ("quantized", quant_ms)):
+            if ms is not None:
+                xs, ys = self.data[engine]
+                xs.append(self.frame)
+                ys.append(ms)
+        if redraw:
+            self.redraw()
+
+    def redraw(self) -> None:
+        lo, hi, top = None, 0, 1.0
+        for engine, (xs, ys) in self.data.items():
+            curve = self.curves[engine]
+            curve.setSymbol("o" if len(xs) <= self.MARKERS_UP_TO else None)
+            curve.setData(np.fromiter(xs, float, len(xs)), np.fromiter(ys, float, len(ys)))
+            if xs:
+                lo = xs[0] if lo is None else min(lo, xs[0])
+                hi = max(hi, xs[-1])
+                top = max(top, max(ys))
+        # Ranges set here, once, rather than by pyqtgraph's auto-range, which repaints twice.
+        self.setXRange(lo if lo is not None else 0, max(hi, (lo or 0) + 10), padding=0.02)
+        self.setYRange(0, top * 1.1, padding=0)
+
+    def points(self, engine: str) -> int:
+        return len(self.data[engine][0])
+
+    def reset(self) -> None:
+        self.frame = 0
+        for engine, (xs, ys) in self.data.items():
+            xs.clear()
+            ys.clear()
+            self.curves[engine].setData([], [])
+
+
+class LayerBreakdown(QScrollArea):
+    """The last frame's time per layer: grouped horizontal bars, dense above quantized."""
+
+    ROW = 16        # pixels per layer
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.plot = pg.PlotWidget()
+        _setup(self.plot)
+        self.plot.setLabel("bottom", "time", units="ms")
+        self.plot.invertY(True)
+        self.plot.setMouseEnabled(x=True, y=False)
+        self.bars = {}
+        for engine, color in ENGINE_COLORS.items():
+            item = pg.BarGraphItem(x0=[], y=[], height=0.38, width=[], brush=color, pen=None,
+                                   name=ENGINE_TITLES[engine])
+            self.plot.addItem(item)
+            self.bars[engine] = item
+        self.layers: list[str] = []
+        self.setWidget(self.plot)
+        self.setWidgetResizable(True)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.plot.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.plot.setMinimumHeight(120)
+
+    def show_runs(self, dense, quantized) -> None:
+        """Bars for the weight layers of the given EngineRuns (either may be None); the rest of each
+        network (pooling, adds, ...) is summed into one "other layers" row."""
+        order, per = [], {}
+        for run in (dense, quantized):
+            if run is None:
+                continue
+            other = 0.0
+            times = {}
+            for t in run.layers:
+                if t.kind in WEIGHT_KINDS:
+                    times[t.name] = times.get(t.name, 0.0) + t.ms
+                    if t.name not in order:
+                        order.append(t.name)
+                else:
+                    other += t.ms
+            times["other layers"] = other
+            per[run.engine] = times
+        if not per:
+            return
+        order.append("other layers")
+        relabel = order != self.layers
+        self.layers = order
+        for engine, item in self.bars.items():
+            times = per.get(engine, {})
+            offset = -0.2 if engine == "dense" else 0.2
+            ys = [i + offset for i, n in enumerate(order) if n in times]
+            ws = [times[n] for n in order if n in times]
+            item.setOpts(x0=[0.0] * len(ys), y=ys, width=ws, height=0.38)
+        if relabel:                           # a new model: new rows (costly, so only then)
+            self.plot.getAxis("left").setTicks([[(i, n) for i, n in enumerate(order)]])
+            self.plot.setMinimumHeight(self.ROW * len(order) + 70)
+            self.plot.setYRange(-0.7, len(order) - 0.3, padding=0)
+        widest = max((w for times in per.values() for w in times.values()), default=1.0)
+        self.plot.setXRange(0, widest * 1.05, padding=0)
+
+    def bar_count(self, engine: str) -> int:
+        opts = self.bars[engine].opts
+        return len(opts.get("width") if opts.get("width") is not None else [])

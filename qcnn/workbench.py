@@ -1,0 +1,646 @@
+"""The comparison workbench: the state the desktop app shows, without any Qt.
+
+One dense model and, next to it, its product-quantized graph with the settings that made it.
+Everything the app does to that state lives here, so it can be tested (and scripted) without a
+display; the app only decides *which thread* calls what.
+
+Thread-safety is by construction rather than by locks: graphs are never changed once built, so a
+worker can run any graph it was handed while another worker builds the next one.  The methods
+that compute (`run_engine`, `quantize`, `evaluate`, `footprint`) take what they need as arguments
+or read one attribute once; the methods that change the state (`set_model`, `adopt`) are called
+from one thread (the app's GUI thread) with results the workers produced.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from . import threads
+from .graph import Graph
+from .imageio import load_image
+from .models import Model, Prediction, load_model
+from .pq.layer import PQLayer, PQSetting
+from .pq.quantize import Cancelled   # also what quantize_model raises: one class to catch
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+SAMPLES = ASSETS / "samples"
+IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+BUILTIN_MODELS = {
+    "efficientnet-lite0": "EfficientNet-Lite0 (ImageNet)",
+    "alexnet": "AlexNet — speed test only (random weights)",
+}
+ENGINES = ("dense", "quantized")
+KERNELS = {"reference": "reference (numpy)", "exact": "exact (C)", "fastscan": "fast-scan (C, 4-bit)",
+           "auto": "auto (fast-scan where K ≤ 16)"}
+CACHE_FORMAT = 1          # bump when what a cache file means changes
+
+
+def cache_dir() -> Path:
+    """Where quantized models are cached: $QCNN_CACHE_DIR, else the user cache dir."""
+    from platformdirs import user_cache_dir
+    return Path(os.environ.get("QCNN_CACHE_DIR") or user_cache_dir("qcnn"))
+
+
+def sample_images(folder: Path = SAMPLES) -> list[Path]:
+    """The image files of a folder, by name (the bundled samples by default)."""
+    if not Path(folder).is_dir():
+        return []
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+# --------------------------------------------------------------------------- kernels
+# qcnn.pq.engine chooses the kernel of each PQ layer; it needs the C extension, so a checkout with
+# a missing or stale build still runs, on the numpy reference.
+
+def _engine():
+    try:
+        from .pq import engine
+    except ImportError:
+        return None
+    return engine if hasattr(engine, "with_kernel") else None
+
+
+def kernel_choices() -> list[tuple[str, str, bool, str]]:
+    """(name, label, available, tooltip) for each kernel the quantized engine can run."""
+    engine = _engine()
+    names = list(KERNELS) + [k for k in getattr(engine, "KERNELS", ()) if k not in KERNELS]
+    out = []
+    for name in names:
+        label = KERNELS.get(name, name)
+        if engine is None:
+            ok = name == "reference"
+            why = "" if ok else "not built yet: qcnn.pq.engine (the C kernels) is not available"
+        elif name not in getattr(engine, "KERNELS", KERNELS):
+            ok, why = False, "this qcnn has no such kernel"
+        else:
+            problem = kernel_problem(name)
+            ok = not problem
+            why = getattr(engine, "DESCRIPTIONS", {}).get(name, "") if ok else f"unavailable: {problem}"
+        out.append((name, label, ok, why))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_problem(name: str) -> str:
+    """Why kernel `name` cannot run here ("" when it can): it is tried on a tiny PQ layer, so a
+    missing or stale C build shows up as a disabled choice rather than a failing engine."""
+    from .graph import Node
+    try:
+        layer = PQLayer("conv", np.zeros((1, 2, 16, 2), np.float32), np.zeros((1, 1, 2, 4), np.uint8), 4)
+        graph = with_kernel(Graph([Node("pq", layer, ("input",))]), name)
+        graph.forward(np.zeros((1, 3, 3, 4), np.float32))
+    except Exception as exc:
+        return str(exc) or type(exc).__name__
+    return ""
+
+
+def default_kernel() -> str:
+    """The fastest kernel there is: "auto" (fast-scan where K <= 16, exact elsewhere) when the C
+    kernels are built, else the numpy reference."""
+    for name, _label, ok, _why in kernel_choices():
+        if ok and name == "auto":
+            return name
+    return "reference"
+
+
+def with_kernel(graph: Graph, name: str) -> Graph:
+    """`graph` with its PQ layers running kernel `name` (files and caches keep the canonical form)."""
+    engine = _engine()
+    if engine is None:
+        if name != "reference":
+            raise RuntimeError(f"kernel {name!r} needs qcnn.pq.engine, which this qcnn does not have")
+        return graph                                  # PQLayer's own numpy forward is the reference
+    return engine.with_kernel(graph, name)
+
+
+def kernel_map(graph: Graph) -> dict[str, str] | None:
+    engine = _engine()
+    return engine.kernel_map(graph) if engine is not None and hasattr(engine, "kernel_map") else None
+
+
+# --------------------------------------------------------------------------- settings
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """What the quantized graph is made from: codebook shape per layer kind, per-layer overrides,
+    error correction and its calibration images.  Kernel and threads are not here: they change
+    how fast the same graph runs, not what it computes, so they never invalidate the cache."""
+
+    # Defaults, for models without presets: C_s'=2, K=32 with error correction on 16 crops of the
+    # bundled photos kept EfficientNet-Lite0 at 81 % top-1 (dense 88 %) on 100 images of the
+    # ImageNet sample; C_s'=4 or K=16 on every conv layer broke it (< 30 %), with or without.
+    conv: PQSetting | None = PQSetting(2, 32)
+    fc: PQSetting | None = PQSetting(2, 32)
+    per_layer: tuple[tuple[str, PQSetting | None], ...] = ()   # (node name, setting or None = dense)
+    error_correction: bool = True
+    calib_folder: str | None = None      # None: the bundled sample photos
+    calib_count: int = 16
+    seed: int = 0
+
+    def layer_setting(self, name: str, kind: str) -> PQSetting | None:
+        for n, s in self.per_layer:
+            if n == name:
+                return s
+        return self.conv if kind == "conv" else self.fc
+
+    def with_layer(self, name: str, setting: PQSetting | None) -> "QuantSettings":
+        rest = tuple((n, s) for n, s in self.per_layer if n != name)
+        return replace(self, per_layer=rest + ((name, setting),))
+
+    def to_dict(self) -> dict:
+        def s(v):
+            return None if v is None else {"dsub": v.dsub, "ksub": v.ksub}
+        return {"conv": s(self.conv), "fc": s(self.fc),
+                "per_layer": {n: s(v) for n, v in sorted(self.per_layer)},
+                "error_correction": self.error_correction, "calib_folder": self.calib_folder,
+                "calib_count": self.calib_count, "seed": self.seed}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QuantSettings":
+        def s(v):
+            return None if v is None else PQSetting(int(v["dsub"]), int(v["ksub"]))
+        return cls(conv=s(d.get("conv")), fc=s(d.get("fc")),
+                   per_layer=tuple((n, s(v)) for n, v in sorted(d.get("per_layer", {}).items())),
+                   error_correction=bool(d.get("error_correction", False)),
+                   calib_folder=d.get("calib_folder"), calib_count=int(d.get("calib_count", 16)),
+                   seed=int(d.get("seed", 0)))
+
+    def describe(self) -> str:
+        def s(v):
+            return "dense" if v is None else f"C_s'={v.dsub} K={v.ksub}"
+        text = f"conv {s(self.conv)}, fc {s(self.fc)}"
+        if self.per_layer:
+            text += f", {len(self.per_layer)} layer override(s)"
+        return text + (", error correction" if self.error_correction else "")
+
+
+@dataclass(frozen=True)
+class QuantizableLayer:
+    name: str
+    kind: str              # "conv" or "fc"
+    shape: str             # e.g. "1x1 320->1280"
+    in_channels: int       # per group: what C_s' splits
+
+
+def quantizable_layers(model: Model) -> list[QuantizableLayer]:
+    """The layers product quantization applies to, as the quantizer decides."""
+    from . import layers as L
+    from .pq.quantize import quantizable_layers as names
+    out = []
+    for name in names(model.graph):
+        node = model.graph[name]
+        layer = node.layer
+        if isinstance(layer, L.Dense):
+            out.append(QuantizableLayer(node.name, "fc", f"{layer.in_channels}->{layer.out_channels}",
+                                        layer.in_channels))
+        else:
+            kh, kw, cin_g, cout = layer.weight.shape
+            out.append(QuantizableLayer(node.name, "conv", f"{kh}x{kw} {cin_g * layer.groups}->{cout}", cin_g))
+    return out
+
+
+def presets(model: Model) -> dict[str, QuantSettings]:
+    """The quantizer's named presets for this model (qcnn.pq.presets), as QuantSettings."""
+    try:
+        from .pq import presets as p
+    except ImportError:
+        return {}
+    out = {}
+    for name in p.preset_names(model.name):
+        try:
+            out[name] = settings_from_config(p.preset(model.name, name), model)
+        except Exception:
+            continue                          # a preset naming layers this model lacks: not offered
+    return out
+
+
+def settings_from_config(config, model: Model) -> QuantSettings:
+    """QuantSettings for a quantizer config: the most common setting of each layer kind becomes
+    the conv/FC setting, layers that differ become per-layer overrides."""
+    from collections import Counter
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+    def s(v):
+        return v if v is None or isinstance(v, PQSetting) else PQSetting(int(v["dsub"]), int(v["ksub"]))
+
+    given = {name: s(v) for name, v in (d.get("layers") or {}).items()}
+    kinds = {layer.name: layer.kind for layer in quantizable_layers(model)}
+    common = {}
+    for kind in ("conv", "fc"):
+        values = [given.get(n) for n, k in kinds.items() if k == kind]
+        common[kind] = Counter(values).most_common(1)[0][0] if values else None
+    per = tuple(sorted((n, given.get(n)) for n, k in kinds.items() if given.get(n) != common[k]))
+    return QuantSettings(conv=common["conv"], fc=common["fc"], per_layer=per,
+                         error_correction=bool(d.get("error_correction", False)), seed=int(d.get("seed", 0)))
+
+
+# --------------------------------------------------------------------------- frames and runs
+
+@dataclass
+class Prepared:
+    crop: Image.Image          # what the network sees, before normalisation
+    x: np.ndarray              # (1, H, W, 3) float32 network input
+    source_size: tuple[int, int]
+
+
+class Frame:
+    """One picture to classify with both engines.  Decoded and preprocessed once, by whichever
+    engine's thread gets to it first; the other one waits for that and reuses it."""
+
+    def __init__(self, load: Callable[[], Image.Image], name: str, serial: int = 0):
+        self.name = name
+        self.serial = serial
+        self._load = load
+        self._lock = threading.Lock()
+        self._done: dict[int, Prepared | BaseException] = {}
+
+    @classmethod
+    def from_image(cls, image: Image.Image, name: str, serial: int = 0) -> "Frame":
+        return cls(lambda: image, name, serial)
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike, serial: int = 0) -> "Frame":
+        return cls(lambda: load_image(path), Path(path).name, serial)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str, serial: int = 0) -> "Frame":
+        return cls(lambda: load_image(data), name, serial)
+
+    def prepare(self, model: Model) -> Prepared:
+        key = id(model.preprocess)
+        with self._lock:
+            if key not in self._done:
+                try:
+                    self._done[key] = _prepare(model, self._load())
+                except Exception as exc:            # remembered: the other engine reports the same
+                    self._done[key] = exc
+            done = self._done[key]
+        if isinstance(done, BaseException):
+            raise done
+        return done
+
+
+def _prepare(model: Model, image: Image.Image) -> Prepared:
+    # Crop once and normalise the crop, rather than calling preprocess(image) too, which would
+    # resize the full image a second time.  test_workbench checks this equals preprocess(image).
+    pre = model.preprocess
+    crop = pre.crop_image(image)
+    x = np.asarray(crop, dtype=np.float32)
+    if pre.channel_order == "BGR":
+        x = x[..., ::-1]
+    x = (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    return Prepared(crop, x[None].astype(np.float32, copy=False), image.size)
+
+
+@dataclass
+class LayerTime:
+    name: str
+    kind: str
+    ms: float
+
+
+@dataclass
+class EngineRun:
+    engine: str                # "dense" or "quantized"
+    frame: str
+    serial: int
+    top: list[Prediction]
+    latency_ms: float          # forward pass, per-layer hooks included
+    layers: list[LayerTime]
+    probs: np.ndarray = field(repr=False, default=None)
+    crop: Image.Image | None = field(repr=False, default=None)
+
+
+def run_engine(model: Model, graph: Graph, frame: Frame, engine: str, top: int = 5) -> EngineRun:
+    """Classify `frame` with `graph`, timing every node (graph.forward's on_layer hook)."""
+    prepared = frame.prepare(model)
+    layers: list[LayerTime] = []
+
+    def hook(node, seconds):
+        layers.append(LayerTime(node.name, node.layer.kind, seconds * 1e3))
+
+    t0 = time.perf_counter()
+    probs = model.predict(prepared.x, graph, on_layer=hook)[0]
+    latency = (time.perf_counter() - t0) * 1e3
+    return EngineRun(engine, frame.name, frame.serial, model.top_k(probs, top), latency, layers, probs,
+                     prepared.crop)
+
+
+def agree(dense: EngineRun | None, quantized: EngineRun | None) -> bool | None:
+    """Top-1 agreement of the two engines on the same frame; None when one is missing."""
+    if dense is None or quantized is None or dense.serial != quantized.serial:
+        return None
+    return dense.top[0].index == quantized.top[0].index
+
+
+class LayerTimings:
+    """Recent per-layer times of each engine, for the measured per-layer speed-up."""
+
+    def __init__(self, keep: int = 30):
+        self.keep = keep
+        self._runs = {e: deque(maxlen=keep) for e in ENGINES}
+
+    def clear(self, engine: str | None = None) -> None:
+        for e in ([engine] if engine else ENGINES):
+            self._runs[e].clear()
+
+    def add(self, run: EngineRun) -> None:
+        self._runs[run.engine].append({t.name: t.ms for t in run.layers})
+
+    def median_ms(self, engine: str) -> dict[str, float]:
+        runs = list(self._runs[engine])
+        names = {n for r in runs for n in r}
+        return {n: float(np.median([r[n] for r in runs if n in r])) for n in names}
+
+    def speedups(self) -> dict[str, float]:
+        """Measured dense/quantized time per layer, over the recent frames of both engines."""
+        d, q = self.median_ms("dense"), self.median_ms("quantized")
+        return {n: d[n] / q[n] for n in d if n in q and q[n] > 0}
+
+
+# --------------------------------------------------------------------------- quantized models
+
+@dataclass
+class Quantized:
+    graph: Graph                 # canonical (reference) PQ graph, as saved
+    settings: QuantSettings
+    path: Path                   # the .qcnn file it is stored in
+    file_bytes: int
+    metadata: dict
+    from_cache: bool = False
+    seconds: float = 0.0         # time it took to make (or load)
+
+
+@dataclass
+class Footprint:
+    dense_storage_bytes: int         # dense weights, 32 bits each (what the CLI counts)
+    quant_file_bytes: int            # the saved .qcnn file
+    report: object                   # qcnn.pq.cost.CostReport (same call as `qcnn cost`)
+
+    @property
+    def storage_ratio(self) -> float:
+        return self.dense_storage_bytes / self.quant_file_bytes if self.quant_file_bytes else float("nan")
+
+
+def model_key(model: Model) -> dict:
+    """What identifies a model's weights for the cache."""
+    return dict(model.identity) if model.identity else {"name": model.name, "params": _graph_digest(model.graph)}
+
+
+def _graph_digest(graph: Graph) -> str:
+    h = hashlib.sha256()
+    for name, value in sorted(graph.params().items()):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    return h.hexdigest()
+
+
+def _folder_fingerprint(folder: str | None) -> object:
+    if folder is None:
+        return "bundled"
+    files = sample_images(Path(folder))
+    return [folder, [(p.name, p.stat().st_size) for p in files]]
+
+
+def cache_key(model: Model, settings: QuantSettings) -> str:
+    calib = _folder_fingerprint(settings.calib_folder) if settings.error_correction else None
+    text = json.dumps({"format": CACHE_FORMAT, "model": model_key(model), "settings": settings.to_dict(),
+                       "calibration": calib}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def cache_path(model: Model, settings: QuantSettings) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.name)[:40]
+    return cache_dir() / "quantized" / f"{safe}-{cache_key(model, settings)}.qcnn"
+
+
+def to_config(model: Model, settings: QuantSettings):
+    """The quantizer's QuantConfig for these settings (per-layer overrides for other models'
+    layer names are ignored, so settings carry over between models)."""
+    from .pq.quantize import QuantConfig
+    config = QuantConfig.uniform(model, conv=settings.conv, fc=settings.fc,
+                                   error_correction=settings.error_correction, seed=settings.seed)
+    for name, setting in settings.per_layer:
+        if name in config.layers:
+            config.layers[name] = setting
+    return config
+
+
+# --------------------------------------------------------------------------- the workbench
+
+class Workbench:
+    """The current model, its dense graph, the quantized graph in use and how it runs."""
+
+    def __init__(self, model: Model | None = None):
+        self.model: Model | None = None
+        self.dense_graph: Graph | None = None
+        self.quantized: Quantized | None = None
+        self.kernel = default_kernel()
+        self.quant_graph: Graph | None = None      # quantized.graph as run with self.kernel
+        self.dense_note = ""                       # when the dense graph is not the original
+        self.source: str | None = None             # the ONNX file the model came from, if any
+        self.timings = LayerTimings()
+        if model is not None:
+            self.set_model(model)
+
+    # ---- models
+    @staticmethod
+    def load(spec: str | os.PathLike) -> Model:
+        """A built-in model by name or an ONNX file (the app calls this in a worker)."""
+        return load_model(spec)
+
+    def set_model(self, model: Model, dense_graph: Graph | None = None, note: str = "",
+                  source: str | os.PathLike | None = None) -> None:
+        self.model = model
+        self.source = os.fspath(source) if source is not None and os.path.isfile(source) else None
+        self.dense_graph = dense_graph or model.graph
+        self.dense_note = note
+        self.quantized = None
+        self.quant_graph = None
+        self.timings.clear()
+
+    def graph(self, engine: str) -> Graph | None:
+        return self.dense_graph if engine == "dense" else self.quant_graph
+
+    # ---- running
+    def run(self, frame: Frame, engine: str, graph: Graph | None = None) -> EngineRun:
+        graph = graph or self.graph(engine)
+        if graph is None:
+            raise RuntimeError(f"no {engine} graph yet")
+        return run_engine(self.model, graph, frame, engine)
+
+    def record(self, run: EngineRun) -> None:
+        self.timings.add(run)
+
+    @staticmethod
+    def set_threads(n: int) -> None:
+        threads.set_num_threads(n)
+
+    # ---- quantizing
+    def quantize(self, settings: QuantSettings, progress: Callable[[str, float], None] | None = None,
+                 cancel: threading.Event | None = None, model: Model | None = None) -> Quantized:
+        """The quantized graph for `settings`: from the on-disk cache when it is there, else made
+        (k-means, error correction) and saved there.  Changes nothing in the workbench; hand the
+        result to `adopt`.  Raises Cancelled when `cancel` is set before it finishes."""
+        model = model or self.model
+        t0 = time.perf_counter()
+        path = cache_path(model, settings)
+        cached = self._load_cached(path, model, settings)
+        if cached is not None:
+            cached.seconds = time.perf_counter() - t0
+            return cached
+        from .pq.quantize import calibration_batch, quantize_model
+        _load_openmp_first()
+        config = to_config(model, settings)
+        report = progress or (lambda text, fraction: None)
+
+        def on_progress(layer: str, step: str, fraction: float) -> None:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("quantization cancelled")
+            report(f"{layer}: {step}" if layer else step, fraction)
+
+        calib = None
+        if settings.error_correction:
+            report("calibration images", 0.0)
+            calib = calibration_batch(model, folder=settings.calib_folder, count=settings.calib_count,
+                                      seed=settings.seed)
+        graph = quantize_model(model, config, calib, progress=on_progress, cancel=cancel)
+        metadata = {"app": "qcnn workbench", "cache_key": cache_key(model, settings),
+                    "settings": settings.to_dict(), "config": config.to_dict(),
+                    "model_identity": model_key(model)}
+        if self.source is not None and model is self.model:
+            metadata["source"] = os.path.abspath(self.source)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        size = _save(path, model, graph, metadata)
+        return Quantized(graph, settings, path, size, metadata, False, time.perf_counter() - t0)
+
+    def _load_cached(self, path: Path, model: Model, settings: QuantSettings) -> Quantized | None:
+        if not path.is_file():
+            return None
+        from .pq.modelfile import ModelFileError, load_model_file
+        try:
+            loaded, metadata = load_model_file(path)
+        except (ModelFileError, OSError):
+            with contextlib.suppress(OSError):
+                path.unlink()                       # damaged: make it again
+            return None
+        if metadata.get("cache_key") != cache_key(model, settings):
+            return None
+        return Quantized(loaded.graph, settings, path, path.stat().st_size, metadata, True)
+
+    def adopt(self, quantized: Quantized, kernel_graph: Graph | None = None) -> None:
+        """Use `quantized` from now on (the next frame runs it)."""
+        self.quantized = quantized
+        self.quant_graph = kernel_graph if kernel_graph is not None else with_kernel(quantized.graph, self.kernel)
+        self.timings.clear("quantized")
+
+    def kernel_graph(self, name: str) -> Graph | None:
+        """The quantized graph converted for kernel `name` (may take a moment: call it in a worker)."""
+        return None if self.quantized is None else with_kernel(self.quantized.graph, name)
+
+    def set_kernel(self, name: str, graph: Graph | None) -> None:
+        self.kernel = name
+        if graph is not None:
+            self.quant_graph = graph
+        self.timings.clear("quantized")
+
+    # ---- model files
+    def open_model_file(self, path: str | os.PathLike) -> tuple[Model, Graph, Quantized, str]:
+        """Read a .qcnn file: (dense model, dense graph, Quantized, note).  The dense side is the
+        original built-in model when the file names one with the same weights; otherwise the
+        dense network is rebuilt from the codebooks (said so in the note)."""
+        from .pq.modelfile import load_model_file
+        loaded, metadata = load_model_file(path)
+        identity = metadata.get("model_identity") or loaded.identity
+        dense_model, note = None, ""
+        name = (identity or {}).get("name")
+        source = metadata.get("source")
+        for spec in ([name] if name in BUILTIN_MODELS else []) + ([source] if isinstance(source, str) else []):
+            try:
+                candidate = load_model(spec) if spec in BUILTIN_MODELS or os.path.isfile(spec) else None
+            except Exception:
+                candidate = None                    # moved or changed: rebuild from the codebooks
+            if candidate is not None and model_key(candidate) == identity:
+                dense_model = candidate
+                break
+        if dense_model is None:
+            from .pq.quantize import reconstructed
+            dense_model = Model(loaded.name, reconstructed(loaded.graph), loaded.preprocess, loaded.labels,
+                                loaded.description, loaded.speed_test_only, dict(loaded.identity))
+            note = "dense weights rebuilt from the codebooks (the original network is not available)"
+        settings = (QuantSettings.from_dict(metadata["settings"]) if isinstance(metadata.get("settings"), dict)
+                    else settings_of_graph(loaded.graph))
+        path = Path(path)
+        q = Quantized(loaded.graph, settings, path, path.stat().st_size, metadata, True)
+        return dense_model, dense_model.graph, q, note
+
+    def save_model_file(self, path: str | os.PathLike) -> int:
+        if self.quantized is None:
+            raise RuntimeError("nothing quantized to save yet")
+        return _save(Path(path), self.model, self.quantized.graph, self.quantized.metadata)
+
+    # ---- footprints
+    def footprint(self) -> Footprint | None:
+        if self.quantized is None:
+            return None
+        return footprint(self.model, self.dense_graph, self.quantized, self.quant_graph)
+
+    # ---- evaluation
+    def evaluate(self, labels_csv: str | os.PathLike, images_dir: str | os.PathLike | None = None,
+                 progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
+                 limit: int | None = None):
+        """Top-1/top-5 of both engines on a labelled folder (qcnn.evaluate)."""
+        from .evaluate import evaluate
+        model, dense, quant = self.model, self.dense_graph, self.quant_graph
+        engines = {"dense": lambda x: model.predict(x, dense)}
+        if quant is not None:
+            engines["quantized"] = lambda x: model.predict(x, quant)
+
+        def on_progress(i, n):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            if progress:
+                progress(i, n)
+
+        return evaluate(model, labels_csv, images_dir, engines=engines, limit=limit, progress=on_progress)
+
+
+def footprint(model: Model, dense_graph: Graph, quantized: Quantized, kernel_graph: Graph | None = None) -> Footprint:
+    """Storage and cost of a quantized model: the numbers `qcnn cost` prints.  `kernel_graph`
+    (the graph as it runs) fills in which kernel each layer uses."""
+    from .pq.cost import cost_report
+    kernels = kernel_map(kernel_graph) if kernel_graph is not None else None
+    report = cost_report(quantized.graph, (model.input_size, model.input_size), dense_graph=dense_graph,
+                         kernels=kernels)
+    return Footprint(report.dense_bits // 8, quantized.file_bytes, report)
+
+
+def settings_of_graph(graph: Graph) -> QuantSettings:
+    """Settings read back from a quantized graph's layers (for files we did not write)."""
+    per = tuple((n.name, n.layer.setting) for n in graph.nodes if isinstance(n.layer, PQLayer))
+    return QuantSettings(conv=None, fc=None, per_layer=per)
+
+
+def _save(path: Path, model: Model, graph: Graph, metadata: dict) -> int:
+    from .pq.modelfile import save_model
+    return save_model(path, model, graph, metadata)
+
+
+def _load_openmp_first() -> None:
+    # kmeans.init_codebooks limits thread pools to 1 and only then imports scikit-learn; an OpenMP
+    # runtime loaded inside that block escapes the limit, and its spinning threads made the first
+    # quantization of a process ~20x slower on a busy 2-core machine.  Importing it first avoids it.
+    with contextlib.suppress(ImportError):
+        import sklearn.cluster  # noqa: F401
