@@ -502,7 +502,6 @@ class Workbench:
             cached.seconds = time.perf_counter() - t0
             return cached
         from .pq.quantize import calibration_batch, quantize_model
-        _load_openmp_first()
         config = to_config(model, settings)
         report = progress or (lambda text, fraction: None)
 
@@ -637,10 +636,3 @@ def _save(path: Path, model: Model, graph: Graph, metadata: dict) -> int:
     from .pq.modelfile import save_model
     return save_model(path, model, graph, metadata)
 
-
-def _load_openmp_first() -> None:
-    # kmeans.init_codebooks limits thread pools to 1 and only then imports scikit-learn; an OpenMP
-    # runtime loaded inside that block escapes the limit, and its spinning threads made the first
-    # quantization of a process ~20x slower on a busy 2-core machine.  Importing it first avoids it.
-    with contextlib.suppress(ImportError):
-        import sklearn.cluster  # noqa: F401

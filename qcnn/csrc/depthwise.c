@@ -39,7 +39,7 @@ static inline void tap_range(int o, int stride, int pad, int k, int size, int *l
 }
 
 /* Output columns [lo, hi) whose whole window lies inside the input row: the interior. */
-static void interior_cols(const dw_args *a, int *lo, int *hi) {
+static inline void interior_cols(const dw_args *a, int *lo, int *hi) {
     int l = (a->pl + a->sw - 1) / a->sw;          /* first ox with ox * sw - pl >= 0 */
     int span = a->w + a->pl - a->kw;              /* last window start that still fits */
     int h = span < 0 ? 0 : span / a->sw + 1;

@@ -12,6 +12,9 @@ import warnings
 from typing import Callable
 
 import numpy as np
+# Imported here, not inside the one-thread limit below: an OpenMP runtime first loaded inside
+# threadpool_limits escapes it, and its spinning threads slowed a first quantization ~20x.
+from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
 from .layer import PQSetting
@@ -66,7 +69,6 @@ def kmeans(points: np.ndarray, k: int, seed: int = 0, n_init: int = 1,
     if len(uniq) <= k:
         book = uniq[np.arange(k) % len(uniq)]
         return book.astype(np.float32), inverse.astype(np.int64)
-    from sklearn.cluster import KMeans
     with _one_thread(), warnings.catch_warnings():
         # Ties between equally weighted points can leave k-means "converged" with fewer
         # distinct centres than asked; sklearn warns, the result is still usable.
