@@ -33,8 +33,8 @@ void qc_pq_tables_f32(const float *x, int npix, int cin, int groups, int M, int 
 void qc_pq_conv_exact(const float *T, int h, int w, int groups, int M, int ksub, const uint8_t *codes,
                       int kh, int kw, int sh, int sw, int pt, int pl, int cout, const float *bias,
                       float *y, int oh, int ow, int act);
-void qc_fs_quantize_tables(const float *T, int npix, int groups, int M, int shared_scale, uint8_t *Q,
-                           float *scale, float *offset_sum, float *lo);
+void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int dsub, const float *cbt,
+                     int shared_scale, float *T, uint8_t *Q, float *scale, float *offset_sum);
 size_t qc_fs_packed_size(int kh, int kw, int groups, int M, int cout, int nibbles);
 void qc_fs_pack_codes(const uint8_t *codes, int kh, int kw, int groups, int M, int cout, int nibbles,
                       uint8_t *packed);

@@ -47,19 +47,19 @@ def restore_isa():
 
 def fastscan_bound(layer, x):
     """|fast-scan - exact| <= sum over the terms of an output of half a uint8 table step.
-    1x1/FC layers quantize each pixel's tables with their own step; k x k layers share the widest
-    step of the band (the whole map here), and an output sums at most taps * M terms."""
+    A pixel's tables (all its subspaces) share one offset and step = their span / 255; 1x1/FC
+    layers keep a step per pixel, k x k layers share the widest step of the band (here the whole
+    map).  An output sums at most taps * M terms, so the bound uses the widest step."""
     g, m, k, d = layer.codebooks.shape
-    xs = x.reshape(x.shape[0], -1, x.shape[-1]) if layer.kind_of == "fc" else x.reshape(x.shape[0], -1, x.shape[-1])
+    xs = x.reshape(x.shape[0], -1, x.shape[-1])
     cin_g = layer.in_channels // g
     xp = np.zeros((*xs.shape[:2], g, m * d), np.float32)
     for gi in range(g):
         xp[:, :, gi, :cin_g] = xs[..., gi * cin_g:(gi + 1) * cin_g]
     tables = np.einsum("npgmd,gmkd->npgmk", xp.reshape(*xs.shape[:2], g, m, d), layer.codebooks)
-    step = (tables.max(-1) - tables.min(-1)).max(axis=-1) / 255          # (n, pixels, g)
+    step = (tables.max(axis=(-2, -1)) - tables.min(axis=(-2, -1))) / 255        # (n, pixels, g)
     taps = layer.kernel[0] * layer.kernel[1]
-    per_term = step.max() if taps > 1 else step.max()
-    return taps * m * per_term / 2 * 1.001 + 1e-4
+    return taps * m * step.max() / 2 * 1.001 + 1e-4
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}{c[1]}-{c[2]}k{c[3]}d{c[4]}K{c[5]}g{c[6]}")

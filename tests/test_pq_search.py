@@ -4,7 +4,7 @@ import pytest
 
 from qcnn.layers import softmax
 from qcnn.pq import presets
-from qcnn.pq._budget import layer_shapes, totals
+from qcnn.pq.cost import SettingCosts
 from qcnn.pq.layer import PQSetting
 from qcnn.pq.quantize import QuantConfig, quantizable_layers
 from qcnn.pq.search import Budget, agreement, greedy_path, search, sensitivity
@@ -20,21 +20,17 @@ class TinyModel:
         return softmax(logits.reshape(len(logits), -1))
 
 
-def test_costs_follow_the_formulas():
+def test_search_costs_follow_the_reported_formulas():
     graph = tiny_graph()
-    shapes = layer_shapes(graph, (16, 16, 3))
-    g = shapes["grouped"]                      # 3x3, 2 groups of 4 -> 12, on 8x8
-    assert (g.in_pixels, g.out_pixels, g.cin_g, g.groups) == (64, 64, 4, 2)
-    assert g.dense_macs() == 64 * 12 * 9 * 4
-    s = PQSetting(3, 8)                        # M = 2 (4 channels, the last subspace padded)
-    assert g.pq_macs(s) == 64 * 2 * 2 * 8 * 3 + 64 * 12 * 9 * 2
-    assert g.pq_weight_bits(s) == 32 * 2 * 2 * 8 * 3 + 3 * 9 * 2 * 12
-    assert shapes["pw2"].out_pixels == 16 and shapes["pw2"].in_pixels == 64
-    assert shapes["fc"].dense_macs() == 24 * 10
-    t = totals(graph, shapes, {"fc": PQSetting(4, 4)})
-    assert t.dense_bits == 32 * graph.num_params()
-    assert t.dense_bits - t.bits == 32 * 240 - (32 * 6 * 4 * 4 + 2 * 6 * 10)
-    assert t.dense_macs == sum(x.dense_macs() for x in shapes.values())
+    costs = SettingCosts(graph, (16, 16))
+    g = costs.layer("grouped", PQSetting(3, 8))   # 3x3, 2 groups of 4 -> 12, on 8x8; M = 2 (padded)
+    assert g.dense_macs == 64 * 12 * 9 * 4
+    assert g.quant_macs == 64 * 2 * 2 * 8 * 3 + 64 * 12 * 9 * 2
+    assert g.quant_bits == 32 * 2 * 2 * 8 * 3 + 3 * 9 * 2 * 12 + 32 * 12
+    assert costs.layer("grouped", None).quant_macs == g.dense_macs
+    report = costs.report({"fc": PQSetting(4, 4)})
+    assert report.dense_bits == 32 * graph.num_params()
+    assert report.dense_bits - report.quant_bits == 32 * 240 - (32 * 6 * 4 * 4 + 2 * 6 * 10)
 
 
 def test_agreement_metrics():

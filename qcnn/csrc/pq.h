@@ -17,6 +17,11 @@
 void qc_pq_tables_f32(const float *x, int npix, int cin, int groups, int M, int dsub, int ksub,
                       const float *cbt, float *T);
 
+/* The tables of one (pixel, group): t[m, k] for m < M, from the group's channels xg and its
+ * transposed codebooks cbt_g.  (Internal: used by the fast-scan quantizer.) */
+typedef void (*qc_rows_fn)(const float *xg, int cin_g, int M, int dsub, int ksub, const float *cbt_g, float *t);
+void qc_pq_table_rows(const float *xg, int cin_g, int M, int dsub, int ksub, const float *cbt_g, float *t);
+
 /* Exact lookups for a convolution (an FC layer is a 1x1 one on a 1x1 map).
  * T: tables of the (h, w) input map of one image, (h * w, groups * M, ksub);
  * codes: canonical (kh, kw, M, cout) uint8, every code < ksub; y: (oh, ow, cout). */
@@ -24,13 +29,13 @@ void qc_pq_conv_exact(const float *T, int h, int w, int groups, int M, int ksub,
                       int kh, int kw, int sh, int sw, int pt, int pl, int cout, const float *bias,
                       float *y, int oh, int ow, int act);
 
-/* Fast-scan tables: each pixel's float tables (groups * M, 16) become uint8 with one offset per
- * (pixel, gm) and one scale per (pixel, group), or one scale for all pixels when shared_scale:
- * T ~ offset + scale * Q.  Q: (npix, groups, Mp, 16) with Mp = M rounded up to a multiple of 4
- * (padding rows are zero); scale, offset_sum: (npix, groups), offset_sum = sum over m of offsets;
- * lo: scratch of npix * groups * M floats (the offsets). */
-void qc_fs_quantize_tables(const float *T, int npix, int groups, int M, int shared_scale, uint8_t *Q,
-                           float *scale, float *offset_sum, float *lo);
+/* Fast-scan tables (K = 16) built and quantized to uint8 with one offset and one scale per (pixel,
+ * group), or one scale for all pixels when shared_scale: tables ~ offset + scale * Q.
+ * Q: (npix, groups, Mp, 16) with Mp = M rounded up to a multiple of 4 (padding rows are zero);
+ * scale, offset_sum: (npix, groups), offset_sum = M * offset (what a sum over M tables adds);
+ * T: float scratch of M * 16 floats, or npix * groups * M * 16 when shared_scale. */
+void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int dsub, const float *cbt,
+                     int shared_scale, float *T, uint8_t *Q, float *scale, float *offset_sum);
 
 /* Fast-scan lookups, K = 16.  packed: codes in the block layout of qc_fs_pack_codes, one code per
  * byte or two per byte (nibbles), as documented in pq_fastscan.c.  Needs

@@ -37,79 +37,85 @@
 static inline int perm16(int l) { return l / 2 + 8 * (l % 2); }
 static inline int quads_of(int m) { return (m + 3) / 4; }
 
-/* Quantization of one (pixel, group): lo[m] = min of table m, returns the widest max - min. */
-typedef float (*range_fn)(const float *t, int M, float *lo);
-/* q[m, k] = round((t[m, k] - lo[m]) * inv), nearest-even in every variant. */
-typedef void (*quant_fn)(const float *t, int M, const float *lo, float inv, uint8_t *q);
+/* Table quantization, per (pixel, group): one offset, the smallest entry of all its M tables, and
+ * one step, their span / 255.  (A separate offset per table would need a horizontal reduction per
+ * 16 entries, which cost more than the lookups themselves; weight codebooks are nearly centred,
+ * so the tables of one pixel span similar ranges and one offset costs little precision.) */
+typedef void (*range_fn)(const float *t, size_t n, float *lo, float *hi);
+/* q[i] = round((t[i] - lo) * inv), nearest-even in every variant; n is a multiple of 16. */
+typedef void (*quant_fn)(const float *t, size_t n, float lo, float inv, uint8_t *q);
 
-static float range_scalar(const float *t, int M, float *lo) {
-    float widest = 0.f;
-    for (int m = 0; m < M; m++) {
-        float a = t[m * 16], b = a;
-        for (int k = 1; k < 16; k++) {
-            float v = t[m * 16 + k];
-            a = v < a ? v : a;
-            b = v > b ? v : b;
-        }
-        lo[m] = a;
-        widest = b - a > widest ? b - a : widest;
+static void range_scalar(const float *t, size_t n, float *lo, float *hi) {
+    float a = t[0], b = t[0];
+    for (size_t i = 1; i < n; i++) {
+        a = t[i] < a ? t[i] : a;
+        b = t[i] > b ? t[i] : b;
     }
-    return widest;
+    *lo = a;
+    *hi = b;
 }
 
-static void quant_scalar(const float *t, int M, const float *lo, float inv, uint8_t *q) {
-    for (int m = 0; m < M; m++)
-        for (int k = 0; k < 16; k++) {
-            long v = lrintf((t[m * 16 + k] - lo[m]) * inv);
-            q[m * 16 + k] = (uint8_t)(v > 255 ? 255 : v);
-        }
+static void quant_scalar(const float *t, size_t n, float lo, float inv, uint8_t *q) {
+    for (size_t i = 0; i < n; i++) {
+        long v = lrintf((t[i] - lo) * inv);
+        q[i] = (uint8_t)(v > 255 ? 255 : v);
+    }
 }
 
 #if QC_HAVE_X86
-QC_AVX2 static float hmin8(__m256 v) {
-    __m128 a = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    a = _mm_min_ps(a, _mm_movehl_ps(a, a));
-    return _mm_cvtss_f32(_mm_min_ss(a, _mm_shuffle_ps(a, a, 1)));
-}
-
-QC_AVX2 static float hmax8(__m256 v) {
-    __m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    a = _mm_max_ps(a, _mm_movehl_ps(a, a));
-    return _mm_cvtss_f32(_mm_max_ss(a, _mm_shuffle_ps(a, a, 1)));
-}
-
-QC_AVX2 static float range_avx2(const float *t, int M, float *lo) {
-    float widest = 0.f;
-    for (int m = 0; m < M; m++) {
-        __m256 x0 = _mm256_loadu_ps(t + m * 16), x1 = _mm256_loadu_ps(t + m * 16 + 8);
-        float a = hmin8(_mm256_min_ps(x0, x1)), b = hmax8(_mm256_max_ps(x0, x1));
-        lo[m] = a;
-        widest = b - a > widest ? b - a : widest;
+QC_AVX2 static void range_avx2(const float *t, size_t n, float *lo, float *hi) {
+    __m256 a = _mm256_loadu_ps(t), b = a;
+    for (size_t i = 8; i < n; i += 8) {
+        __m256 v = _mm256_loadu_ps(t + i);
+        a = _mm256_min_ps(a, v);
+        b = _mm256_max_ps(b, v);
     }
-    return widest;
+    float av[8], bv[8], unused;
+    _mm256_storeu_ps(av, a);
+    _mm256_storeu_ps(bv, b);
+    range_scalar(av, 8, lo, &unused);
+    range_scalar(bv, 8, &unused, hi);
 }
 
-QC_AVX2 static void quant_avx2(const float *t, int M, const float *lo, float inv, uint8_t *q) {
-    const __m256 vinv = _mm256_set1_ps(inv);
+QC_AVX2 static void quant_avx2(const float *t, size_t n, float lo, float inv, uint8_t *q) {
+    const __m256 vinv = _mm256_set1_ps(inv), l = _mm256_set1_ps(lo);
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    for (int m = 0; m < M; m++) {
-        __m256 l = _mm256_set1_ps(lo[m]);
-        __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(t + m * 16), l), vinv));
-        __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(t + m * 16 + 8), l), vinv));
+    for (size_t i = 0; i < n; i += 16) {
+        __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(t + i), l), vinv));
+        __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(t + i + 8), l), vinv));
         /* Saturating packs work within 128-bit lanes; the final permute restores the order. */
         __m256i w = _mm256_packus_epi32(a, b);
         __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(w, w), order);
-        _mm_storeu_si128((__m128i *)(q + m * 16), _mm256_castsi256_si128(bytes));
+        _mm_storeu_si128((__m128i *)(q + i), _mm256_castsi256_si128(bytes));
+    }
+}
+
+QC_AVX512 static void range_avx512(const float *t, size_t n, float *lo, float *hi) {
+    __m512 a = _mm512_loadu_ps(t), b = a;
+    for (size_t i = 16; i < n; i += 16) {
+        __m512 v = _mm512_loadu_ps(t + i);
+        a = _mm512_min_ps(a, v);
+        b = _mm512_max_ps(b, v);
+    }
+    *lo = _mm512_reduce_min_ps(a);
+    *hi = _mm512_reduce_max_ps(b);
+}
+
+QC_AVX512 static void quant_avx512(const float *t, size_t n, float lo, float inv, uint8_t *q) {
+    const __m512 vinv = _mm512_set1_ps(inv), l = _mm512_set1_ps(lo);
+    for (size_t i = 0; i < n; i += 16) {
+        __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(t + i), l), vinv));
+        _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtusepi32_epi8(_mm512_max_epi32(v, _mm512_setzero_si512())));
     }
 }
 #endif
 
-void qc_fs_quantize_tables(const float *T, int npix, int groups, int M, int shared_scale, uint8_t *Q,
-                           float *scale, float *offset_sum, float *lo) {
+void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int dsub, const float *cbt,
+                     int shared_scale, float *T, uint8_t *Q, float *scale, float *offset_sum) {
     static const range_fn ranges[QC_ISA_COUNT] = {
         range_scalar,
 #if QC_HAVE_X86
-        range_avx2, range_avx2,
+        range_avx2, range_avx512,
 #else
         range_scalar, range_scalar,
 #endif
@@ -117,29 +123,42 @@ void qc_fs_quantize_tables(const float *T, int npix, int groups, int M, int shar
     static const quant_fn quants[QC_ISA_COUNT] = {
         quant_scalar,
 #if QC_HAVE_X86
-        quant_avx2, quant_avx2,
+        quant_avx2, quant_avx512,
 #else
         quant_scalar, quant_scalar,
 #endif
     };
     const range_fn range = ranges[qc_isa()];
     const quant_fn quant = quants[qc_isa()];
-    const int Mp = 4 * quads_of(M);
+    const int Mp = 4 * quads_of(M), cin_g = cin / groups;
+    const size_t n = (size_t)M * 16;
     float widest_all = 0.f;
     for (size_t pg = 0; pg < (size_t)npix * groups; pg++) {
-        float widest = range(T + pg * M * 16, M, lo + pg * M), osum = 0.f;
-        for (int m = 0; m < M; m++) osum += lo[pg * M + m];
-        scale[pg] = widest;
-        offset_sum[pg] = osum;
-        widest_all = widest > widest_all ? widest : widest_all;
+        /* Per-pixel steps: each pixel's tables go through one L1-sized buffer, built, measured and
+         * quantized while hot.  A shared step needs every table first: they stay in T. */
+        float *t = T + (shared_scale ? pg * n : 0), lo, hi;
+        int g = (int)(pg % groups);
+        qc_pq_table_rows(x + (pg / groups) * cin + g * cin_g, cin_g, M, dsub, 16, cbt + (size_t)g * M * dsub * 16, t);
+        range(t, n, &lo, &hi);
+        offset_sum[pg] = lo;             /* the offset for now; times M at the end */
+        scale[pg] = hi - lo;
+        widest_all = hi - lo > widest_all ? hi - lo : widest_all;
+        if (!shared_scale) {
+            float s = hi > lo ? (hi - lo) / 255.f : 1.f;
+            quant(t, n, lo, 1.f / s, Q + pg * Mp * 16);
+            memset(Q + pg * Mp * 16 + n, 0, (size_t)(Mp - M) * 16);
+            scale[pg] = s;
+            offset_sum[pg] = lo * (float)M;
+        }
     }
+    if (!shared_scale)
+        return;
+    const float s = widest_all > 0.f ? widest_all / 255.f : 1.f;
     for (size_t pg = 0; pg < (size_t)npix * groups; pg++) {
-        float widest = shared_scale ? widest_all : scale[pg];
-        float s = widest > 0.f ? widest / 255.f : 1.f;
-        uint8_t *q = Q + pg * Mp * 16;
-        quant(T + pg * M * 16, M, lo + pg * M, 1.f / s, q);
-        memset(q + (size_t)M * 16, 0, (size_t)(Mp - M) * 16);
+        quant(T + pg * n, n, offset_sum[pg], 1.f / s, Q + pg * Mp * 16);
+        memset(Q + pg * Mp * 16 + n, 0, (size_t)(Mp - M) * 16);
         scale[pg] = s;
+        offset_sum[pg] *= (float)M;
     }
 }
 

@@ -13,70 +13,89 @@ static inline int sub_width(int m, int dsub, int cin_g) {
     return rest < dsub ? rest : dsub;
 }
 
-static void tables_scalar(const float *x, int npix, int cin, int groups, int M, int dsub, int ksub,
-                          const float *cbt, float *T) {
-    int cin_g = cin / groups;
-    for (int p = 0; p < npix; p++) {
-        const float *xp = x + (size_t)p * cin;
-        float *tp = T + (size_t)p * groups * M * ksub;
-        for (int g = 0; g < groups; g++)
-            for (int m = 0; m < M; m++) {
-                const float *xs = xp + g * cin_g + m * dsub;
-                const float *cb = cbt + (size_t)(g * M + m) * dsub * ksub;
-                float *t = tp + (size_t)(g * M + m) * ksub;
-                int dm = sub_width(m, dsub, cin_g);
-                for (int k = 0; k < ksub; k++) {
-                    float acc = 0.f;
-                    for (int d = 0; d < dm; d++)
-                        acc = fmaf(xs[d], cb[(size_t)d * ksub + k], acc);
-                    t[k] = acc;
-                }
-            }
+static void rows_scalar(const float *xg, int cin_g, int M, int dsub, int ksub, const float *cbt_g, float *t) {
+    for (int m = 0; m < M; m++) {
+        const float *xs = xg + m * dsub, *cb = cbt_g + (size_t)m * dsub * ksub;
+        int dm = sub_width(m, dsub, cin_g);
+        for (int k = 0; k < ksub; k++) {
+            float acc = 0.f;
+            for (int d = 0; d < dm; d++)
+                acc = fmaf(xs[d], cb[(size_t)d * ksub + k], acc);
+            t[(size_t)m * ksub + k] = acc;
+        }
     }
 }
 
 #if QC_HAVE_X86
-QC_AVX2 static void tables_avx2(const float *x, int npix, int cin, int groups, int M, int dsub, int ksub,
-                                const float *cbt, float *T) {
-    int cin_g = cin / groups;
-    for (int p = 0; p < npix; p++) {
-        const float *xp = x + (size_t)p * cin;
-        float *tp = T + (size_t)p * groups * M * ksub;
-        for (int g = 0; g < groups; g++)
-            for (int m = 0; m < M; m++) {
-                const float *xs = xp + g * cin_g + m * dsub;
-                const float *cb = cbt + (size_t)(g * M + m) * dsub * ksub;
-                float *t = tp + (size_t)(g * M + m) * ksub;
-                int dm = sub_width(m, dsub, cin_g);
-                int k = 0;
-                for (; k + 8 <= ksub; k += 8) {
-                    __m256 acc = _mm256_setzero_ps();
-                    for (int d = 0; d < dm; d++)
-                        acc = _mm256_fmadd_ps(_mm256_set1_ps(xs[d]), _mm256_loadu_ps(cb + (size_t)d * ksub + k), acc);
-                    _mm256_storeu_ps(t + k, acc);
-                }
-                for (; k < ksub; k++) {
-                    float acc = 0.f;
-                    for (int d = 0; d < dm; d++)
-                        acc = fmaf(xs[d], cb[(size_t)d * ksub + k], acc);
-                    t[k] = acc;
-                }
+QC_AVX2 static void rows_avx2(const float *xg, int cin_g, int M, int dsub, int ksub, const float *cbt_g, float *t) {
+    for (int m = 0; m < M; m++) {
+        const float *xs = xg + m * dsub, *cb = cbt_g + (size_t)m * dsub * ksub;
+        float *tm = t + (size_t)m * ksub;
+        int dm = sub_width(m, dsub, cin_g), k = 0;
+        for (; k + 16 <= ksub; k += 16) {     /* two independent chains per row */
+            __m256 a = _mm256_setzero_ps(), b = a;
+            for (int d = 0; d < dm; d++) {
+                __m256 xv = _mm256_set1_ps(xs[d]);
+                a = _mm256_fmadd_ps(xv, _mm256_loadu_ps(cb + (size_t)d * ksub + k), a);
+                b = _mm256_fmadd_ps(xv, _mm256_loadu_ps(cb + (size_t)d * ksub + k + 8), b);
             }
+            _mm256_storeu_ps(tm + k, a);
+            _mm256_storeu_ps(tm + k + 8, b);
+        }
+        for (; k < ksub; k++) {
+            float acc = 0.f;
+            for (int d = 0; d < dm; d++)
+                acc = fmaf(xs[d], cb[(size_t)d * ksub + k], acc);
+            tm[k] = acc;
+        }
+    }
+}
+
+/* K = 16 is one register per table: four subspaces at a time keep four chains in flight. */
+QC_AVX512 static void rows_avx512(const float *xg, int cin_g, int M, int dsub, int ksub, const float *cbt_g,
+                                  float *t) {
+    if (ksub != 16) {
+        rows_avx2(xg, cin_g, M, dsub, ksub, cbt_g, t);
+        return;
+    }
+    int m = 0;
+    const int full = cin_g / dsub;            /* subspaces of full width */
+    for (; m + 4 <= full; m += 4) {
+        __m512 acc[4];
+        for (int j = 0; j < 4; j++) acc[j] = _mm512_setzero_ps();
+        for (int d = 0; d < dsub; d++)
+            for (int j = 0; j < 4; j++)
+                acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(xg[(m + j) * dsub + d]),
+                                         _mm512_loadu_ps(cbt_g + ((size_t)(m + j) * dsub + d) * 16), acc[j]);
+        for (int j = 0; j < 4; j++) _mm512_storeu_ps(t + (size_t)(m + j) * 16, acc[j]);
+    }
+    for (; m < M; m++) {
+        __m512 acc = _mm512_setzero_ps();
+        int dm = sub_width(m, dsub, cin_g);
+        for (int d = 0; d < dm; d++)
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(xg[m * dsub + d]), _mm512_loadu_ps(cbt_g + ((size_t)m * dsub + d) * 16), acc);
+        _mm512_storeu_ps(t + (size_t)m * 16, acc);
     }
 }
 #endif
 
-typedef void (*tables_fn)(const float *, int, int, int, int, int, int, const float *, float *);
+void qc_pq_table_rows(const float *xg, int cin_g, int M, int dsub, int ksub, const float *cbt_g, float *t) {
+    static const qc_rows_fn variants[QC_ISA_COUNT] = {
+        rows_scalar,
+#if QC_HAVE_X86
+        rows_avx2, rows_avx512,
+#else
+        rows_scalar, rows_scalar,
+#endif
+    };
+    variants[qc_isa()](xg, cin_g, M, dsub, ksub, cbt_g, t);
+}
 
 void qc_pq_tables_f32(const float *x, int npix, int cin, int groups, int M, int dsub, int ksub,
                       const float *cbt, float *T) {
-    static const tables_fn variants[QC_ISA_COUNT] = {
-        tables_scalar,
-#if QC_HAVE_X86
-        tables_avx2, tables_avx2,
-#else
-        tables_scalar, tables_scalar,
-#endif
-    };
-    variants[qc_isa()](x, npix, cin, groups, M, dsub, ksub, cbt, T);
+    const int cin_g = cin / groups;
+    for (int p = 0; p < npix; p++)
+        for (int g = 0; g < groups; g++)
+            qc_pq_table_rows(x + (size_t)p * cin + g * cin_g, cin_g, M, dsub, ksub, cbt + (size_t)g * M * dsub * ksub,
+                             T + ((size_t)p * groups + g) * M * ksub);
 }

@@ -8,5 +8,8 @@ Modules (imported explicitly, so that importing qcnn.pq stays cheap):
             reconstructed, Cancelled
   presets   named per-model configurations (preset, preset_names)
   search    sensitivity analysis and greedy per-layer search (python -m qcnn.pq.search)
-  _budget   the search's private MAC / bit counts (the reported ones live in cost.py)
+  cost      the cost model: MACs, table builds, lookups, storage, memory (qcnn cost)
+  modelfile the .qcnn file: versioned, bit-packed codes, checksummed, atomic save, strict load
+  kernels   validated entry points to the C lookup kernels (exact, fast-scan)
+  engine    which implementation each PQ layer runs (reference, exact, fastscan, auto)
 """

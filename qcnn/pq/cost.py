@@ -370,25 +370,44 @@ def format_table(report: CostReport) -> str:
     return "\n".join(table)
 
 
+def planned_layer(layer, setting: PQSetting) -> PQLayer:
+    """A PQ layer of the shape `setting` gives a Conv2D or Dense layer, with all-zero codebooks and
+    codes: everything the cost model reads, without k-means."""
+    if isinstance(layer, L.Dense):
+        w, kind, geometry = layer.weight[None, None], "fc", {}
+    elif isinstance(layer, L.Conv2D):
+        w, kind = layer.weight, "conv"
+        geometry = {"stride": layer.stride, "pads": layer.pads, "groups": layer.groups}
+    else:
+        raise ValueError(f"{layer.describe()} cannot be product-quantized")
+    kh, kw, cin_g, cout = w.shape
+    g = geometry.get("groups", 1)
+    m = -(-cin_g // setting.dsub)
+    return PQLayer(kind, np.zeros((g, m, setting.ksub, setting.dsub), np.float32),
+                   np.zeros((kh, kw, m, cout), np.uint8), cin_g * g, layer.bias,
+                   activation=layer.activation, **geometry)
+
+
 def planned_graph(graph: Graph, settings: dict[str, PQSetting | None]) -> Graph:
-    """`graph` with the layers named in `settings` replaced by PQ layers of the configured shapes
-    whose codebooks and codes are all zero: everything the cost model reads, without k-means."""
-    nodes = []
-    for node in graph.nodes:
-        layer, setting = node.layer, settings.get(node.name)
-        if setting is not None:
-            if isinstance(layer, L.Dense):
-                w, kind, geometry = layer.weight[None, None], "fc", {}
-            elif isinstance(layer, L.Conv2D):
-                w, kind = layer.weight, "conv"
-                geometry = {"stride": layer.stride, "pads": layer.pads, "groups": layer.groups}
-            else:
-                raise ValueError(f"layer {node.name!r} ({layer.describe()}) cannot be product-quantized")
-            kh, kw, cin_g, cout = w.shape
-            g = geometry.get("groups", 1)
-            m = -(-cin_g // setting.dsub)
-            layer = PQLayer(kind, np.zeros((g, m, setting.ksub, setting.dsub), np.float32),
-                            np.zeros((kh, kw, m, cout), np.uint8), cin_g * g, layer.bias,
-                            activation=layer.activation, **geometry)
-        nodes.append(Node(node.name, layer, node.inputs))
-    return Graph(nodes, graph.input_name, graph.output)
+    """`graph` with the layers named in `settings` replaced by their planned PQ layers."""
+    return Graph([Node(n.name, planned_layer(n.layer, settings[n.name]) if settings.get(n.name) else n.layer,
+                       n.inputs) for n in graph.nodes], graph.input_name, graph.output)
+
+
+class SettingCosts:
+    """Costs of candidate settings, layer by layer and for whole configurations, on one graph and
+    input size: what a search weighs, by the same formulas the reports use."""
+
+    def __init__(self, graph: Graph, input_hw: tuple[int, int]):
+        self.graph, self.input_hw = graph, tuple(input_hw)
+        self.shapes = infer_shapes(graph, input_hw)
+
+    def layer(self, name: str, setting: PQSetting | None) -> LayerCost:
+        node = self.graph[name]
+        out = self.shapes[name]
+        if setting is None:
+            return _dense_cost(name, node.layer, out)
+        return _pq_cost(name, planned_layer(node.layer, setting), self.shapes[node.inputs[0]], out)
+
+    def report(self, settings: dict[str, PQSetting | None]) -> CostReport:
+        return cost_report(planned_graph(self.graph, settings), self.input_hw, dense_graph=self.graph)

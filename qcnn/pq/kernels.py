@@ -124,24 +124,25 @@ class PreparedPQ:
         if pt < 0 or pl < 0 or (oh - 1) * sh - pt + kh > h + kh or not yb.flags.c_contiguous:
             raise ValueError("PQ kernel: bad band geometry")
         xb = np.ascontiguousarray(xb)
-        t0 = time.perf_counter()
-        T = self._scratch("tables", (h * w, g * m, self.ksub), np.float32)
-        lib.qc_pq_tables_f32(_ptr(xb), h * w, c, g, m, l.dsub, self.ksub, _ptr(self.cbt), _ptr(T))
         bias, act = l.bias, _ACT[l.activation]
+        t0 = time.perf_counter()
         if self.kernel == "exact":
+            T = self._scratch("tables", (h * w, g * m, self.ksub), np.float32)
+            lib.qc_pq_tables_f32(_ptr(xb), h * w, c, g, m, l.dsub, self.ksub, _ptr(self.cbt), _ptr(T))
             t1 = time.perf_counter()
             lib.qc_pq_conv_exact(_ptr(T), h, w, g, m, self.ksub, _ptr(self.codes, "uint8_t *"), kh, kw, sh, sw,
                                  pt, pl, cout, _ptr(bias), _ptr(yb), oh, ow, act)
             self._count(t0, t1)
             return
+        # An output of a k x k layer sums tables of several pixels: they must share one scale,
+        # so all float tables of the band are kept; otherwise one pixel's at a time.
+        shared = int(kh * kw > 1)
+        T = self._scratch("tables", ((h * w if shared else 1), g * m, 16), np.float32)
         Q = self._scratch("q", (h * w, g, -(-m // 4) * 4, 16), np.uint8)
         scale = self._scratch("scale", (h * w, g), np.float32)
         offset_sum = self._scratch("offset_sum", (h * w, g), np.float32)
-        lo = self._scratch("lo", (h * w, g, m), np.float32)
-        # An output of a k x k layer sums tables of several pixels: they must share one scale.
-        shared = int(kh * kw > 1)
-        lib.qc_fs_quantize_tables(_ptr(T), h * w, g, m, shared, _ptr(Q, "uint8_t *"), _ptr(scale),
-                                  _ptr(offset_sum), _ptr(lo))
+        lib.qc_fs_tables_u8(_ptr(xb), h * w, c, g, m, l.dsub, _ptr(self.cbt), shared, _ptr(T),
+                            _ptr(Q, "uint8_t *"), _ptr(scale), _ptr(offset_sum))
         t1 = time.perf_counter()
         lib.qc_pq_conv_fastscan(_ptr(Q, "uint8_t *"), _ptr(scale), _ptr(offset_sum), h, w, g, m,
                                 _ptr(self.packed, "uint8_t *"), kh, kw, sh, sw, pt, pl, cout, _ptr(bias),

@@ -49,7 +49,8 @@ _LITE0 = {
 }
 
 # Evaluation on the even data rows of imagenet-sample-500 (250 images, never used for calibration
-# or search).  Speed-up and compression by the search's simple formulas (_budget.py).
+# or search).  Speed-up and compression as the search counted them (table builds over every input
+# pixel; `qcnn cost` counts only the pixels a strided layer reads, so it reports slightly more).
 LITE0_NOTES = {
     "dense": {"top1": 0.892, "top5": 0.972},
     "accurate": {"top1": 0.876, "top5": 0.976, "compression": 5.24, "speedup": 1.00,

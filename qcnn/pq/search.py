@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from ..graph import Graph
-from ._budget import layer_shapes, totals
+from .cost import SettingCosts
 from .layer import PQSetting
 from .quantize import QuantConfig, _checker, quantizable_layers, quantize_layer, quantize_model, reconstructed
 
@@ -39,6 +39,9 @@ LADDERS = {
                     PQSetting(4, 32), PQSetting(4, 16)],
     "speed": [PQSetting(2, 64), PQSetting(2, 32), PQSetting(2, 16), PQSetting(3, 32), PQSetting(4, 64),
               PQSetting(4, 32), PQSetting(4, 16)],
+    # Only settings the fast-scan kernel runs (K <= 16): measured speed follows the theory there,
+    # while K > 16 layers run the exact kernel, several times slower per lookup.
+    "fastscan": [PQSetting(2, 16), PQSetting(3, 16), PQSetting(4, 16), PQSetting(6, 16), PQSetting(8, 16)],
 }
 
 
@@ -171,12 +174,15 @@ def search(model, calib: np.ndarray, probe: np.ndarray, objective: str, budget: 
     graph = model.graph
     config = config or QuantConfig()
     ladder = ladder or LADDERS[objective]
-    shapes = layer_shapes(graph, probe.shape[1:])
+    costs = SettingCosts(graph, probe.shape[1:3])
+
     def cost(name, setting):
-        s = shapes[name]
-        if objective == "speed":
-            return s.dense_macs() if setting is None else s.pq_macs(setting)
-        return s.weight_bits() if setting is None else s.pq_weight_bits(setting)
+        c = costs.layer(name, setting)
+        return c.quant_macs if objective == "speed" else c.quant_bits
+
+    def totals(settings):
+        r = costs.report(settings)
+        return r.theoretical_speedup, r.compression
 
     if sens is None:
         t0 = time.perf_counter()
@@ -189,8 +195,8 @@ def search(model, calib: np.ndarray, probe: np.ndarray, objective: str, budget: 
     path = greedy_path(sens, cost)
     if target is not None:
         for k in range(1, len(path) + 1):
-            t = totals(graph, shapes, dict(path[:k]))
-            if (t.speedup if objective == "speed" else t.compression) >= target:
+            speedup, compression = totals(dict(path[:k]))
+            if (speedup if objective == "speed" else compression) >= target:
                 path = path[:k]
                 break
     log(f"greedy path: {len(path)} moves")
@@ -212,12 +218,12 @@ def search(model, calib: np.ndarray, probe: np.ndarray, objective: str, budget: 
                                                   "kmeans_init", "shrinkage")})
             q = quantize_model(model, cfg, calib, cancel=cancel)
             m = agreement(ref, model.probabilities(reconstructed(q).forward(probe)))
-            t = totals(graph, shapes, cfg.layers)
-            m.update(step=k, speedup=t.speedup, compression=t.compression, seconds=time.perf_counter() - t0,
+            speedup, compression = totals(cfg.layers)
+            m.update(step=k, speedup=speedup, compression=compression, seconds=time.perf_counter() - t0,
                      met=budget.met(m))
             cache[k] = m
             checks.append(m)
-            log(f"check {k}/{len(path)}: speed-up {t.speedup:.2f}x compression {t.compression:.2f}x  "
+            log(f"check {k}/{len(path)}: speed-up {speedup:.2f}x compression {compression:.2f}x  "
                 f"agree {m['agree']:.3f} keep5 {m['keep5']:.3f} kl {m['kl']:.4f}  {'ok' if m['met'] else 'over budget'}")
         return cache[k]["met"]
 
@@ -233,9 +239,9 @@ def search(model, calib: np.ndarray, probe: np.ndarray, objective: str, budget: 
     final = QuantConfig(settings_at(lo), **{f: getattr(config, f) for f in
                                             ("error_correction", "iterations", "seed", "max_rows", "kmeans_init",
                                              "shrinkage")})
-    t = totals(graph, shapes, final.layers)
+    speedup, compression = totals(final.layers)
     metrics = cache.get(lo, {"agree": 1.0, "keep5": 1.0, "kl": 0.0})
-    return SearchResult(final, metrics, t.speedup, t.compression, path[:lo], checks)
+    return SearchResult(final, metrics, speedup, compression, path[:lo], checks)
 
 
 # ----------------------------------------------------------------------------- script
@@ -265,7 +271,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m qcnn.pq.search", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="efficientnet-lite0")
     p.add_argument("--labels", required=True, help="labels.csv (file,class_index) of the image folder")
-    p.add_argument("--objective", choices=sorted(LADDERS), required=True)
+    p.add_argument("--objective", choices=("compression", "speed"), required=True)
+    p.add_argument("--ladder", choices=sorted(LADDERS), help="candidate settings (default: the objective's)")
     p.add_argument("--calib", type=int, default=128, help="search-half images used for calibration; "
                    "the rest of the search half are the probe images")
     p.add_argument("--max-kl", type=float)
@@ -292,7 +299,7 @@ def main(argv=None) -> int:
     calib, probe = search_x[:args.calib], search_x[args.calib:]
     log(f"search half: {len(search_x)} images ({len(calib)} calibration, {len(probe)} probe)")
     config = QuantConfig(iterations=args.iterations, shrinkage=args.shrinkage)
-    ladder = LADDERS[args.objective]
+    ladder = LADDERS[args.ladder or args.objective]
     sens = None
     if args.sensitivity:
         # One table for both objectives: every setting of either ladder that saves MACs or bits.
@@ -301,12 +308,13 @@ def main(argv=None) -> int:
                 raw = json.load(f)
             sens = {n: {PQSetting(*map(int, k.split("x"))): m for k, m in o.items()} for n, o in raw.items()}
         except FileNotFoundError:
-            shapes = layer_shapes(model.graph, calib.shape[1:])
-            union = sorted({s for lad in LADDERS.values() for s in lad}, key=lambda s: (s.dsub, -s.ksub))
+            costs = SettingCosts(model.graph, calib.shape[1:3])
+            ladders = [ladder] if args.ladder else LADDERS.values()
+            union = sorted({s for lad in ladders for s in lad}, key=lambda s: (s.dsub, -s.ksub))
 
             def useful(n, s):
-                sh = shapes[n]
-                return sh.pq_macs(s) < sh.dense_macs() or sh.pq_weight_bits(s) < sh.weight_bits()
+                c = costs.layer(n, s)
+                return c.quant_macs < c.dense_macs or c.quant_bits < c.dense_bits
             t0 = time.perf_counter()
             sens_config = QuantConfig(iterations=min(2, args.iterations), shrinkage=args.shrinkage)
             sens = sensitivity(model, calib, probe[:args.sens_probe], union, config=sens_config, useful=useful,
