@@ -366,7 +366,7 @@ class MainWindow(QMainWindow):
             progress(f"reading {Path(path).name}", 0.2)
             model, dense_graph, quantized, note = self.bench.open_model_file(path)
             progress("preparing the kernel", 0.8)
-            graph = wb.with_kernel(quantized.graph, kernel)
+            graph = wb.with_kernel(quantized.graph, kernel, model.input_size)
             fp = wb.footprint(model, dense_graph, quantized, graph)
             return model, dense_graph, (quantized, graph, fp), note, wb.quantizable_layers(model)
 
@@ -405,7 +405,7 @@ class MainWindow(QMainWindow):
         def work(progress, cancel):
             q = bench.quantize(settings, progress=progress, cancel=cancel, model=model)
             progress("preparing the kernel", 0.99)
-            graph = wb.with_kernel(q.graph, kernel)
+            graph = wb.with_kernel(q.graph, kernel, model.input_size)
             return q, graph, wb.footprint(model, dense_graph, q, graph)
 
         self.panels["quantized"].set_status(f"quantizing: {settings.describe()} …")
@@ -446,7 +446,7 @@ class MainWindow(QMainWindow):
 
         def work(progress, cancel):
             progress(f"preparing {name}", 0.5)
-            graph = wb.with_kernel(q.graph, name)
+            graph = wb.with_kernel(q.graph, name, model.input_size)
             return graph, wb.footprint(model, dense_graph, q, graph)
 
         def done(result):

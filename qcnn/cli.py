@@ -12,7 +12,7 @@ import numpy as np
 from .imageio import ImageLoadError, load_image
 from .threads import set_num_threads
 
-KERNELS = ("reference", "exact", "fastscan", "auto")
+KERNELS = ("reference", "exact", "fastscan", "reconstructed", "auto")
 
 
 def _model(spec: str):
@@ -94,7 +94,7 @@ def _quantized(args, model):
         source = f"preset {args.preset}" if args.preset else f"config {args.config}"
         source += " (cached)" if quantized.from_cache else f" (quantized in {quantized.seconds:.1f} s)"
     bench.kernel = args.kernel
-    bench.adopt(quantized, with_kernel(quantized.graph, args.kernel))
+    bench.adopt(quantized, with_kernel(quantized.graph, args.kernel, (bench.model.input_size,) * 2))
     return bench, source
 
 
@@ -254,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", default="efficientnet-lite0")
     c.add_argument("--preset")
     c.add_argument("--config")
-    c.add_argument("--kernel", default="auto", choices=KERNELS, help="kernel the PQ layers would run")
+    c.add_argument("--kernel", default="auto", choices=KERNELS,
+                   help="kernel the PQ layers would run (auto here: fast-scan where K <= 16, else exact; "
+                        "eval, bench and the app time each layer)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_cost)
 

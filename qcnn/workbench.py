@@ -43,7 +43,8 @@ BUILTIN_MODELS = {
 }
 ENGINES = ("dense", "quantized")
 KERNELS = {"reference": "reference (numpy)", "exact": "exact (C)", "fastscan": "fast-scan (C, 4-bit)",
-           "auto": "auto (fast-scan where K ≤ 16)"}
+           "reconstructed": "reconstructed (dense kernels)",
+           "auto": "auto (fastest per layer, timed)"}
 CACHE_FORMAT = 1          # bump when what a cache file means changes
 
 
@@ -107,7 +108,7 @@ def kernel_problem(name: str) -> str:
 
 
 def default_kernel() -> str:
-    """The fastest kernel there is: "auto" (fast-scan where K <= 16, exact elsewhere) when the C
+    """The fastest kernel there is: "auto" (per layer the fastest implementation) when the C
     kernels are built, else the numpy reference."""
     for name, _label, ok, _why in kernel_choices():
         if ok and name == "auto":
@@ -115,14 +116,15 @@ def default_kernel() -> str:
     return "reference"
 
 
-def with_kernel(graph: Graph, name: str) -> Graph:
-    """`graph` with its PQ layers running kernel `name` (files and caches keep the canonical form)."""
+def with_kernel(graph: Graph, name: str, input_size: int | None = None) -> Graph:
+    """`graph` with its PQ layers running kernel `name` (files and caches keep the canonical form);
+    "auto" times each layer's candidates on an input of input_size pixels when given."""
     engine = _engine()
     if engine is None:
         if name != "reference":
             raise RuntimeError(f"kernel {name!r} needs qcnn.pq.engine, which this qcnn does not have")
         return graph                                  # PQLayer's own numpy forward is the reference
-    return engine.with_kernel(graph, name)
+    return engine.with_kernel(graph, name, None if input_size is None else (input_size, input_size))
 
 
 def kernel_map(graph: Graph) -> dict[str, str] | None:
@@ -542,12 +544,13 @@ class Workbench:
     def adopt(self, quantized: Quantized, kernel_graph: Graph | None = None) -> None:
         """Use `quantized` from now on (the next frame runs it)."""
         self.quantized = quantized
-        self.quant_graph = kernel_graph if kernel_graph is not None else with_kernel(quantized.graph, self.kernel)
+        self.quant_graph = (kernel_graph if kernel_graph is not None
+                            else with_kernel(quantized.graph, self.kernel, self.model.input_size))
         self.timings.clear("quantized")
 
     def kernel_graph(self, name: str) -> Graph | None:
         """The quantized graph converted for kernel `name` (may take a moment: call it in a worker)."""
-        return None if self.quantized is None else with_kernel(self.quantized.graph, name)
+        return None if self.quantized is None else with_kernel(self.quantized.graph, name, self.model.input_size)
 
     def set_kernel(self, name: str, graph: Graph | None) -> None:
         self.kernel = name

@@ -68,7 +68,7 @@ def test_eval_reports_both_engines(tiny, capsys):
 def test_bench_prints_the_paper_table_and_json(tiny, capsys):
     path, cfg, _, names = tiny
     args = ["bench", "--model", str(path), "--config", str(cfg), "--runs", "2", "--images-per-run", "3",
-            "--layer-repeats", "2"]
+            "--layer-repeats", "2", "--kernel", "fastscan"]
     out = run_json(capsys, *args, "--json")
     assert len(out["runs"]) == 2 and out["dense_ms"] > 0 and out["quant_ms"] > 0
     assert out["speedup"] == pytest.approx(out["dense_ms"] / out["quant_ms"])

@@ -135,3 +135,25 @@ def test_validation_before_c():
         K.PreparedPQ(big, "fastscan")
     with pytest.raises(ValueError, match="unknown PQ kernel"):
         K.PreparedPQ(big, "magic")
+
+
+def test_engine_retargets_graphs_and_auto_picks_a_timed_implementation():
+    from qcnn.graph import Graph, Node
+    from qcnn.pq import engine
+    conv = make_layer("conv", 3, 64, 3, 2, 16, 1, (1, 1), "same")
+    fc = make_layer("fc", 9 * 9 * 64, 10, 1, 4, 64, 1, (1, 1), (0, 0, 0, 0))
+    graph = Graph([Node("conv", conv, ("input",)), Node("fc", fc, ("conv",))])
+    x = inputs(("conv", 3, 0, 0, 0, 0, 0, 0, 0, (9, 9)))
+    want = graph.forward(x)                                   # numpy reference
+    for kernel, impls in (("exact", ("exact", "exact")), ("fastscan", ("fastscan", "exact")),
+                          ("reconstructed", ("reconstructed", "reconstructed"))):
+        g = engine.with_kernel(graph, kernel)
+        assert tuple(engine.kernel_map(g).values()) == impls
+        tol = 5e-2 if kernel == "fastscan" else 1e-4          # uint8 tables, amplified by the FC
+        np.testing.assert_allclose(g.forward(x), want, rtol=tol, atol=tol * np.abs(want).max())
+    auto = engine.with_kernel(graph, "auto", (9, 9))
+    chosen = engine.kernel_map(auto)
+    assert chosen["conv"] in ("fastscan", "exact", "reconstructed") and chosen["fc"] in ("exact", "reconstructed")
+    assert engine.kernel_map(graph) == {"conv": "reference", "fc": "reference"}    # the input is untouched
+    with pytest.raises(ValueError, match="unknown kernel"):
+        engine.with_kernel(graph, "gpu")

@@ -48,8 +48,9 @@ class PQLayer(Layer):
     pads: tuple[int, int, int, int] | str = (0, 0, 0, 0)
     groups: int = 1
     activation: str | None = None
-    # How the layer runs: "reference" (the numpy test phase below), or a C kernel, "exact" (float
-    # tables) or "fastscan" (uint8 tables, K <= 16); see qcnn.pq.engine.with_kernel.
+    # How the layer runs: "reference" (the numpy test phase below), a C lookup kernel, "exact"
+    # (float tables) or "fastscan" (uint8 tables, K <= 16), or "reconstructed" (weights rebuilt once,
+    # run by the dense kernels); see qcnn.pq.engine.with_kernel.
     impl: str = "reference"
     kind = "pq"
 
@@ -79,7 +80,7 @@ class PQLayer(Layer):
             raise ValueError("PQ layer: bias shape")
         if self.kind_of not in ("conv", "fc") or self.activation not in ACTIVATIONS:
             raise ValueError("PQ layer: bad kind or activation")
-        if self.impl not in ("reference", "exact", "fastscan"):
+        if self.impl not in ("reference", "exact", "fastscan", "reconstructed"):
             raise ValueError(f"PQ layer: unknown implementation {self.impl!r}")
         if self.kind_of == "fc" and (kh, kw, g) != (1, 1, 1):
             raise ValueError("PQ layer: FC layers are 1x1 with one group")
@@ -162,10 +163,14 @@ class PQLayer(Layer):
         return self.prepared()(x)
 
     def prepared(self):
-        """The C kernel's view of this layer, its code layout made once and kept."""
+        """What runs the layer for `impl`, made once and kept: a C kernel's view with its code
+        layout, or the reconstructed dense layer."""
         if getattr(self, "_prepared", None) is None:
-            from .kernels import PreparedPQ    # the kernels module builds on this one
-            self._prepared = PreparedPQ(self, self.impl)
+            if self.impl == "reconstructed":
+                self._prepared = self.to_dense()
+            else:
+                from .kernels import PreparedPQ    # the kernels module builds on this one
+                self._prepared = PreparedPQ(self, self.impl)
         return self._prepared
 
     def reference(self, x: np.ndarray) -> np.ndarray:
