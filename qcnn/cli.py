@@ -100,11 +100,11 @@ def _quantized(args, model):
 
 def cmd_cost(args) -> int:
     from .pq.cost import cost_report, format_table, planned_graph
-    model = _model(args.model)
-    if str(args.model).endswith(".qcnn"):
-        raise ValueError("cost takes a model and a preset or config; for a saved file use `qcnn eval`")
     from .pq.engine import impl_for
     from .pq.layer import PQLayer
+    if str(args.model).endswith(".qcnn"):
+        raise ValueError("cost takes a model and a preset or config; for a saved file use `qcnn eval`")
+    model = _model(args.model)
     config = _config(args, model)
     planned = planned_graph(model.graph, config.layers)
     kernels = {n.name: impl_for(n.layer, args.kernel) for n in planned if isinstance(n.layer, PQLayer)}

@@ -271,55 +271,64 @@ QC_AVX2 static void store_avx2(const __m256i t[4], const fs_out *o) {
 
 /* 16-bit accumulators of one block: all/odd for the low 16 channels (codes bytes 0..63 of a
  * quad) and for the high 16 (bytes 64..127).  even = all - (odd << 8); both are widened with the
- * lanes (subspaces) summed into the 32-bit totals t (even 0-7, odd 8-15, even 16-23, odd 24-31). */
-QC_AVX2 static void flush_avx2(__m256i acc[4], __m256i t[4]) {
-    t[0] = _mm256_add_epi32(t[0], widen2(_mm256_sub_epi16(acc[0], _mm256_slli_epi16(acc[1], 8))));
-    t[1] = _mm256_add_epi32(t[1], widen2(acc[1]));
-    t[2] = _mm256_add_epi32(t[2], widen2(_mm256_sub_epi16(acc[2], _mm256_slli_epi16(acc[3], 8))));
-    t[3] = _mm256_add_epi32(t[3], widen2(acc[3]));
-    for (int i = 0; i < 4; i++) acc[i] = _mm256_setzero_si256();
-}
+ * lanes (subspaces) summed into the 32-bit totals t (even 0-7, odd 8-15, even 16-23, odd 24-31).
+ * The accumulators are named variables, not arrays: arrays of vectors were kept on the stack,
+ * and the store-to-load round trip per add cost more than the shuffles. */
+#define FS_FLUSH_INTO(W, SUB, SHL, t, A0, A1, A2, A3)                                       \
+    do {                                                                                    \
+        (t)[0] = _mm256_add_epi32((t)[0], W(SUB(A0, SHL(A1, 8))));                           \
+        (t)[1] = _mm256_add_epi32((t)[1], W(A1));                                            \
+        (t)[2] = _mm256_add_epi32((t)[2], W(SUB(A2, SHL(A3, 8))));                           \
+        (t)[3] = _mm256_add_epi32((t)[3], W(A3));                                            \
+    } while (0)
+
+/* One 256-bit half of a quad of one block: shuffle the table by the codes, accumulate. */
+#define FS256_STEP(c, A0, A1, A2, A3)                                                          \
+    do {                                                                                       \
+        __m256i clo_ = _mm256_loadu_si256((const __m256i *)(c)), chi_;                        \
+        if (nibbles) {                                                                         \
+            chi_ = _mm256_and_si256(_mm256_srli_epi16(clo_, 4), nib);                          \
+            clo_ = _mm256_and_si256(clo_, nib);                                                \
+        } else {                                                                               \
+            chi_ = _mm256_loadu_si256((const __m256i *)((c) + 64));                            \
+        }                                                                                      \
+        __m256i rlo_ = _mm256_shuffle_epi8(l, clo_), rhi_ = _mm256_shuffle_epi8(l, chi_);      \
+        A0 = _mm256_add_epi16(A0, rlo_);                                                       \
+        A1 = _mm256_add_epi16(A1, _mm256_srli_epi16(rlo_, 8));                                 \
+        A2 = _mm256_add_epi16(A2, rhi_);                                                       \
+        A3 = _mm256_add_epi16(A3, _mm256_srli_epi16(rhi_, 8));                                 \
+    } while (0)
 
 QC_AVX2 QC_INLINE void blocks_avx2_n(const uint8_t *Q, int groups, int quads, const uint8_t *codes,
                                      size_t tap_stride, const int nibbles, const int nb, int g, const fs_taps *tp,
                                      const fs_out *out) {
-    __m256i acc[FS_NB][4], t[FS_NB][4];
-    for (int b = 0; b < nb; b++)
-        for (int i = 0; i < 4; i++) acc[b][i] = t[b][i] = _mm256_setzero_si256();
+    const __m256i zero = _mm256_setzero_si256(), nib = _mm256_set1_epi8(0x0f);
+    __m256i t[FS_NB][4] = {{zero, zero, zero, zero}, {zero, zero, zero, zero}};
+    __m256i a0 = zero, a1 = zero, a2 = zero, a3 = zero, b0 = zero, b1 = zero, b2 = zero, b3 = zero;
     const size_t qb = quad_bytes(nibbles), bstride = (size_t)quads * qb;
-    const __m256i nib = _mm256_set1_epi8(0x0f);
     int pending = 0;
     for (int k = 0; k < tp->n; k++) {
         const uint8_t *lut = Q + (tp->pix[k] * groups + g) * quads * 64;
         const uint8_t *cd = codes + (size_t)tp->tap[k] * tap_stride;
         for (int u = 0; u < quads; u++) {
             for (int i = 0; i < 64; i += 32) {
-                __m256i l = _mm256_loadu_si256((const __m256i *)(lut + (size_t)u * 64 + i));
-                for (int b = 0; b < nb; b++) {
-                    const uint8_t *c = cd + b * bstride + (size_t)u * qb + i;
-                    __m256i clo = _mm256_loadu_si256((const __m256i *)c), chi;
-                    if (nibbles) {
-                        chi = _mm256_and_si256(_mm256_srli_epi16(clo, 4), nib);
-                        clo = _mm256_and_si256(clo, nib);
-                    } else {
-                        chi = _mm256_loadu_si256((const __m256i *)(c + 64));
-                    }
-                    __m256i rlo = _mm256_shuffle_epi8(l, clo), rhi = _mm256_shuffle_epi8(l, chi);
-                    acc[b][0] = _mm256_add_epi16(acc[b][0], rlo);
-                    acc[b][1] = _mm256_add_epi16(acc[b][1], _mm256_srli_epi16(rlo, 8));
-                    acc[b][2] = _mm256_add_epi16(acc[b][2], rhi);
-                    acc[b][3] = _mm256_add_epi16(acc[b][3], _mm256_srli_epi16(rhi, 8));
-                }
+                const __m256i l = _mm256_loadu_si256((const __m256i *)(lut + (size_t)u * 64 + i));
+                FS256_STEP(cd + (size_t)u * qb + i, a0, a1, a2, a3);
+                if (nb == 2) FS256_STEP(cd + bstride + (size_t)u * qb + i, b0, b1, b2, b3);
             }
             if (++pending == FS_FLUSH) {
-                for (int b = 0; b < nb; b++) flush_avx2(acc[b], t[b]);
+                FS_FLUSH_INTO(widen2, _mm256_sub_epi16, _mm256_slli_epi16, t[0], a0, a1, a2, a3);
+                if (nb == 2) FS_FLUSH_INTO(widen2, _mm256_sub_epi16, _mm256_slli_epi16, t[1], b0, b1, b2, b3);
+                a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero;
                 pending = 0;
             }
         }
     }
-    for (int b = 0; b < nb; b++) {
-        flush_avx2(acc[b], t[b]);
-        store_avx2(t[b], out + b);
+    FS_FLUSH_INTO(widen2, _mm256_sub_epi16, _mm256_slli_epi16, t[0], a0, a1, a2, a3);
+    store_avx2(t[0], out);
+    if (nb == 2) {
+        FS_FLUSH_INTO(widen2, _mm256_sub_epi16, _mm256_slli_epi16, t[1], b0, b1, b2, b3);
+        store_avx2(t[1], out + 1);
     }
 }
 
@@ -341,56 +350,51 @@ QC_AVX512 static inline __m256i widen4(__m512i a) {
     return _mm256_add_epi32(_mm512_castsi512_si256(w), _mm512_extracti64x4_epi64(w, 1));
 }
 
-QC_AVX512 static void flush_avx512(__m512i acc[4], __m256i t[4]) {
-    t[0] = _mm256_add_epi32(t[0], widen4(_mm512_sub_epi16(acc[0], _mm512_slli_epi16(acc[1], 8))));
-    t[1] = _mm256_add_epi32(t[1], widen4(acc[1]));
-    t[2] = _mm256_add_epi32(t[2], widen4(_mm512_sub_epi16(acc[2], _mm512_slli_epi16(acc[3], 8))));
-    t[3] = _mm256_add_epi32(t[3], widen4(acc[3]));
-    for (int i = 0; i < 4; i++) acc[i] = _mm512_setzero_si512();
-}
+#define FS512_STEP(c, A0, A1, A2, A3)                                                          \
+    do {                                                                                       \
+        __m512i clo_ = _mm512_loadu_si512((const void *)(c)), chi_;                            \
+        if (nibbles) {                                                                         \
+            chi_ = _mm512_and_si512(_mm512_srli_epi16(clo_, 4), nib);                          \
+            clo_ = _mm512_and_si512(clo_, nib);                                                \
+        } else {                                                                               \
+            chi_ = _mm512_loadu_si512((const void *)((c) + 64));                               \
+        }                                                                                      \
+        __m512i rlo_ = _mm512_shuffle_epi8(l, clo_), rhi_ = _mm512_shuffle_epi8(l, chi_);      \
+        A0 = _mm512_add_epi16(A0, rlo_);                                                       \
+        A1 = _mm512_add_epi16(A1, _mm512_srli_epi16(rlo_, 8));                                 \
+        A2 = _mm512_add_epi16(A2, rhi_);                                                       \
+        A3 = _mm512_add_epi16(A3, _mm512_srli_epi16(rhi_, 8));                                 \
+    } while (0)
 
 QC_AVX512 QC_INLINE void blocks_avx512_n(const uint8_t *Q, int groups, int quads, const uint8_t *codes,
                                          size_t tap_stride, const int nibbles, const int nb, int g,
                                          const fs_taps *tp, const fs_out *out) {
-    __m512i acc[FS_NB][4];
-    __m256i t[FS_NB][4];
-    for (int b = 0; b < nb; b++)
-        for (int i = 0; i < 4; i++) {
-            acc[b][i] = _mm512_setzero_si512();
-            t[b][i] = _mm256_setzero_si256();
-        }
+    const __m256i z = _mm256_setzero_si256();
+    const __m512i zero = _mm512_setzero_si512(), nib = _mm512_set1_epi8(0x0f);
+    __m256i t[FS_NB][4] = {{z, z, z, z}, {z, z, z, z}};
+    __m512i a0 = zero, a1 = zero, a2 = zero, a3 = zero, b0 = zero, b1 = zero, b2 = zero, b3 = zero;
     const size_t qb = quad_bytes(nibbles), bstride = (size_t)quads * qb;
-    const __m512i nib = _mm512_set1_epi8(0x0f);
     int pending = 0;
     for (int k = 0; k < tp->n; k++) {
         const uint8_t *lut = Q + (tp->pix[k] * groups + g) * quads * 64;
         const uint8_t *cd = codes + (size_t)tp->tap[k] * tap_stride;
         for (int u = 0; u < quads; u++) {
-            __m512i l = _mm512_loadu_si512((const void *)(lut + (size_t)u * 64));
-            for (int b = 0; b < nb; b++) {
-                const uint8_t *c = cd + b * bstride + (size_t)u * qb;
-                __m512i clo = _mm512_loadu_si512((const void *)c), chi;
-                if (nibbles) {
-                    chi = _mm512_and_si512(_mm512_srli_epi16(clo, 4), nib);
-                    clo = _mm512_and_si512(clo, nib);
-                } else {
-                    chi = _mm512_loadu_si512((const void *)(c + 64));
-                }
-                __m512i rlo = _mm512_shuffle_epi8(l, clo), rhi = _mm512_shuffle_epi8(l, chi);
-                acc[b][0] = _mm512_add_epi16(acc[b][0], rlo);
-                acc[b][1] = _mm512_add_epi16(acc[b][1], _mm512_srli_epi16(rlo, 8));
-                acc[b][2] = _mm512_add_epi16(acc[b][2], rhi);
-                acc[b][3] = _mm512_add_epi16(acc[b][3], _mm512_srli_epi16(rhi, 8));
-            }
+            const __m512i l = _mm512_loadu_si512((const void *)(lut + (size_t)u * 64));
+            FS512_STEP(cd + (size_t)u * qb, a0, a1, a2, a3);
+            if (nb == 2) FS512_STEP(cd + bstride + (size_t)u * qb, b0, b1, b2, b3);
             if (++pending == FS_FLUSH) {
-                for (int b = 0; b < nb; b++) flush_avx512(acc[b], t[b]);
+                FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[0], a0, a1, a2, a3);
+                if (nb == 2) FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[1], b0, b1, b2, b3);
+                a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero;
                 pending = 0;
             }
         }
     }
-    for (int b = 0; b < nb; b++) {
-        flush_avx512(acc[b], t[b]);
-        store_avx2(t[b], out + b);
+    FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[0], a0, a1, a2, a3);
+    store_avx2(t[0], out);
+    if (nb == 2) {
+        FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[1], b0, b1, b2, b3);
+        store_avx2(t[1], out + 1);
     }
 }
 
