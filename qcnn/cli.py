@@ -210,7 +210,7 @@ def cmd_bench(args) -> int:
 
 def cmd_search(args) -> int:
     from .pq import search
-    return search.main(args.search_args)
+    return search.main(args.search_args)     # its own options: `qcnn search --help`
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,7 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "search":          # everything after `search` belongs to the search script
+        args.search_args = rest + args.search_args
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     set_num_threads(args.threads)
     try:
         return args.func(args)

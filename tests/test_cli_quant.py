@@ -78,3 +78,11 @@ def test_bench_prints_the_paper_table_and_json(tiny, capsys):
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "dense ms" in text and "quantized ms" in text and "avg" in text and "tables" in text
+
+
+def test_search_passes_its_own_options_through(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["search", "--help"])
+    assert exit_.value.code == 0 and "--objective" in capsys.readouterr().out
+    assert main(["search", "--labels", "/nonexistent/labels.csv", "--objective", "speed"]) == 2
+    assert "/nonexistent/labels.csv" in capsys.readouterr().err
