@@ -14,7 +14,7 @@ echo "== kernel tests, scalar fallback (QCNN_DISABLE_SIMD=1)"
 echo "== kernel tests, ASan + UBSan build"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-cp -r "$repo/qcnn" "$repo/tests" "$repo/assets" "$repo/pyproject.toml" "$tmp/"
+cp -r "$repo/qcnn" "$repo/tests" "$repo/assets" "$repo/pyproject.toml" "$repo/README.md" "$tmp/"
 rm -f "$tmp"/qcnn/_kernels*.so
 (cd "$tmp" && QCNN_SANITIZE=1 "$py" -c "import runpy; runpy.run_path('qcnn/_build_kernels.py')['ffibuilder'].compile(tmpdir='.')" >/dev/null)
 ls "$tmp"/qcnn/_kernels*.so >/dev/null
