@@ -31,6 +31,7 @@ from . import threads
 from .graph import Graph
 from .imageio import load_image
 from .models import Model, Prediction, load_model
+from .pq import engine
 from .pq.layer import PQLayer, PQSetting
 from .pq.quantize import Cancelled   # also what quantize_model raises: one class to catch
 
@@ -62,41 +63,21 @@ def sample_images(folder: Path = SAMPLES) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- kernels
-# qcnn.pq.engine chooses the kernel of each PQ layer; it needs the C extension, so a checkout with
-# a missing or stale build still runs, on the numpy reference.
-
-def _engine():
-    try:
-        from .pq import engine
-    except ImportError:
-        return None
-    return engine if hasattr(engine, "with_kernel") else None
-
 
 def kernel_choices() -> list[tuple[str, str, bool, str]]:
     """(name, label, available, tooltip) for each kernel the quantized engine can run."""
-    engine = _engine()
-    names = list(KERNELS) + [k for k in getattr(engine, "KERNELS", ()) if k not in KERNELS]
     out = []
-    for name in names:
-        label = KERNELS.get(name, name)
-        if engine is None:
-            ok = name == "reference"
-            why = "" if ok else "not built yet: qcnn.pq.engine (the C kernels) is not available"
-        elif name not in getattr(engine, "KERNELS", KERNELS):
-            ok, why = False, "this qcnn has no such kernel"
-        else:
-            problem = kernel_problem(name)
-            ok = not problem
-            why = getattr(engine, "DESCRIPTIONS", {}).get(name, "") if ok else f"unavailable: {problem}"
-        out.append((name, label, ok, why))
+    for name in engine.KERNELS:
+        problem = kernel_problem(name)
+        out.append((name, KERNELS.get(name, name), not problem,
+                    engine.DESCRIPTIONS[name] if not problem else f"unavailable: {problem}"))
     return out
 
 
 @functools.lru_cache(maxsize=None)
 def kernel_problem(name: str) -> str:
     """Why kernel `name` cannot run here ("" when it can): it is tried on a tiny PQ layer, so a
-    missing or stale C build shows up as a disabled choice rather than a failing engine."""
+    stale C build shows up as a disabled choice rather than a failing engine."""
     from .graph import Node
     try:
         layer = PQLayer("conv", np.zeros((1, 2, 16, 2), np.float32), np.zeros((1, 1, 2, 4), np.uint8), 4)
@@ -108,28 +89,17 @@ def kernel_problem(name: str) -> str:
 
 
 def default_kernel() -> str:
-    """The fastest kernel there is: "auto" (per layer the fastest implementation) when the C
-    kernels are built, else the numpy reference."""
-    for name, _label, ok, _why in kernel_choices():
-        if ok and name == "auto":
-            return name
-    return "reference"
+    """"auto" (per layer the fastest implementation) when it runs here, else the numpy reference."""
+    return "auto" if not kernel_problem("auto") else "reference"
 
 
 def with_kernel(graph: Graph, name: str, input_size: int | None = None) -> Graph:
     """`graph` with its PQ layers running kernel `name` (files and caches keep the canonical form);
     "auto" times each layer's candidates on an input of input_size pixels when given."""
-    engine = _engine()
-    if engine is None:
-        if name != "reference":
-            raise RuntimeError(f"kernel {name!r} needs qcnn.pq.engine, which this qcnn does not have")
-        return graph                                  # PQLayer's own numpy forward is the reference
     return engine.with_kernel(graph, name, None if input_size is None else (input_size, input_size))
 
 
-def kernel_map(graph: Graph) -> dict[str, str] | None:
-    engine = _engine()
-    return engine.kernel_map(graph) if engine is not None and hasattr(engine, "kernel_map") else None
+kernel_map = engine.kernel_map
 
 
 # --------------------------------------------------------------------------- settings
