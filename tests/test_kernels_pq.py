@@ -87,7 +87,7 @@ def test_fastscan_within_the_table_quantization_bound(case, isa):
     assert err > 0          # it really used the uint8 tables
 
 
-@pytest.mark.parametrize("kernel", K.KERNELS)
+@pytest.mark.parametrize("kernel", K.IMPLS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}{c[1]}-{c[2]}k{c[3]}")
 def test_simd_variants_equal_the_scalar_reference_bit_for_bit(case, kernel):
     layer = make_layer(*case[:-1])
@@ -116,7 +116,7 @@ def test_row_bands_give_the_same_result(monkeypatch):
     case = ("conv", 12, 64, 3, 4, 16, 2, (2, 2), "same", (17, 11))
     layer = make_layer(*case[:-1])
     x = inputs(case)
-    whole = {k: K.PreparedPQ(layer, k)(x) for k in K.KERNELS}
+    whole = {k: K.PreparedPQ(layer, k)(x) for k in K.IMPLS}
     monkeypatch.setattr(K, "TABLE_BUDGET_BYTES", 1)        # one output row per band
     np.testing.assert_array_equal(K.PreparedPQ(layer, "exact")(x), whole["exact"])
     banded = K.PreparedPQ(layer, "fastscan")(x)          # bands may pick their own shared scale

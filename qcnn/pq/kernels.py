@@ -11,12 +11,12 @@ import time
 import numpy as np
 
 from .._kernels import ffi, lib
+from ..kernels import _ACT
 from ..layers import resolve_pads
 from .layer import PQLayer
 
-KERNELS = ("exact", "fastscan")
-MAX_TAPS = 121                  # QC_FS_MAX_TAPS in pq.h
-_ACT = {None: 0, "relu": 1, "relu6": 2}
+IMPLS = ("exact", "fastscan")       # what PreparedPQ runs; qcnn.pq.engine chooses among more
+MAX_TAPS = lib.QC_FS_MAX_TAPS
 # Tables of a band of input rows are built, used and dropped before the next band: it bounds
 # memory (K = 256 tables of a 112x112 map would take hundreds of MB) and keeps them in cache.
 TABLE_BUDGET_BYTES = 2 << 20
@@ -32,8 +32,8 @@ def fastscan_supported(layer: PQLayer) -> bool:
 
 class PreparedPQ:
     def __init__(self, layer: PQLayer, kernel: str = "exact"):
-        if kernel not in KERNELS:
-            raise ValueError(f"unknown PQ kernel {kernel!r}; choose from {KERNELS}")
+        if kernel not in IMPLS:
+            raise ValueError(f"unknown PQ kernel {kernel!r}; choose from {IMPLS}")
         layer.validate()       # every code < K, shapes consistent: required before C reads them
         if kernel == "fastscan" and not fastscan_supported(layer):
             raise ValueError(f"fast-scan needs K <= 16, layer has K = {layer.ksub}")
