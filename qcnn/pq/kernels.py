@@ -22,8 +22,16 @@ MAX_TAPS = lib.QC_FS_MAX_TAPS
 TABLE_BUDGET_BYTES = 2 << 20
 
 
+_ARRAY_TYPES = {"float *": "float[]", "uint8_t *": "uint8_t[]"}
+
+
 def _ptr(a: np.ndarray | None, ctype: str = "float *"):
-    return ffi.NULL if a is None else ffi.cast(ctype, a.ctypes.data)
+    # from_buffer is several times cheaper than a.ctypes.data; it needs a contiguous buffer.
+    if a is None:
+        return ffi.NULL
+    if a.flags.c_contiguous:
+        return ffi.from_buffer(_ARRAY_TYPES[ctype], a)
+    return ffi.cast(ctype, a.ctypes.data)
 
 
 def fastscan_supported(layer: PQLayer) -> bool:
@@ -49,7 +57,8 @@ class PreparedPQ:
         self.ksub = cb.shape[2]
         self.cbt = np.ascontiguousarray(cb.transpose(0, 1, 3, 2).reshape(g * m, d, self.ksub))
         self.codes = layer.codes
-        self._buffers: dict[str, np.ndarray] = {}
+        self._buffers: dict[tuple, tuple] = {}
+        self._fixed = None
         # Seconds spent building tables (incl. their uint8 quantization) and looking up, summed
         # over calls: the benchmark's per-layer breakdown reads and resets them.
         self.seconds = {"tables": 0.0, "lookups": 0.0}
@@ -63,6 +72,7 @@ class PreparedPQ:
         l = self.layer
         kh, kw = l.kernel
         self.nibbles = int(nibbles)
+        self._fixed = None
         self.packed = np.empty(lib.qc_fs_packed_size(kh, kw, l.groups, l.M, l.out_channels, self.nibbles), np.uint8)
         lib.qc_fs_pack_codes(_ptr(self.codes, "uint8_t *"), kh, kw, l.groups, l.M, l.out_channels, self.nibbles,
                              _ptr(self.packed, "uint8_t *"))
@@ -103,14 +113,23 @@ class PreparedPQ:
                 self._band(x[b, r0:r1], y[b, oy0:oy1], top + r0 - oy0 * sh, left, sh, sw)
         return y.reshape(n, -1) if l.kind_of == "fc" else y
 
-    def _scratch(self, name: str, shape: tuple, dtype) -> np.ndarray:
-        """A reused work buffer: fresh megabyte-sized arrays per call cost page faults.
+    def _scratch(self, name: str, shape: tuple, dtype):
+        """A reused work buffer and its C pointer: fresh megabyte-sized arrays per call cost page
+        faults, and making pointers costs more than the small layers' kernels.
         (So one PreparedPQ must not run in two threads at once; each engine has its own.)"""
-        size = int(np.prod(shape))
-        buf = self._buffers.get(name)
-        if buf is None or buf.size < size or buf.dtype != dtype:
-            buf = self._buffers[name] = np.empty(size, dtype)
-        return buf[:size].reshape(shape)
+        key = (name, shape)
+        if key not in self._buffers:
+            buf = np.empty(shape, dtype)
+            self._buffers[key] = (buf, _ptr(buf, "float *" if dtype == np.float32 else "uint8_t *"))
+        return self._buffers[key][1]
+
+    def _pointers(self):
+        """Pointers to the arrays every call reads, made once."""
+        if self._fixed is None:
+            l = self.layer
+            self._fixed = (_ptr(self.cbt), _ptr(self.codes, "uint8_t *"), _ptr(l.bias),
+                           _ptr(self.packed, "uint8_t *") if self.kernel == "fastscan" else ffi.NULL)
+        return self._fixed
 
     def _band(self, xb: np.ndarray, yb: np.ndarray, pt: int, pl: int, sh: int, sw: int) -> None:
         """Output rows yb from input rows xb; pt, pl: padding before the band (may count rows
@@ -123,15 +142,15 @@ class PreparedPQ:
         # The kernels read rows oy*sh - pt + i for i < kh, clipped to [0, h): check they exist.
         if pt < 0 or pl < 0 or (oh - 1) * sh - pt + kh > h + kh or not yb.flags.c_contiguous:
             raise ValueError("PQ kernel: bad band geometry")
-        xb = np.ascontiguousarray(xb)
-        bias, act = l.bias, _ACT[l.activation]
+        px, py = _ptr(np.ascontiguousarray(xb)), _ptr(yb)
+        cbt, codes, bias, packed = self._pointers()
+        act = _ACT[l.activation]
         t0 = time.perf_counter()
         if self.kernel == "exact":
             T = self._scratch("tables", (h * w, g * m, self.ksub), np.float32)
-            lib.qc_pq_tables_f32(_ptr(xb), h * w, c, g, m, l.dsub, self.ksub, _ptr(self.cbt), _ptr(T))
+            lib.qc_pq_tables_f32(px, h * w, c, g, m, l.dsub, self.ksub, cbt, T)
             t1 = time.perf_counter()
-            lib.qc_pq_conv_exact(_ptr(T), h, w, g, m, self.ksub, _ptr(self.codes, "uint8_t *"), kh, kw, sh, sw,
-                                 pt, pl, cout, _ptr(bias), _ptr(yb), oh, ow, act)
+            lib.qc_pq_conv_exact(T, h, w, g, m, self.ksub, codes, kh, kw, sh, sw, pt, pl, cout, bias, py, oh, ow, act)
             self._count(t0, t1)
             return
         # An output of a k x k layer sums tables of several pixels: they must share one scale,
@@ -141,12 +160,10 @@ class PreparedPQ:
         Q = self._scratch("q", (h * w, g, -(-m // 4) * 4, 16), np.uint8)
         scale = self._scratch("scale", (h * w, g), np.float32)
         offset_sum = self._scratch("offset_sum", (h * w, g), np.float32)
-        lib.qc_fs_tables_u8(_ptr(xb), h * w, c, g, m, l.dsub, _ptr(self.cbt), shared, _ptr(T),
-                            _ptr(Q, "uint8_t *"), _ptr(scale), _ptr(offset_sum))
+        lib.qc_fs_tables_u8(px, h * w, c, g, m, l.dsub, cbt, shared, T, Q, scale, offset_sum)
         t1 = time.perf_counter()
-        lib.qc_pq_conv_fastscan(_ptr(Q, "uint8_t *"), _ptr(scale), _ptr(offset_sum), h, w, g, m,
-                                _ptr(self.packed, "uint8_t *"), kh, kw, sh, sw, pt, pl, cout, _ptr(bias),
-                                _ptr(yb), oh, ow, act, self.nibbles)
+        lib.qc_pq_conv_fastscan(Q, scale, offset_sum, h, w, g, m, packed, kh, kw, sh, sw, pt, pl, cout, bias,
+                                py, oh, ow, act, self.nibbles)
         self._count(t0, t1)
 
     def _count(self, t0: float, t1: float) -> None:
