@@ -217,7 +217,7 @@ static void store_scalar(const uint32_t sum[QC_FS_BLOCK], const fs_out *o) {
 /* One (output pixel, group) and nb <= FS_NB consecutive blocks of 32 channels: integer sums over
  * all valid taps, then stored.  Blocks are handled together so that they share each table load
  * and the loop overhead, which dominates when a layer has few subspaces per kernel offset. */
-#define FS_NB 2
+#define FS_NB 4         /* blocks per pass: AVX-512 keeps 16 accumulators in registers, AVX2 takes pairs */
 typedef void (*blocks_fn)(const uint8_t *Q, int groups, int quads, const uint8_t *codes, size_t tap_stride,
                           int nibbles, int nb, int g, const fs_taps *tp, const fs_out *out);
 
@@ -303,7 +303,7 @@ QC_AVX2 QC_INLINE void blocks_avx2_n(const uint8_t *Q, int groups, int quads, co
                                      size_t tap_stride, const int nibbles, const int nb, int g, const fs_taps *tp,
                                      const fs_out *out) {
     const __m256i zero = _mm256_setzero_si256(), nib = _mm256_set1_epi8(0x0f);
-    __m256i t[FS_NB][4] = {{zero, zero, zero, zero}, {zero, zero, zero, zero}};
+    __m256i t[2][4] = {{zero, zero, zero, zero}, {zero, zero, zero, zero}};
     __m256i a0 = zero, a1 = zero, a2 = zero, a3 = zero, b0 = zero, b1 = zero, b2 = zero, b3 = zero;
     const size_t qb = quad_bytes(nibbles), bstride = (size_t)quads * qb;
     int pending = 0;
@@ -334,13 +334,18 @@ QC_AVX2 QC_INLINE void blocks_avx2_n(const uint8_t *Q, int groups, int quads, co
 
 QC_AVX2 static void blocks_avx2(const uint8_t *Q, int groups, int quads, const uint8_t *codes, size_t tap_stride,
                                 int nibbles, int nb, int g, const fs_taps *tp, const fs_out *out) {
-    /* Constant arguments let the inlined body specialise: accumulators stay in registers. */
-    if (nibbles)
-        nb == 2 ? blocks_avx2_n(Q, groups, quads, codes, tap_stride, 1, 2, g, tp, out)
-                : blocks_avx2_n(Q, groups, quads, codes, tap_stride, 1, 1, g, tp, out);
-    else
-        nb == 2 ? blocks_avx2_n(Q, groups, quads, codes, tap_stride, 0, 2, g, tp, out)
-                : blocks_avx2_n(Q, groups, quads, codes, tap_stride, 0, 1, g, tp, out);
+    /* Constant arguments let the inlined body specialise: accumulators stay in registers.  Sixteen
+     * 256-bit registers hold the accumulators of two blocks, so larger groups go in pairs. */
+    const size_t bstride = (size_t)quads * quad_bytes(nibbles);
+    for (int b = 0; b < nb; b += 2) {
+        const uint8_t *c = codes + b * bstride;
+        if (nibbles)
+            nb - b >= 2 ? blocks_avx2_n(Q, groups, quads, c, tap_stride, 1, 2, g, tp, out + b)
+                        : blocks_avx2_n(Q, groups, quads, c, tap_stride, 1, 1, g, tp, out + b);
+        else
+            nb - b >= 2 ? blocks_avx2_n(Q, groups, quads, c, tap_stride, 0, 2, g, tp, out + b)
+                        : blocks_avx2_n(Q, groups, quads, c, tap_stride, 0, 1, g, tp, out + b);
+    }
 }
 
 /* Sum of the four 128-bit lanes of 16-bit counts, widened: 8 x u32. */
@@ -371,8 +376,9 @@ QC_AVX512 QC_INLINE void blocks_avx512_n(const uint8_t *Q, int groups, int quads
                                          const fs_taps *tp, const fs_out *out) {
     const __m256i z = _mm256_setzero_si256();
     const __m512i zero = _mm512_setzero_si512(), nib = _mm512_set1_epi8(0x0f);
-    __m256i t[FS_NB][4] = {{z, z, z, z}, {z, z, z, z}};
+    __m256i t[FS_NB][4] = {{z, z, z, z}, {z, z, z, z}, {z, z, z, z}, {z, z, z, z}};
     __m512i a0 = zero, a1 = zero, a2 = zero, a3 = zero, b0 = zero, b1 = zero, b2 = zero, b3 = zero;
+    __m512i c0 = zero, c1 = zero, c2 = zero, c3 = zero, d0 = zero, d1 = zero, d2 = zero, d3 = zero;
     const size_t qb = quad_bytes(nibbles), bstride = (size_t)quads * qb;
     int pending = 0;
     for (int k = 0; k < tp->n; k++) {
@@ -381,32 +387,41 @@ QC_AVX512 QC_INLINE void blocks_avx512_n(const uint8_t *Q, int groups, int quads
         for (int u = 0; u < quads; u++) {
             const __m512i l = _mm512_loadu_si512((const void *)(lut + (size_t)u * 64));
             FS512_STEP(cd + (size_t)u * qb, a0, a1, a2, a3);
-            if (nb == 2) FS512_STEP(cd + bstride + (size_t)u * qb, b0, b1, b2, b3);
+            if (nb >= 2) FS512_STEP(cd + bstride + (size_t)u * qb, b0, b1, b2, b3);
+            if (nb >= 3) FS512_STEP(cd + 2 * bstride + (size_t)u * qb, c0, c1, c2, c3);
+            if (nb >= 4) FS512_STEP(cd + 3 * bstride + (size_t)u * qb, d0, d1, d2, d3);
             if (++pending == FS_FLUSH) {
                 FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[0], a0, a1, a2, a3);
-                if (nb == 2) FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[1], b0, b1, b2, b3);
-                a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero;
+                if (nb >= 2) FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[1], b0, b1, b2, b3);
+                if (nb >= 3) FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[2], c0, c1, c2, c3);
+                if (nb >= 4) FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[3], d0, d1, d2, d3);
+                a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = zero;
                 pending = 0;
             }
         }
     }
     FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[0], a0, a1, a2, a3);
-    store_avx2(t[0], out);
-    if (nb == 2) {
-        FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[1], b0, b1, b2, b3);
-        store_avx2(t[1], out + 1);
-    }
+    if (nb >= 2) FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[1], b0, b1, b2, b3);
+    if (nb >= 3) FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[2], c0, c1, c2, c3);
+    if (nb >= 4) FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[3], d0, d1, d2, d3);
+    for (int b = 0; b < nb; b++) store_avx2(t[b], out + b);
 }
 
 QC_AVX512 static void blocks_avx512(const uint8_t *Q, int groups, int quads, const uint8_t *codes,
                                     size_t tap_stride, int nibbles, int nb, int g, const fs_taps *tp,
                                     const fs_out *out) {
-    if (nibbles)
-        nb == 2 ? blocks_avx512_n(Q, groups, quads, codes, tap_stride, 1, 2, g, tp, out)
-                : blocks_avx512_n(Q, groups, quads, codes, tap_stride, 1, 1, g, tp, out);
-    else
-        nb == 2 ? blocks_avx512_n(Q, groups, quads, codes, tap_stride, 0, 2, g, tp, out)
-                : blocks_avx512_n(Q, groups, quads, codes, tap_stride, 0, 1, g, tp, out);
+#define FS512_CALL(NIB, NB) blocks_avx512_n(Q, groups, quads, codes, tap_stride, NIB, NB, g, tp, out)
+    switch (nb + 4 * !!nibbles) {
+    case 1: FS512_CALL(0, 1); break;
+    case 2: FS512_CALL(0, 2); break;
+    case 3: FS512_CALL(0, 3); break;
+    case 4: FS512_CALL(0, 4); break;
+    case 5: FS512_CALL(1, 1); break;
+    case 6: FS512_CALL(1, 2); break;
+    case 7: FS512_CALL(1, 3); break;
+    default: FS512_CALL(1, 4); break;
+    }
+#undef FS512_CALL
 }
 #endif
 
