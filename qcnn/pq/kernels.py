@@ -97,9 +97,9 @@ class PreparedPQ:
         ow = (w + left + right - kw) // sw + 1
         if oh < 1 or ow < 1 or min(top, bottom, left, right) < 0:
             raise ValueError(f"{l.describe()}: input {h}x{w} too small")
-        if (kh, kw) == (1, 1) and (sh, sw) != (1, 1):
+        if (kh, kw) == (1, 1) and (sh, sw) != (1, 1) and not (top or left):
             # A strided 1x1 reads a quarter of the pixels: build tables for those only.
-            x = np.ascontiguousarray(x[:, top % sh::sh, left % sw::sw][:, :oh, :ow])
+            x = np.ascontiguousarray(x[:, ::sh, ::sw][:, :oh, :ow])
             n, h, w, c = x.shape
             sh = sw = 1
             top = left = 0
