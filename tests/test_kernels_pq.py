@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from qcnn import kernels as dense_kernels
-from qcnn.layers import resolve_pads
 from qcnn.pq import kernels as K
 from qcnn.pq.layer import PQLayer
 
