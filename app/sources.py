@@ -13,13 +13,14 @@ from PySide6.QtCore import QMimeData, QObject, QUrl, Signal, Slot
 from PySide6.QtGui import QImage
 from PySide6.QtMultimedia import QCamera, QMediaCaptureSession, QMediaDevices, QMediaPlayer, QVideoFrame, QVideoSink
 
-from qcnn.workbench import IMAGE_SUFFIXES, Frame
+from qcnn.imageio import IMAGE_EXTENSIONS
+from qcnn.workbench import Frame
 
 _serials = itertools.count(1)
 
 FILE_FILTERS = ";;".join([
     "BMP images (*.bmp)",
-    "Images (" + " ".join(f"*{s}" for s in IMAGE_SUFFIXES) + ")",
+    "Images (" + " ".join(f"*{s}" for s in sorted(IMAGE_EXTENSIONS)) + ")",
     "All files (*)",
 ])
 VIDEO_FILTERS = "Videos (*.avi *.mp4 *.mkv *.mov *.webm *.mjpeg *.m4v);;All files (*)"

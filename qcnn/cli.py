@@ -7,8 +7,6 @@ import json
 import sys
 import time
 
-import numpy as np
-
 from .imageio import ImageLoadError, load_image
 from .threads import set_num_threads
 
@@ -160,9 +158,9 @@ def cmd_eval(args) -> int:
         key = "dense" if name == "dense" else "quant"
         out.update({f"{key}_top1": score.top1, f"{key}_top5": score.top5, f"{key}_median_ms": score.median_ms})
     if quantized:
-        d, q = ev.probs["dense"], ev.probs["quantized"]
-        out["agreement"] = float(np.mean(d.argmax(1) == q.argmax(1)))
-        out["mean_kl"] = float(np.mean(np.sum(d * (np.log(d + 1e-12) - np.log(q + 1e-12)), axis=1)))
+        from .pq.search import agreement
+        m = agreement(ev.probs["dense"], ev.probs["quantized"])
+        out["agreement"], out["mean_kl"] = m["agree"], m["kl"]
         out["quantized_with"] = source
         out["kernel"] = args.kernel
     if args.json:

@@ -36,7 +36,7 @@ MAX_PIXELS = 100_000_000
 
 #: Suffixes (lower case) that :func:`image_files` picks up.
 IMAGE_EXTENSIONS = frozenset(
-    {".bmp", ".dib", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".gif"}
+    {".bmp", ".dib", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm"}
 )
 
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, BinaryIO]

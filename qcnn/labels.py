@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import csv
 from functools import lru_cache
-from pathlib import Path
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+from .paths import ASSETS
 
 
 @lru_cache(maxsize=None)

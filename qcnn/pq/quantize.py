@@ -14,6 +14,7 @@ import numpy as np
 
 from ..graph import Graph, Node
 from ..layers import Conv2D, Dense
+from ..paths import SAMPLES
 from ..threads import ensure_thread_limit
 from .correct import ConvView, correct_group, sample_rows
 from .kmeans import init_codebooks
@@ -23,7 +24,6 @@ from .layer import PQLayer, PQSetting
 # fraction is the overall fraction of the work done, 0..1, non-decreasing.
 Progress = Callable[[str, str, float], None]
 
-SAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "samples"
 
 
 class Cancelled(Exception):
@@ -300,7 +300,7 @@ def calibration_batch(model, folder=None, count: int = 128, seed: int = 0, files
     them (deterministic for a seed).  With more images than `count` a seeded random subset is used.
     Unreadable files are skipped."""
     from ..imageio import ImageLoadError, image_files, load_image
-    paths = [Path(p) for p in files] if files is not None else image_files(folder or SAMPLES_DIR)
+    paths = [Path(p) for p in files] if files is not None else image_files(folder or SAMPLES)
     rng = np.random.default_rng(seed)
     if len(paths) > count:
         paths = [paths[i] for i in np.sort(rng.choice(len(paths), count, replace=False))]
@@ -311,7 +311,7 @@ def calibration_batch(model, folder=None, count: int = 128, seed: int = 0, files
         except ImageLoadError:
             continue
     if not images:
-        raise ValueError(f"no readable calibration images in {folder or SAMPLES_DIR}")
+        raise ValueError(f"no readable calibration images in {folder or SAMPLES}")
     out = np.empty((count, model.input_size, model.input_size, 3), np.float32)
     for i in range(count):
         img = images[i % len(images)]
