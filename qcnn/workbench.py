@@ -34,7 +34,12 @@ from .models import Model, Prediction, load_model
 from .paths import SAMPLES, cache_dir
 from .pq import engine
 from .pq.layer import PQLayer, PQSetting
+from .evaluate import evaluate
+from .pq.cost import cost_report
+from .pq.modelfile import ModelFileError, load_model_file, save_model
 from .pq.quantize import Cancelled   # also what quantize_model raises: one class to catch
+from .pq.quantize import QuantConfig, calibration_batch, quantize_model, reconstructed
+from .pq.quantize import quantizable_layers as quantizable_names
 
 BUILTIN_MODELS = {
     "efficientnet-lite0": "EfficientNet-Lite0 (ImageNet)",
@@ -159,9 +164,8 @@ class QuantizableLayer:
 def quantizable_layers(model: Model) -> list[QuantizableLayer]:
     """The layers product quantization applies to, as the quantizer decides."""
     from . import layers as L
-    from .pq.quantize import quantizable_layers as names
     out = []
-    for name in names(model.graph):
+    for name in quantizable_names(model.graph):
         node = model.graph[name]
         layer = node.layer
         if isinstance(layer, L.Dense):
@@ -391,7 +395,6 @@ def cache_path(model: Model, settings: QuantSettings) -> Path:
 def to_config(model: Model, settings: QuantSettings):
     """The quantizer's QuantConfig for these settings (per-layer overrides for other models'
     layer names are ignored, so settings carry over between models)."""
-    from .pq.quantize import QuantConfig
     config = QuantConfig.uniform(model, conv=settings.conv, fc=settings.fc,
                                    error_correction=settings.error_correction, seed=settings.seed)
     for name, setting in settings.per_layer:
@@ -463,7 +466,6 @@ class Workbench:
         if cached is not None:
             cached.seconds = time.perf_counter() - t0
             return cached
-        from .pq.quantize import calibration_batch, quantize_model
         config = to_config(model, settings)
         report = progress or (lambda text, fraction: None)
 
@@ -484,13 +486,12 @@ class Workbench:
         if self.source is not None and model is self.model:
             metadata["source"] = os.path.abspath(self.source)
         path.parent.mkdir(parents=True, exist_ok=True)
-        size = _save(path, model, graph, metadata)
+        size = save_model(path, model, graph, metadata)
         return Quantized(graph, settings, path, size, metadata, False, time.perf_counter() - t0)
 
     def _load_cached(self, path: Path, model: Model, settings: QuantSettings) -> Quantized | None:
         if not path.is_file():
             return None
-        from .pq.modelfile import ModelFileError, load_model_file
         try:
             loaded, metadata = load_model_file(path)
         except (ModelFileError, OSError):
@@ -523,7 +524,6 @@ class Workbench:
         """Read a .qcnn file: (dense model, dense graph, Quantized, note).  The dense side is the
         original built-in model when the file names one with the same weights; otherwise the
         dense network is rebuilt from the codebooks (said so in the note)."""
-        from .pq.modelfile import load_model_file
         loaded, metadata = load_model_file(path)
         identity = metadata.get("model_identity") or loaded.identity
         dense_model, note = None, ""
@@ -538,7 +538,6 @@ class Workbench:
                 dense_model = candidate
                 break
         if dense_model is None:
-            from .pq.quantize import reconstructed
             dense_model = Model(loaded.name, reconstructed(loaded.graph), loaded.preprocess, loaded.labels,
                                 loaded.description, loaded.speed_test_only, dict(loaded.identity))
             note = "dense weights rebuilt from the codebooks (the original network is not available)"
@@ -551,7 +550,7 @@ class Workbench:
     def save_model_file(self, path: str | os.PathLike) -> int:
         if self.quantized is None:
             raise RuntimeError("nothing quantized to save yet")
-        return _save(Path(path), self.model, self.quantized.graph, self.quantized.metadata)
+        return save_model(path, self.model, self.quantized.graph, self.quantized.metadata)
 
     # ---- footprints
     def footprint(self) -> Footprint | None:
@@ -564,7 +563,6 @@ class Workbench:
                  progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
                  limit: int | None = None):
         """Top-1/top-5 of both engines on a labelled folder (qcnn.evaluate)."""
-        from .evaluate import evaluate
         model, dense, quant = self.model, self.dense_graph, self.quant_graph
         engines = {"dense": lambda x: model.predict(x, dense)}
         if quant is not None:
@@ -582,7 +580,6 @@ class Workbench:
 def footprint(model: Model, dense_graph: Graph, quantized: Quantized, kernel_graph: Graph | None = None) -> Footprint:
     """Storage and cost of a quantized model: the numbers `qcnn cost` prints.  `kernel_graph`
     (the graph as it runs) fills in which kernel each layer uses."""
-    from .pq.cost import cost_report
     kernels = kernel_map(kernel_graph) if kernel_graph is not None else None
     report = cost_report(quantized.graph, (model.input_size, model.input_size), dense_graph=dense_graph,
                          kernels=kernels)
@@ -594,8 +591,4 @@ def settings_of_graph(graph: Graph) -> QuantSettings:
     per = tuple((n.name, n.layer.setting) for n in graph.nodes if isinstance(n.layer, PQLayer))
     return QuantSettings(conv=None, fc=None, per_layer=per)
 
-
-def _save(path: Path, model: Model, graph: Graph, metadata: dict) -> int:
-    from .pq.modelfile import save_model
-    return save_model(path, model, graph, metadata)
 
