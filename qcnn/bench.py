@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from PIL import Image
 
 from .graph import Graph
 from .imageio import ImageLoadError, image_files, load_image
@@ -38,7 +39,6 @@ def bench_inputs(model: Model, images: str | Path | None, count: int, seed: int 
     s = model.input_size
     for _ in range(min(count, 16)):
         pixels = rng.integers(0, 256, (s, s, 3)).astype(np.uint8)
-        from PIL import Image
         out.append(model.preprocess(Image.fromarray(pixels)))
     return out
 

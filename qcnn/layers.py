@@ -39,6 +39,18 @@ def resolve_pads(pads, h: int, w: int, kh: int, kw: int, sh: int, sw: int) -> tu
     return tuple(pads)
 
 
+def conv_geometry(h: int, w: int, kernel, stride, pads, what: str = "convolution"):
+    """(top, bottom, left, right) padding and output size of a sliding window on h x w pixels."""
+    kh, kw = kernel
+    sh, sw = stride
+    pads = resolve_pads(pads, h, w, kh, kw, sh, sw)
+    oh = (h + pads[0] + pads[1] - kh) // sh + 1
+    ow = (w + pads[2] + pads[3] - kw) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"{what}: input {h}x{w} is smaller than the kernel")
+    return pads, oh, ow
+
+
 def pad_nhwc(x: np.ndarray, pads, value: float = 0.0) -> np.ndarray:
     top, bottom, left, right = pads
     if not (top or bottom or left or right):
@@ -139,14 +151,7 @@ class Conv2D(Layer):
 
     def geometry(self, h: int, w: int):
         """Padding and output size for an input of h x w pixels."""
-        kh, kw = self.kernel
-        sh, sw = self.stride
-        pads = resolve_pads(self.pads, h, w, kh, kw, sh, sw)
-        oh = (h + pads[0] + pads[1] - kh) // sh + 1
-        ow = (w + pads[2] + pads[3] - kw) // sw + 1
-        if oh < 1 or ow < 1:
-            raise ValueError(f"{self.describe()}: input {h}x{w} is smaller than the kernel")
-        return pads, oh, ow
+        return conv_geometry(h, w, self.kernel, self.stride, self.pads, self.describe())
 
     def __call__(self, x):
         n, h, w, c = x.shape
@@ -292,13 +297,21 @@ class Pool2D(Layer):
             out -= 1  # a window must start inside the image or its leading padding
         return out
 
+    def geometry(self, h: int, w: int):
+        """Padding and output size for an input of h x w pixels (ceil mode included)."""
+        kh, kw = self.kernel
+        sh, sw = self.stride
+        pads = resolve_pads(self.pads, h, w, kh, kw, sh, sw)
+        oh, ow = self._out(h, kh, sh, pads[0], pads[1]), self._out(w, kw, sw, pads[2], pads[3])
+        if oh < 1 or ow < 1:
+            raise ValueError(f"{self.describe()}: input {h}x{w} is smaller than the window")
+        return pads, oh, ow
+
     def __call__(self, x):
         n, h, w, c = x.shape
         kh, kw = self.kernel
         sh, sw = self.stride
-        top, bottom, left, right = resolve_pads(self.pads, h, w, kh, kw, sh, sw)
-        oh = self._out(h, kh, sh, top, bottom)
-        ow = self._out(w, kw, sw, left, right)
+        (top, bottom, left, right), oh, ow = self.geometry(h, w)
         if x.dtype == np.float32 and c > 0:  # C kernel; other dtypes keep the numpy path below
             return kernels.pool(np.ascontiguousarray(x), "max" if self.mode == "max" else "avg", self.kernel,
                                 self.stride, (top, bottom, left, right), (oh, ow), self.count_include_pad)

@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve, cholesky, solve_triangular
 
-from ..layers import Conv2D, Dense, im2col, pad_nhwc, resolve_pads
+from ..layers import Conv2D, Dense, conv_geometry, im2col, pad_nhwc
 
 
 @dataclass
@@ -61,20 +61,14 @@ class ConvView:
         n, h, w, _ = x.shape
         kh, kw = self.weight.shape[:2]
         sh, sw = self.stride
-        pads = resolve_pads(self.pads, h, w, kh, kw, sh, sw)
-        oh = (h + pads[0] + pads[1] - kh) // sh + 1
-        ow = (w + pads[2] + pads[3] - kw) // sw + 1
+        pads, oh, ow = conv_geometry(h, w, (kh, kw), self.stride, self.pads)
         cols = im2col(pad_nhwc(x, pads), kh, kw, sh, sw, oh, ow)
         ni, hi, wi = np.unravel_index(positions, (n, oh, ow))
         return cols[ni, hi, wi]
 
     def num_positions(self, x: np.ndarray) -> int:
         x = self.nhwc(x)
-        kh, kw = self.weight.shape[:2]
-        sh, sw = self.stride
-        pads = resolve_pads(self.pads, x.shape[1], x.shape[2], kh, kw, sh, sw)
-        oh = (x.shape[1] + pads[0] + pads[1] - kh) // sh + 1
-        ow = (x.shape[2] + pads[2] + pads[3] - kw) // sw + 1
+        _, oh, ow = conv_geometry(x.shape[1], x.shape[2], self.weight.shape[:2], self.stride, self.pads)
         return x.shape[0] * oh * ow
 
 

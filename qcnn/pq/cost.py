@@ -38,18 +38,6 @@ Shape = tuple[int, ...]     # (H, W, C) for feature maps, (F,) after flattening;
 
 # --------------------------------------------------------------------------- shapes
 
-def _conv_geometry(layer, h: int, w: int):
-    """Padding and output size of a Conv2D or conv PQLayer on an h x w input."""
-    kh, kw = layer.kernel
-    sh, sw = layer.stride
-    pads = L.resolve_pads(layer.pads, h, w, kh, kw, sh, sw)
-    oh = (h + pads[0] + pads[1] - kh) // sh + 1
-    ow = (w + pads[2] + pads[3] - kw) // sw + 1
-    if oh < 1 or ow < 1:
-        raise ValueError(f"{layer.describe()}: input {h}x{w} is smaller than the kernel")
-    return pads, oh, ow
-
-
 def _spatial(shape: Shape, what: str) -> Shape:
     if len(shape) != 3:
         raise ValueError(f"{what} needs an H x W x C input, got {shape}")
@@ -62,7 +50,7 @@ def _out_shape(layer: L.Layer, ins: list[Shape]) -> Shape:
         h, w, c = _spatial(x, layer.describe())
         if c != layer.in_channels:
             raise ValueError(f"{layer.describe()}: gets {c} input channels")
-        _, oh, ow = _conv_geometry(layer, h, w)
+        _, oh, ow = layer.geometry(h, w)
         return oh, ow, layer.out_channels
     if isinstance(layer, (L.Dense, PQLayer)):           # Dense and FC PQ layers flatten their input
         if math.prod(x) != layer.in_channels:
@@ -70,13 +58,7 @@ def _out_shape(layer: L.Layer, ins: list[Shape]) -> Shape:
         return (layer.out_channels,)
     if isinstance(layer, L.Pool2D):
         h, w, c = _spatial(x, layer.describe())
-        kh, kw = layer.kernel
-        sh, sw = layer.stride
-        top, bottom, left, right = L.resolve_pads(layer.pads, h, w, kh, kw, sh, sw)
-        # Pool2D._out is the engine's own (ceil-mode) size rule; reuse it rather than restate it.
-        oh, ow = layer._out(h, kh, sh, top, bottom), layer._out(w, kw, sw, left, right)
-        if oh < 1 or ow < 1:
-            raise ValueError(f"{layer.describe()}: input {h}x{w} is smaller than the window")
+        _, oh, ow = layer.geometry(h, w)
         return oh, ow, c
     if isinstance(layer, L.GlobalAvgPool):
         return 1, 1, _spatial(x, "global avgpool")[2]
@@ -189,7 +171,7 @@ def _pq_cost(name: str, layer: PQLayer, x: Shape, out: Shape) -> LayerCost:
         oh = ow = 1
     else:
         h, w, _ = x
-        pads, oh, ow = _conv_geometry(layer, h, w)
+        pads, oh, ow = layer.geometry(h, w)
         sh, sw = layer.stride
         pixels_read = (_read_extent(h, kh, sh, pads[0], oh) * _read_extent(w, kw, sw, pads[2], ow))
         pixels = h * w

@@ -12,7 +12,6 @@ import numpy as np
 
 from .._kernels import ffi, lib
 from ..kernels import _ACT
-from ..layers import resolve_pads
 from .layer import PQLayer
 
 IMPLS = ("exact", "fastscan")       # what PreparedPQ runs; qcnn.pq.engine chooses among more
@@ -92,11 +91,9 @@ class PreparedPQ:
             raise ValueError(f"{l.describe()}: got {c} input channels")
         kh, kw = l.kernel
         sh, sw = l.stride
-        top, bottom, left, right = resolve_pads(l.pads, h, w, kh, kw, sh, sw)
-        oh = (h + top + bottom - kh) // sh + 1
-        ow = (w + left + right - kw) // sw + 1
-        if oh < 1 or ow < 1 or min(top, bottom, left, right) < 0:
-            raise ValueError(f"{l.describe()}: input {h}x{w} too small")
+        (top, bottom, left, right), oh, ow = l.geometry(h, w)
+        if min(top, bottom, left, right) < 0:
+            raise ValueError(f"{l.describe()}: negative padding")
         if (kh, kw) == (1, 1) and (sh, sw) != (1, 1) and not (top or left):
             # A strided 1x1 reads a quarter of the pixels: build tables for those only.
             x = np.ascontiguousarray(x[:, ::sh, ::sw][:, :oh, :ow])

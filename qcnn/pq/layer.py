@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..layers import ACTIVATIONS, Conv2D, Dense, Layer, resolve_pads
+from ..layers import ACTIVATIONS, Conv2D, Dense, Layer, conv_geometry
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,10 @@ class PQLayer(Layer):
             f"conv {kh}x{kw}/{self.stride[0]} {self.in_channels}->{self.out_channels}"
         return f"{shape} PQ C_s'={self.dsub} K={self.ksub}"
 
+    def geometry(self, h: int, w: int):
+        """Padding and output size for an input of h x w pixels, as Conv2D.geometry."""
+        return conv_geometry(h, w, self.kernel, self.stride, self.pads, self.describe())
+
     def reconstruct_weight(self) -> np.ndarray:
         """The dense weight the codes stand for: (KH, KW, C_in/groups, C_out)."""
         g, m, k, d = self.codebooks.shape
@@ -188,11 +192,7 @@ class PQLayer(Layer):
             if x.ndim != 4 or x.shape[3] != self.in_channels:
                 raise ValueError(f"{self.describe()}: got input of shape {x.shape}")
             sh, sw = self.stride
-            pads = resolve_pads(self.pads, x.shape[1], x.shape[2], kh, kw, sh, sw)
-            oh = (x.shape[1] + pads[0] + pads[1] - kh) // sh + 1
-            ow = (x.shape[2] + pads[2] + pads[3] - kw) // sw + 1
-            if oh < 1 or ow < 1:
-                raise ValueError(f"{self.describe()}: input {x.shape[1]}x{x.shape[2]} is smaller than the kernel")
+            pads, oh, ow = self.geometry(x.shape[1], x.shape[2])
         n, h, w, _ = x.shape
         g, m, k, _ = self.codebooks.shape
         top, bottom, left, right = pads
