@@ -61,8 +61,13 @@ def evaluate(model: Model, labels_csv: str | Path, images_dir: str | Path | None
     for name in engines:
         p = np.asarray(probs[name]).reshape(len(y), -1)
         stacked[name] = p
-        top5 = np.argsort(-p, axis=1)[:, :5]
-        scores[name] = EngineScore(float(np.mean(top5[:, 0] == y)) if len(y) else 0.0,
-                                   float(np.mean((top5 == y[:, None]).any(axis=1))) if len(y) else 0.0,
-                                   latency[name])
+        scores[name] = EngineScore(*accuracy(p, y), latency[name])
     return Evaluation(len(y), scores, skipped, stacked, y)
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy of (images, classes) probabilities."""
+    if not len(labels):
+        return 0.0, 0.0
+    top5 = np.argsort(-probs, axis=1, kind="stable")[:, :5]
+    return float(np.mean(top5[:, 0] == labels)), float(np.mean((top5 == labels[:, None]).any(axis=1)))

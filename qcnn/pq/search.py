@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..evaluate import accuracy
 from ..graph import Graph
 from .cost import SettingCosts
 from .layer import PQSetting
@@ -260,11 +261,6 @@ def _load_split(model, labels_csv, parity: int):
         except ImageLoadError:
             continue
     return np.stack(xs), np.asarray(ys)
-
-
-def accuracy(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    top5 = np.argsort(-probs, axis=1, kind="stable")[:, :5]
-    return float(np.mean(top5[:, 0] == labels)), float(np.mean((top5 == labels[:, None]).any(1)))
 
 
 def main(argv=None) -> int:
