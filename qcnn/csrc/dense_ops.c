@@ -235,21 +235,10 @@ QC_AVX2 static void pool_avx2(const pool_args *a, int b, int oy) {
     for (int ox = 0; ox < a->ow; ox++) {
         const pool_win win = pool_window(a, oy, ox);
         float *yp = yr + (size_t)ox * c;
-        size_t ch = 0;
-        for (; ch + 8 <= c; ch += 8) {
-            __m256 acc = a->avg ? _mm256_setzero_ps() : _mm256_set1_ps(-INFINITY);
-            for (int i = win.i0; i < win.i1; i++) {
-                const float *xr = xb + ((size_t)i * a->w + win.j0) * c + ch;
-                for (int j = win.j0; j < win.j1; j++, xr += c) {
-                    const __m256 v = _mm256_loadu_ps(xr);
-                    acc = a->avg ? _mm256_add_ps(acc, v) : _mm256_max_ps(acc, v);
-                }
-            }
-            if (a->avg) acc = _mm256_mul_ps(acc, _mm256_set1_ps(win.inv));
-            _mm256_storeu_ps(yp + ch, acc);
-        }
-        if (ch < c) {  /* channel tail under a mask; masked-off lanes are never stored */
-            const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(c - ch)), lane);
+        for (size_t ch = 0; ch < c; ch += 8) {
+            /* all lanes, or the channel tail under a mask; masked-off lanes are never stored */
+            const int rest = c - ch >= 8 ? 8 : (int)(c - ch);
+            const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(rest), lane);
             __m256 acc = a->avg ? _mm256_setzero_ps() : _mm256_set1_ps(-INFINITY);
             for (int i = win.i0; i < win.i1; i++) {
                 const float *xr = xb + ((size_t)i * a->w + win.j0) * c + ch;
