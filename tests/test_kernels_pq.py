@@ -7,7 +7,8 @@ from qcnn import kernels as dense_kernels
 from qcnn.pq import kernels as K
 from qcnn.pq.layer import PQLayer
 
-ISAS = [isa for isa in ("scalar", "avx2", "avx512") if isa in dense_kernels.ISA_NAMES.values()]
+# set_isa caps at what the CPU has: the variants this machine runs, without repeats.
+ISAS = list(dict.fromkeys(dense_kernels.set_isa(isa) for isa in dense_kernels.ISA_NAMES.values()))
 
 # kind, C_in, C_out, kernel, dsub, K, groups, stride, pads, map size
 CASES = [
@@ -112,6 +113,13 @@ def test_both_fastscan_code_layouts_agree(case):
     first = prepared(x)
     prepared.pack_codes(nibbles=not prepared.nibbles)
     np.testing.assert_array_equal(prepared(x), first)
+
+
+def test_work_buffers_start_on_a_cache_line():
+    for shape, dtype in (((3, 5), np.float32), (1000, np.uint8), ((7, 2, 16), np.uint8)):
+        a = K.aligned_empty(shape, dtype)
+        assert a.ctypes.data % 64 == 0 and a.shape == (shape if isinstance(shape, tuple) else (shape,))
+        assert a.dtype == dtype and a.flags.c_contiguous
 
 
 def test_row_bands_give_the_same_result(monkeypatch):

@@ -134,16 +134,7 @@ QC_AVX2 static void lrn_avx2(const lrn_args *a) {
 #endif  /* QC_HAVE_X86 */
 
 typedef void (*lrn_fn)(const lrn_args *);
-static const lrn_fn LRN[QC_ISA_COUNT] = {
-    [QC_ISA_SCALAR] = lrn_scalar,
-#if QC_HAVE_X86
-    [QC_ISA_AVX2] = lrn_avx2,
-    [QC_ISA_AVX512] = lrn_avx512,
-#else
-    [QC_ISA_AVX2] = lrn_scalar,
-    [QC_ISA_AVX512] = lrn_scalar,
-#endif
-};
+static const lrn_fn LRN[QC_ISA_COUNT] = QC_VARIANTS(lrn_scalar, lrn_avx2, lrn_avx512);
 
 void qc_lrn_f32(const float *x, size_t npix, int c, int size, float scale, float beta, float k, float *y) {
     const lrn_args a = {x, y, npix, c, size, (size - 1) / 2, scale, k, beta};
@@ -256,16 +247,7 @@ QC_AVX2 static void pool_avx2(const pool_args *a, int b, int oy) {
 #endif  /* QC_HAVE_X86 */
 
 typedef void (*pool_row_fn)(const pool_args *, int b, int oy);
-static const pool_row_fn POOL_ROW[QC_ISA_COUNT] = {
-    [QC_ISA_SCALAR] = pool_scalar,
-#if QC_HAVE_X86
-    [QC_ISA_AVX2] = pool_avx2,
-    [QC_ISA_AVX512] = pool_avx512,
-#else
-    [QC_ISA_AVX2] = pool_scalar,
-    [QC_ISA_AVX512] = pool_scalar,
-#endif
-};
+static const pool_row_fn POOL_ROW[QC_ISA_COUNT] = QC_VARIANTS(pool_scalar, pool_avx2, pool_avx512);
 
 void qc_pool_f32(const float *x, int n, int h, int w, int c, int kh, int kw, int sh, int sw, int pt, int pb,
                  int pl, int pr, int avg, int include_pad, float *y, int oh, int ow) {

@@ -344,16 +344,7 @@ QC_AVX2 static void dw_row_avx2(const dw_args *a, int b, int oy) {
 
 typedef void (*dw_row_fn)(const dw_args *, int b, int oy);
 
-static const dw_row_fn DW_ROW[QC_ISA_COUNT] = {
-    [QC_ISA_SCALAR] = dw_row_scalar,
-#if QC_HAVE_X86
-    [QC_ISA_AVX2] = dw_row_avx2,
-    [QC_ISA_AVX512] = dw_row_avx512,
-#else
-    [QC_ISA_AVX2] = dw_row_scalar,
-    [QC_ISA_AVX512] = dw_row_scalar,
-#endif
-};
+static const dw_row_fn DW_ROW[QC_ISA_COUNT] = QC_VARIANTS(dw_row_scalar, dw_row_avx2, dw_row_avx512);
 
 void qc_depthwise_f32(const float *x, int n, int h, int w, int c, const float *wt, const float *bias,
                       int kh, int kw, int sh, int sw, int pt, int pl, float *y, int oh, int ow, int act) {

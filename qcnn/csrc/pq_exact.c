@@ -65,14 +65,7 @@ QC_AVX512 static void add_row_avx512(float *y, const float *row, int ksub, const
 void qc_pq_conv_exact(const float *T, int h, int w, int groups, int M, int ksub, const uint8_t *codes,
                       int kh, int kw, int sh, int sw, int pt, int pl, int cout, const float *bias,
                       float *y, int oh, int ow, int act) {
-    static const add_row_fn variants[QC_ISA_COUNT] = {
-        add_row_scalar,
-#if QC_HAVE_X86
-        add_row_avx2, add_row_avx512,
-#else
-        add_row_scalar, add_row_scalar,
-#endif
-    };
+    static const add_row_fn variants[QC_ISA_COUNT] = QC_VARIANTS(add_row_scalar, add_row_avx2, add_row_avx512);
     const add_row_fn add_row = variants[qc_isa()];
     const int cout_g = cout / groups;
     const size_t pix_stride = (size_t)groups * M * ksub;

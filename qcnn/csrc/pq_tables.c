@@ -80,14 +80,7 @@ QC_AVX512 static void rows_avx512(const float *xg, int cin_g, int M, int dsub, i
 #endif
 
 void qc_pq_table_rows(const float *xg, int cin_g, int M, int dsub, int ksub, const float *cbt_g, float *t) {
-    static const qc_rows_fn variants[QC_ISA_COUNT] = {
-        rows_scalar,
-#if QC_HAVE_X86
-        rows_avx2, rows_avx512,
-#else
-        rows_scalar, rows_scalar,
-#endif
-    };
+    static const qc_rows_fn variants[QC_ISA_COUNT] = QC_VARIANTS(rows_scalar, rows_avx2, rows_avx512);
     variants[qc_isa()](xg, cin_g, M, dsub, ksub, cbt_g, t);
 }
 

@@ -33,6 +33,16 @@ def _ptr(a: np.ndarray | None, ctype: str = "float *"):
     return ffi.cast(ctype, a.ctypes.data)
 
 
+def aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
+    """np.empty starting on a cache-line boundary: the kernels read codes and uint8 tables 64
+    bytes at a time, and numpy's usual 16- or 32-byte alignment splits every such read in two."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(n + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + n].view(dtype).reshape(shape)
+
+
 def fastscan_supported(layer: PQLayer) -> bool:
     return layer.ksub <= 16
 
@@ -72,7 +82,7 @@ class PreparedPQ:
         kh, kw = l.kernel
         self.nibbles = int(nibbles)
         self._fixed = None
-        self.packed = np.empty(lib.qc_fs_packed_size(kh, kw, l.groups, l.M, l.out_channels, self.nibbles), np.uint8)
+        self.packed = aligned_empty(lib.qc_fs_packed_size(kh, kw, l.groups, l.M, l.out_channels, self.nibbles), np.uint8)
         lib.qc_fs_pack_codes(_ptr(self.codes, "uint8_t *"), kh, kw, l.groups, l.M, l.out_channels, self.nibbles,
                              _ptr(self.packed, "uint8_t *"))
 
@@ -116,7 +126,7 @@ class PreparedPQ:
         (So one PreparedPQ must not run in two threads at once; each engine has its own.)"""
         key = (name, shape)
         if key not in self._buffers:
-            buf = np.empty(shape, dtype)
+            buf = aligned_empty(shape, dtype)
             self._buffers[key] = (buf, _ptr(buf, "float *" if dtype == np.float32 else "uint8_t *"))
         return self._buffers[key][1]
 
