@@ -42,7 +42,6 @@ static inline int quads_of(int m) { return (m + 3) / 4; }
  * one step, their span / 255.  (A separate offset per table would need a horizontal reduction per
  * 16 entries, which cost more than the lookups themselves; weight codebooks are nearly centred,
  * so the tables of one pixel span similar ranges and one offset costs little precision.) */
-typedef void (*range_fn)(const float *t, size_t n, float *lo, float *hi);
 /* q[i] = round((t[i] - lo) * inv), nearest-even in every variant; n is a multiple of 16. */
 typedef void (*quant_fn)(const float *t, size_t n, float lo, float inv, uint8_t *q);
 
@@ -61,6 +60,16 @@ static void quant_scalar(const float *t, size_t n, float lo, float inv, uint8_t 
         long v = lrintf((t[i] - lo) * inv);
         q[i] = (uint8_t)(v > 255 ? 255 : v);
     }
+}
+
+/* The K = 16 tables of one (pixel, group), (M, 16), and their smallest and largest entries. */
+typedef void (*tables16_fn)(const float *xg, int cin_g, int M, int dsub, const float *cbt_g, float *t,
+                            float *lo, float *hi);
+
+static void tables16_scalar(const float *xg, int cin_g, int M, int dsub, const float *cbt_g, float *t,
+                            float *lo, float *hi) {
+    qc_pq_table_rows(xg, cin_g, M, dsub, 16, cbt_g, t);
+    range_scalar(t, (size_t)M * 16, lo, hi);
 }
 
 #if QC_HAVE_X86
@@ -91,17 +100,6 @@ QC_AVX2 static void quant_avx2(const float *t, size_t n, float lo, float inv, ui
     }
 }
 
-QC_AVX512 static void range_avx512(const float *t, size_t n, float *lo, float *hi) {
-    __m512 a = _mm512_loadu_ps(t), b = a;
-    for (size_t i = 16; i < n; i += 16) {
-        __m512 v = _mm512_loadu_ps(t + i);
-        a = _mm512_min_ps(a, v);
-        b = _mm512_max_ps(b, v);
-    }
-    *lo = _mm512_reduce_min_ps(a);
-    *hi = _mm512_reduce_max_ps(b);
-}
-
 QC_AVX512 static void quant_avx512(const float *t, size_t n, float lo, float inv, uint8_t *q) {
     const __m512 vinv = _mm512_set1_ps(inv), l = _mm512_set1_ps(lo);
     for (size_t i = 0; i < n; i += 16) {
@@ -109,35 +107,89 @@ QC_AVX512 static void quant_avx512(const float *t, size_t n, float lo, float inv
         _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtusepi32_epi8(_mm512_max_epi32(v, _mm512_setzero_si512())));
     }
 }
+
+/* K = 16 tables of one (pixel, group) and their range in one sweep: the min and max are taken in
+ * registers as the tables are made, so the tables are not read back.  Same fused multiply-adds in
+ * the same order as rows_scalar (pq_tables.c): bit-identical tables.  DSUB is a constant in the
+ * common instantiations, so the loop over a subspace's channels unrolls. */
+QC_AVX512 QC_INLINE void tables16_avx512_d(const float *xg, int cin_g, int M, const int dsub, const float *cbt_g,
+                                          float *t, float *lo, float *hi) {
+    __m512 mn = _mm512_set1_ps(INFINITY), mx = _mm512_set1_ps(-INFINITY);
+    const int full = cin_g / dsub;
+    int m = 0;
+    for (; m + 4 <= full; m += 4) {
+        const float *xs = xg + m * dsub, *cb = cbt_g + (size_t)m * dsub * 16;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int d = 0; d < dsub; d++) {
+            a0 = _mm512_fmadd_ps(_mm512_set1_ps(xs[d]), _mm512_loadu_ps(cb + d * 16), a0);
+            a1 = _mm512_fmadd_ps(_mm512_set1_ps(xs[dsub + d]), _mm512_loadu_ps(cb + (dsub + d) * 16), a1);
+            a2 = _mm512_fmadd_ps(_mm512_set1_ps(xs[2 * dsub + d]), _mm512_loadu_ps(cb + (2 * dsub + d) * 16), a2);
+            a3 = _mm512_fmadd_ps(_mm512_set1_ps(xs[3 * dsub + d]), _mm512_loadu_ps(cb + (3 * dsub + d) * 16), a3);
+        }
+        _mm512_storeu_ps(t + (size_t)m * 16, a0);
+        _mm512_storeu_ps(t + (size_t)m * 16 + 16, a1);
+        _mm512_storeu_ps(t + (size_t)m * 16 + 32, a2);
+        _mm512_storeu_ps(t + (size_t)m * 16 + 48, a3);
+        mn = _mm512_min_ps(mn, _mm512_min_ps(_mm512_min_ps(a0, a1), _mm512_min_ps(a2, a3)));
+        mx = _mm512_max_ps(mx, _mm512_max_ps(_mm512_max_ps(a0, a1), _mm512_max_ps(a2, a3)));
+    }
+    for (; m < M; m++) {
+        const int rest = cin_g - m * dsub, dm = rest < dsub ? rest : dsub;
+        __m512 a = _mm512_setzero_ps();
+        for (int d = 0; d < dm; d++)
+            a = _mm512_fmadd_ps(_mm512_set1_ps(xg[m * dsub + d]), _mm512_loadu_ps(cbt_g + ((size_t)m * dsub + d) * 16), a);
+        _mm512_storeu_ps(t + (size_t)m * 16, a);
+        mn = _mm512_min_ps(mn, a);
+        mx = _mm512_max_ps(mx, a);
+    }
+    *lo = _mm512_reduce_min_ps(mn);
+    *hi = _mm512_reduce_max_ps(mx);
+}
+
+QC_AVX512 static void tables16_avx512(const float *xg, int cin_g, int M, int dsub, const float *cbt_g, float *t,
+                                      float *lo, float *hi) {
+    switch (dsub) {
+    case 1: tables16_avx512_d(xg, cin_g, M, 1, cbt_g, t, lo, hi); break;
+    case 2: tables16_avx512_d(xg, cin_g, M, 2, cbt_g, t, lo, hi); break;
+    case 4: tables16_avx512_d(xg, cin_g, M, 4, cbt_g, t, lo, hi); break;
+    case 8: tables16_avx512_d(xg, cin_g, M, 8, cbt_g, t, lo, hi); break;
+    default: tables16_avx512_d(xg, cin_g, M, dsub, cbt_g, t, lo, hi); break;
+    }
+}
+
+QC_AVX2 static void tables16_avx2(const float *xg, int cin_g, int M, int dsub, const float *cbt_g, float *t,
+                                  float *lo, float *hi) {
+    qc_pq_table_rows(xg, cin_g, M, dsub, 16, cbt_g, t);
+    range_avx2(t, (size_t)M * 16, lo, hi);
+}
 #endif
 
 void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int dsub, const float *cbt,
                      int shared_scale, float *T, uint8_t *Q, float *scale, float *offset_sum) {
-    static const range_fn ranges[QC_ISA_COUNT] = QC_VARIANTS(range_scalar, range_avx2, range_avx512);
+    static const tables16_fn builds[QC_ISA_COUNT] = QC_VARIANTS(tables16_scalar, tables16_avx2, tables16_avx512);
     static const quant_fn quants[QC_ISA_COUNT] = QC_VARIANTS(quant_scalar, quant_avx2, quant_avx512);
-    const range_fn range = ranges[qc_isa()];
+    const tables16_fn build = builds[qc_isa()];
     const quant_fn quant = quants[qc_isa()];
     const int Mp = 4 * quads_of(M), cin_g = cin / groups;
     const size_t n = (size_t)M * 16;
     float widest_all = 0.f;
-    for (size_t pg = 0; pg < (size_t)npix * groups; pg++) {
-        /* Per-pixel steps: each pixel's tables go through one L1-sized buffer, built, measured and
-         * quantized while hot.  A shared step needs every table first: they stay in T. */
-        float *t = T + (shared_scale ? pg * n : 0), lo, hi;
-        int g = (int)(pg % groups);
-        qc_pq_table_rows(x + (pg / groups) * cin + g * cin_g, cin_g, M, dsub, 16, cbt + (size_t)g * M * dsub * 16, t);
-        range(t, n, &lo, &hi);
-        offset_sum[pg] = lo;             /* the offset for now; times M at the end */
-        scale[pg] = hi - lo;
-        widest_all = hi - lo > widest_all ? hi - lo : widest_all;
-        if (!shared_scale) {
-            float s = hi > lo ? (hi - lo) / 255.f : 1.f;
-            quant(t, n, lo, 1.f / s, Q + pg * Mp * 16);
-            memset(Q + pg * Mp * 16 + n, 0, (size_t)(Mp - M) * 16);
-            scale[pg] = s;
-            offset_sum[pg] = lo * (float)M;
+    for (size_t p = 0, pg = 0; p < (size_t)npix; p++)
+        for (int g = 0; g < groups; g++, pg++) {
+            /* Per-pixel steps: each pixel's tables go through one L1-sized buffer, built, measured
+             * and quantized while hot.  A shared step needs every table first: they stay in T. */
+            float *t = T + (shared_scale ? pg * n : 0), lo, hi;
+            build(x + p * cin + g * cin_g, cin_g, M, dsub, cbt + (size_t)g * M * dsub * 16, t, &lo, &hi);
+            offset_sum[pg] = lo;             /* the offset for now; times M at the end */
+            scale[pg] = hi - lo;
+            widest_all = hi - lo > widest_all ? hi - lo : widest_all;
+            if (!shared_scale) {
+                float s = hi > lo ? (hi - lo) / 255.f : 1.f;
+                quant(t, n, lo, 1.f / s, Q + pg * Mp * 16);
+                memset(Q + pg * Mp * 16 + n, 0, (size_t)(Mp - M) * 16);
+                scale[pg] = s;
+                offset_sum[pg] = lo * (float)M;
+            }
         }
-    }
     if (!shared_scale)
         return;
     const float s = widest_all > 0.f ? widest_all / 255.f : 1.f;
