@@ -444,6 +444,8 @@ def test_empty_aligned_and_single_row_pitch():
     for shape in [(0, 5), (3,), (1000, 37)]:
         a = K.empty_aligned(shape)
         assert a.shape == shape and a.dtype == np.float32 and (a.size == 0 or a.ctypes.data % 64 == 0)
+        b = K.empty_aligned(shape, dtype=np.uint8)       # fast-scan codes and tables
+        assert b.shape == shape and b.dtype == np.uint8 and (b.size == 0 or b.ctypes.data % 64 == 0)
     # one row: its reported row stride is irrelevant and must not be rejected
     a = np.lib.stride_tricks.as_strided(rand(1, 8), shape=(1, 8), strides=(4, 4))
     w = rand(8, 3, seed=1)

@@ -115,13 +115,6 @@ def test_both_fastscan_code_layouts_agree(case):
     np.testing.assert_array_equal(prepared(x), first)
 
 
-def test_work_buffers_start_on_a_cache_line():
-    for shape, dtype in (((3, 5), np.float32), (1000, np.uint8), ((7, 2, 16), np.uint8)):
-        a = K.aligned_empty(shape, dtype)
-        assert a.ctypes.data % 64 == 0 and a.shape == (shape if isinstance(shape, tuple) else (shape,))
-        assert a.dtype == dtype and a.flags.c_contiguous
-
-
 def test_row_bands_give_the_same_result(monkeypatch):
     case = ("conv", 12, 64, 3, 4, 16, 2, (2, 2), "same", (17, 11))
     layer = make_layer(*case[:-1])

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from .._kernels import ffi, lib
-from ..kernels import _ACT
+from ..kernels import _ACT, empty_aligned
 from .layer import PQLayer
 
 IMPLS = ("exact", "fastscan")       # what PreparedPQ runs; qcnn.pq.engine chooses among more
@@ -31,16 +31,6 @@ def _ptr(a: np.ndarray | None, ctype: str = "float *"):
     if a.flags.c_contiguous:
         return ffi.from_buffer(_ARRAY_TYPES[ctype], a)
     return ffi.cast(ctype, a.ctypes.data)
-
-
-def aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
-    """np.empty starting on a cache-line boundary: the kernels read codes and uint8 tables 64
-    bytes at a time, and numpy's usual 16- or 32-byte alignment splits every such read in two."""
-    dtype = np.dtype(dtype)
-    n = int(np.prod(shape)) * dtype.itemsize
-    raw = np.empty(n + align, np.uint8)
-    start = -raw.ctypes.data % align
-    return raw[start:start + n].view(dtype).reshape(shape)
 
 
 def fastscan_supported(layer: PQLayer) -> bool:
@@ -82,7 +72,8 @@ class PreparedPQ:
         kh, kw = l.kernel
         self.nibbles = int(nibbles)
         self._fixed = None
-        self.packed = aligned_empty(lib.qc_fs_packed_size(kh, kw, l.groups, l.M, l.out_channels, self.nibbles), np.uint8)
+        size = lib.qc_fs_packed_size(kh, kw, l.groups, l.M, l.out_channels, self.nibbles)
+        self.packed = empty_aligned((size,), dtype=np.uint8)
         lib.qc_fs_pack_codes(_ptr(self.codes, "uint8_t *"), kh, kw, l.groups, l.M, l.out_channels, self.nibbles,
                              _ptr(self.packed, "uint8_t *"))
 
@@ -126,7 +117,7 @@ class PreparedPQ:
         (So one PreparedPQ must not run in two threads at once; each engine has its own.)"""
         key = (name, shape)
         if key not in self._buffers:
-            buf = aligned_empty(shape, dtype)
+            buf = empty_aligned(shape, dtype=dtype)
             self._buffers[key] = (buf, _ptr(buf, "float *" if dtype == np.float32 else "uint8_t *"))
         return self._buffers[key][1]
 
