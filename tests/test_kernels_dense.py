@@ -368,11 +368,26 @@ def test_lrn_matches_numpy_layer(isa, variant, c, size, beta):
 @pytest.mark.parametrize("variant", SIMD_ISAS)
 def test_lrn_simd_matches_scalar(isa, variant):
     x = rand(3, 4, 5, 45) * 4
-    for beta in (0.75, 0.6):
+    for beta, k in ((0.75, 1.0), (0.75, 0.0), (0.6, 1.0)):
         isa("scalar")
-        ref = K.lrn(x, 5, 1e-3, beta, 1.0)
+        ref = K.lrn(x, 5, 1e-3, beta, k)
         isa(variant)
-        np.testing.assert_array_equal(K.lrn(x, 5, 1e-3, beta, 1.0), ref)  # same operations in the same order
+        got = K.lrn(x, 5, 1e-3, beta, k)
+        if variant == "avx512" and beta == 0.75 and k > 0:    # Newton-refined reciprocal square roots
+            np.testing.assert_allclose(got, ref, rtol=1e-6, atol=0)
+            assert not np.array_equal(got, ref)
+        else:
+            np.testing.assert_array_equal(got, ref)          # same operations in the same order
+
+
+def test_lrn_fast_root_error_over_a_wide_range(isa):
+    """The AVX-512 s^-0.75 against float64 over sums from k to about 1e30."""
+    if "avx512" not in ISAS:
+        pytest.skip("no AVX-512 on this CPU")
+    isa("avx512")
+    x = (np.random.default_rng(3).standard_normal((1, 64, 64, 32)) * np.logspace(-3, 15, 32)).astype(np.float32)
+    want = L.LRN(5, 1e-4, 0.75, 1.0)(x.astype(np.float64))
+    np.testing.assert_allclose(K.lrn(x, 5, 1e-4, 0.75, 1.0), want, rtol=1e-6, atol=0)
 
 
 POOL_CASES = [  # mode, (h, w), c, kernel, stride, pads, ceil_mode, count_include_pad
