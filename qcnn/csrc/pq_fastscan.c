@@ -33,7 +33,6 @@
 #include "simd.h"
 
 #define FS_FLUSH 128
-#define FS_L1_CODES (32 << 10)     /* bytes of codes kept in L1 while all pixels read them */
 
 static inline int perm16(int l) { return l / 2 + 8 * (l % 2); }
 static inline int quads_of(int m) { return (m + 3) / 4; }
@@ -472,45 +471,36 @@ void qc_pq_conv_fastscan(const uint8_t *Q, const float *scale, const float *offs
     const blocks_fn blocks = variants[qc_isa()];
     const int cout_g = cout / groups, nblk = (cout_g + QC_FS_BLOCK - 1) / QC_FS_BLOCK, quads = quads_of(M);
     const size_t qb = quad_bytes(nibbles), tap_stride = (size_t)nblk * quads * qb;
-    /* Lookups are bound by reading codes more than by the shuffles: the blocks of one group are
-     * taken in chunks whose codes (for every kernel offset) stay in L1 while all output pixels read
-     * them; the tables, at most half the bytes per lookup, come from further out.  (With one output
-     * pixel, an FC layer, codes are read once whatever the order: all blocks go in passes of FS_NB.) */
-    const size_t block_bytes = (size_t)kh * kw * quads * qb;
-    int fit = oh * ow == 1 ? nblk : (int)(FS_L1_CODES / block_bytes);
-    fit = fit < 1 ? 1 : (fit > nblk ? nblk : fit);
-    const int chunks = (nblk + fit - 1) / fit, chunk = (nblk + chunks - 1) / chunks;
     fs_taps tp;
-    for (int g = 0; g < groups; g++)
-        for (int b0 = 0; b0 < nblk; b0 += chunk)
-            for (int oy = 0; oy < oh; oy++)
-                for (int ox = 0; ox < ow; ox++) {
-                    tp.n = 0;
-                    for (int i = 0; i < kh; i++) {
-                        int iy = oy * sh - pt + i;
-                        if (iy < 0 || iy >= h) continue;    /* zero padding contributes nothing */
-                        for (int j = 0; j < kw; j++) {
-                            int ix = ox * sw - pl + j;
-                            if (ix < 0 || ix >= w) continue;
-                            tp.pix[tp.n] = (size_t)iy * w + ix;
-                            tp.tap[tp.n++] = i * kw + j;
-                        }
-                    }
-                    float *yp = y + ((size_t)oy * ow + ox) * cout;
-                    /* Every valid tap shares the scale (one tap, or a shared-scale band). */
-                    float s = tp.n ? scale[tp.pix[0] * groups + g] : 0.f, osum = 0.f;
-                    for (int k = 0; k < tp.n; k++) osum += offset_sum[tp.pix[k] * groups + g];
-                    const int b1 = b0 + chunk < nblk ? b0 + chunk : nblk;
-                    for (int b = b0; b < b1; b += FS_NB) {
-                        int nb = b1 - b < FS_NB ? b1 - b : FS_NB;
-                        fs_out out[FS_NB];
-                        for (int j = 0; j < nb; j++) {
-                            int c0 = g * cout_g + (b + j) * QC_FS_BLOCK, rest = cout_g - (b + j) * QC_FS_BLOCK;
-                            out[j] = (fs_out){s, osum, bias ? bias + c0 : NULL, yp + c0,
-                                              rest < QC_FS_BLOCK ? rest : QC_FS_BLOCK, act};
-                        }
-                        blocks(Q, groups, quads, packed + ((size_t)g * kh * kw * nblk + b) * quads * qb,
-                               tap_stride, nibbles, nb, g, &tp, out);
-                    }
+    for (int oy = 0; oy < oh; oy++)
+        for (int ox = 0; ox < ow; ox++) {
+            tp.n = 0;
+            for (int i = 0; i < kh; i++) {
+                int iy = oy * sh - pt + i;
+                if (iy < 0 || iy >= h) continue;    /* zero padding contributes nothing */
+                for (int j = 0; j < kw; j++) {
+                    int ix = ox * sw - pl + j;
+                    if (ix < 0 || ix >= w) continue;
+                    tp.pix[tp.n] = (size_t)iy * w + ix;
+                    tp.tap[tp.n++] = i * kw + j;
                 }
+            }
+            float *yp = y + ((size_t)oy * ow + ox) * cout;
+            for (int g = 0; g < groups; g++) {
+                /* Every valid tap shares the scale (one tap, or a shared-scale band). */
+                float s = tp.n ? scale[tp.pix[0] * groups + g] : 0.f, osum = 0.f;
+                for (int k = 0; k < tp.n; k++) osum += offset_sum[tp.pix[k] * groups + g];
+                for (int b = 0; b < nblk; b += FS_NB) {
+                    int nb = nblk - b < FS_NB ? nblk - b : FS_NB;
+                    fs_out out[FS_NB];
+                    for (int j = 0; j < nb; j++) {
+                        int c0 = g * cout_g + (b + j) * QC_FS_BLOCK, rest = cout_g - (b + j) * QC_FS_BLOCK;
+                        out[j] = (fs_out){s, osum, bias ? bias + c0 : NULL, yp + c0,
+                                          rest < QC_FS_BLOCK ? rest : QC_FS_BLOCK, act};
+                    }
+                    blocks(Q, groups, quads, packed + ((size_t)g * kh * kw * nblk + b) * quads * qb, tap_stride,
+                           nibbles, nb, g, &tp, out);
+                }
+            }
+        }
 }
