@@ -106,13 +106,29 @@ def test_simd_variants_equal_the_scalar_reference_bit_for_bit(case, kernel):
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[5] <= 16], ids=lambda c: f"{c[0]}{c[1]}-{c[2]}k{c[3]}")
-def test_both_fastscan_code_layouts_agree(case):
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_fastscan_code_layout_agrees(case, isa):
+    dense_kernels.set_isa(isa)
     layer = make_layer(*case[:-1])
     x = inputs(case)
     prepared = K.PreparedPQ(layer, "fastscan")
     first = prepared(x)
-    prepared.pack_codes(nibbles=not prepared.nibbles)
-    np.testing.assert_array_equal(prepared(x), first)
+    for layout in K.LAYOUTS:
+        prepared.pack_codes(layout)
+        np.testing.assert_array_equal(prepared(x), first, err_msg=layout)
+
+
+def test_fastscan_repacks_its_codes_when_the_simd_variant_changes():
+    layer = make_layer("conv", 16, 40, 3, 4, 16, 1, (1, 1), "same")
+    prepared = K.PreparedPQ(layer, "fastscan")
+    x = np.random.default_rng(1).standard_normal((1, 5, 5, 16)).astype(np.float32)
+    for isa in ISAS:
+        dense_kernels.set_isa(isa)
+        prepared(x)
+        assert prepared.layout == ("dot" if isa == "avx512vnni" else "bytes")
+    assert K.PreparedPQ(make_layer("fc", 16, 40, 1, 4, 16, 1, (1, 1), (0, 0, 0, 0)), "fastscan").layout == "nibbles"
+    with pytest.raises(ValueError, match="unknown fast-scan layout"):
+        prepared.pack_codes("packed")
 
 
 def test_row_bands_give_the_same_result(monkeypatch):

@@ -16,7 +16,8 @@ int qc_isa_best(void) {
     int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
-        return QC_ISA_AVX512;
+        return __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni") ? QC_ISA_AVX512VNNI
+                                                                                              : QC_ISA_AVX512;
     if (avx2)
         return QC_ISA_AVX2;
 #endif

@@ -248,9 +248,11 @@ static const pw_traits PW[QC_ISA_COUNT] = {
 #if QC_HAVE_X86
     [QC_ISA_AVX2] = {6, pw_tile_avx2},
     [QC_ISA_AVX512] = {12, pw_tile_avx512},
+    [QC_ISA_AVX512VNNI] = {12, pw_tile_avx512},
 #else
     [QC_ISA_AVX2] = {4, pw_tile_scalar},
     [QC_ISA_AVX512] = {4, pw_tile_scalar},
+    [QC_ISA_AVX512VNNI] = {4, pw_tile_scalar},
 #endif
 };
 

@@ -37,17 +37,19 @@ void qc_pq_conv_exact(const float *T, int h, int w, int groups, int M, int ksub,
 void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int dsub, const float *cbt,
                      int shared_scale, float *T, uint8_t *Q, float *scale, float *offset_sum);
 
-/* Fast-scan lookups, K = 16.  packed: codes in the block layout of qc_fs_pack_codes, one code per
- * byte or two per byte (nibbles), as documented in pq_fastscan.c.  Needs
- * kh * kw <= QC_FS_MAX_TAPS, and a shared scale whenever kh * kw > 1. */
+/* Fast-scan lookups, K = 16.  packed: codes in one of the block layouts of qc_fs_pack_codes,
+ * documented in pq_fastscan.c: one code per byte, two per byte, or one per byte with four
+ * subspaces side by side for byte dot products (fast with QC_ISA_AVX512VNNI; the scalar reference
+ * reads every layout).  Needs kh * kw <= QC_FS_MAX_TAPS, and a shared scale whenever kh * kw > 1. */
+enum { QC_FS_BYTES = 0, QC_FS_NIBBLES = 1, QC_FS_DOT = 2 };
 #define QC_FS_BLOCK 32
 #define QC_FS_MAX_TAPS 121
-size_t qc_fs_packed_size(int kh, int kw, int groups, int M, int cout, int nibbles);
-void qc_fs_pack_codes(const uint8_t *codes, int kh, int kw, int groups, int M, int cout, int nibbles,
+size_t qc_fs_packed_size(int kh, int kw, int groups, int M, int cout, int layout);
+void qc_fs_pack_codes(const uint8_t *codes, int kh, int kw, int groups, int M, int cout, int layout,
                       uint8_t *packed);
 void qc_pq_conv_fastscan(const uint8_t *Q, const float *scale, const float *offset_sum, int h, int w,
                          int groups, int M, const uint8_t *packed, int kh, int kw, int sh, int sw,
                          int pt, int pl, int cout, const float *bias, float *y, int oh, int ow, int act,
-                         int nibbles);
+                         int layout);
 
 #endif

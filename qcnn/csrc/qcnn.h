@@ -10,7 +10,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { QC_ISA_SCALAR = 0, QC_ISA_AVX2 = 1, QC_ISA_AVX512 = 2, QC_ISA_COUNT = 3 };
+/* AVX512VNNI: AVX-512 plus VBMI byte permutes and VNNI byte dot products (Ice Lake, Sapphire Rapids,
+ * Zen 4); only the fast-scan lookups use them, every other family runs its AVX-512 variant there. */
+enum { QC_ISA_SCALAR = 0, QC_ISA_AVX2 = 1, QC_ISA_AVX512 = 2, QC_ISA_AVX512VNNI = 3, QC_ISA_COUNT = 4 };
 enum { QC_ACT_NONE = 0, QC_ACT_RELU = 1, QC_ACT_RELU6 = 2 };
 
 int qc_isa_best(void);          /* best variant this CPU supports, QCNN_DISABLE_SIMD=1 forces scalar */

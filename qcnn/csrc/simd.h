@@ -12,11 +12,13 @@
 /* Skylake-X level: F for the 16-lane float ops and masked loads/stores, DQ/BW/VL so the compiler
  * may also use masks and the 256-bit forms when it lowers our code.  isa.c checks all four. */
 #define QC_AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")))
-/* A family's table of variants, indexed by qc_isa(); without x86 every entry is the scalar one. */
-#define QC_VARIANTS(scalar, avx2, avx512) {scalar, avx2, avx512}
+#define QC_VNNI __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx2,fma")))
+/* A family's table of variants, indexed by qc_isa(): families without a VNNI variant run their
+ * AVX-512 one there; without x86 every entry is the scalar one. */
+#define QC_VARIANTS(scalar, avx2, avx512) {scalar, avx2, avx512, avx512}
 #else
 #define QC_HAVE_X86 0
-#define QC_VARIANTS(scalar, avx2, avx512) {scalar, scalar, scalar}
+#define QC_VARIANTS(scalar, avx2, avx512) {scalar, scalar, scalar, scalar}
 #endif
 
 /* Kernel bodies are written once with compile-time sizes as arguments (kernel width, tile rows);

@@ -15,6 +15,7 @@ from ..kernels import _ACT, empty_aligned
 from .layer import PQLayer
 
 IMPLS = ("exact", "fastscan")       # what PreparedPQ runs; qcnn.pq.engine chooses among more
+LAYOUTS = {"bytes": lib.QC_FS_BYTES, "nibbles": lib.QC_FS_NIBBLES, "dot": lib.QC_FS_DOT}   # pq_fastscan.c
 MAX_TAPS = lib.QC_FS_MAX_TAPS
 # Tables of a band of input rows are built, used and dropped before the next band: it bounds
 # memory (K = 256 tables of a 112x112 map would take hundreds of MB) and keeps them in cache.
@@ -61,21 +62,32 @@ class PreparedPQ:
         # Seconds spent building tables (incl. their uint8 quantization) and looking up, summed
         # over calls: the benchmark's per-layer breakdown reads and resets them.
         self.seconds = {"tables": 0.0, "lookups": 0.0}
+        self.layout, self._packed_for = None, None
         if kernel == "fastscan":
-            # FC layers read each code once per image (memory-bound): two codes per byte.
-            # Convolutions reuse codes at every position (compute-bound): one per byte.
-            self.pack_codes(nibbles=layer.kind_of == "fc")
+            self.pack_codes()
 
-    def pack_codes(self, nibbles: bool) -> None:
-        """The fast-scan code layout (pq_fastscan.c documents both)."""
+    def best_layout(self) -> str:
+        """FC layers read each code once per image (memory-bound): two codes per byte.  Convolutions
+        reuse codes at every position (compute-bound): one per byte, for byte dot products where the
+        CPU has them."""
+        if self.layer.kind_of == "fc":
+            return "nibbles"
+        return "dot" if lib.qc_isa() >= lib.QC_ISA_AVX512VNNI else "bytes"
+
+    def pack_codes(self, layout: str | None = None) -> None:
+        """The fast-scan code layout (pq_fastscan.c documents them); None: the best one for the SIMD
+        variant in use, made again if that changes (kernels.set_isa)."""
+        if layout is not None and layout not in LAYOUTS:
+            raise ValueError(f"unknown fast-scan layout {layout!r}; choose from {sorted(LAYOUTS)}")
         l = self.layer
         kh, kw = l.kernel
-        self.nibbles = int(nibbles)
+        self.layout = layout or self.best_layout()
+        self._packed_for = None if layout else lib.qc_isa()
         self._fixed = None
-        size = lib.qc_fs_packed_size(kh, kw, l.groups, l.M, l.out_channels, self.nibbles)
+        size = lib.qc_fs_packed_size(kh, kw, l.groups, l.M, l.out_channels, LAYOUTS[self.layout])
         self.packed = empty_aligned((size,), dtype=np.uint8)
-        lib.qc_fs_pack_codes(_ptr(self.codes, "uint8_t *"), kh, kw, l.groups, l.M, l.out_channels, self.nibbles,
-                             _ptr(self.packed, "uint8_t *"))
+        lib.qc_fs_pack_codes(_ptr(self.codes, "uint8_t *"), kh, kw, l.groups, l.M, l.out_channels,
+                             LAYOUTS[self.layout], _ptr(self.packed, "uint8_t *"))
 
     def table_bytes(self, w: int) -> int:
         """Bytes of lookup tables for one input row of width w."""
@@ -101,7 +113,7 @@ class PreparedPQ:
             n, h, w, c = x.shape
             sh = sw = 1
             top = left = 0
-        y = np.empty((n, oh, ow, l.out_channels), np.float32)
+        y = empty_aligned((n, oh, ow, l.out_channels))
         rows = max(1, TABLE_BUDGET_BYTES // max(1, self.table_bytes(w) * sh) - kh)
         for b in range(n):
             for oy0 in range(0, oh, rows):
@@ -140,6 +152,8 @@ class PreparedPQ:
         # The kernels read rows oy*sh - pt + i for i < kh, clipped to [0, h): check they exist.
         if pt < 0 or pl < 0 or (oh - 1) * sh - pt + kh > h + kh or not yb.flags.c_contiguous:
             raise ValueError("PQ kernel: bad band geometry")
+        if self._packed_for is not None and self._packed_for != lib.qc_isa():
+            self.pack_codes()
         px, py = _ptr(np.ascontiguousarray(xb)), _ptr(yb)
         cbt, codes, bias, packed = self._pointers()
         act = _ACT[l.activation]
@@ -161,7 +175,7 @@ class PreparedPQ:
         lib.qc_fs_tables_u8(px, h * w, c, g, m, l.dsub, cbt, shared, T, Q, scale, offset_sum)
         t1 = time.perf_counter()
         lib.qc_pq_conv_fastscan(Q, scale, offset_sum, h, w, g, m, packed, kh, kw, sh, sw, pt, pl, cout, bias,
-                                py, oh, ow, act, self.nibbles)
+                                py, oh, ow, act, LAYOUTS[self.layout])
         self._count(t0, t1)
 
     def _count(self, t0: float, t1: float) -> None:
