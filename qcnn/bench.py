@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from . import kernels
 from .graph import Graph
 from .imageio import ImageLoadError, image_files, load_image
 from .models import Model
@@ -205,10 +206,12 @@ class BenchReport:
     memory: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     images: str = "synthetic"
+    simd: str = field(default_factory=kernels.isa)     # the C kernels' variant in use
 
     def to_json(self) -> dict:
         t = self.test
-        out = {"model": self.model, "setting": self.setting, "kernel": self.kernel, "images": self.images,
+        out = {"model": self.model, "setting": self.setting, "kernel": self.kernel, "simd": self.simd,
+               "images": self.images,
                "runs": t.runs, "images_per_run": t.per_run,
                "dense_ms": t.mean("dense"), "quant_ms": t.mean("quantized"), "speedup": t.speedup(),
                "peers": {n: {"ms": t.mean(n), "quant_speedup_over_peer": t.mean(n) / t.mean("quantized")}
@@ -220,8 +223,8 @@ class BenchReport:
     def format(self) -> str:
         t = self.test
         peers = [n for n in t.engines if n not in ("dense", "quantized")]
-        lines = [f"{self.model}: quantized with {self.setting}, kernel {self.kernel}; batch 1, one thread, "
-                 f"{t.per_run} images per run ({self.images})", ""]
+        lines = [f"{self.model}: quantized with {self.setting}, kernel {self.kernel} ({self.simd}); batch 1, "
+                 f"one thread, {t.per_run} images per run ({self.images})", ""]
         head = f"{'run':>4}  {'dense ms':>9}  {'quantized ms':>12}  {'speed-up':>8}" + "".join(f"  {p:>18}" for p in peers)
         lines.append(head)
         for i, r in enumerate(t.runs, 1):
