@@ -127,7 +127,6 @@ def test_fastscan_repacks_its_codes_when_the_simd_variant_changes():
         prepared(x)
         assert prepared.layout == ("dot" if isa == "avx512vnni" else "bytes")
     assert K.PreparedPQ(make_layer("fc", 16, 40, 1, 4, 16, 1, (1, 1), (0, 0, 0, 0)), "fastscan").layout == "nibbles"
-    assert K.PreparedPQ(make_layer("conv", 16, 40, 1, 4, 16, 1, (1, 1), (0, 0, 0, 0)), "fastscan").layout == "bytes"
     with pytest.raises(ValueError, match="unknown fast-scan layout"):
         prepared.pack_codes("packed")
 

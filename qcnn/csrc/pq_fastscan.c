@@ -491,7 +491,7 @@ QC_AVX512 static void blocks_avx512(const uint8_t *Q, int groups, int quads, con
 
 /* The epilogue of one block from its 32-bit sums (channels 0-15, 16-31): store_scalar's fused
  * multiply-add, 16 channels at a time, masked at the group's end. */
-QC_VNNI static void store_dot(__m512i s0, __m512i s1, const fs_out *o) {
+QC_VNNI QC_INLINE void store_dot(__m512i s0, __m512i s1, const fs_out *o) {
     const __m512 s = _mm512_set1_ps(o->s), osum = _mm512_set1_ps(o->osum);
     const __m512i sums[2] = {s0, s1};
     for (int i = 0; i < 2 && 16 * i < o->n; i++) {

@@ -68,13 +68,11 @@ class PreparedPQ:
 
     def best_layout(self) -> str:
         """FC layers read each code once per image (memory-bound): two codes per byte.  Convolutions
-        reuse codes at every position: one per byte; k x k ones in the dot layout where the CPU has
-        byte dot products (AlexNet's conv2-5: 1.2-1.4x faster lookups), while 1x1 ones, with few
-        subspaces per pass, measured slower there (Lite0's 112x112 16->96: 1.6x slower)."""
+        reuse codes at every position: one per byte, in the dot layout where the CPU has byte dot
+        products (lookups 1.6x faster on AlexNet's conv2-5, 2.2x on Lite0's 1x1 layers)."""
         if self.layer.kind_of == "fc":
             return "nibbles"
-        kh, kw = self.layer.kernel
-        return "dot" if kh * kw > 1 and lib.qc_isa() >= lib.QC_ISA_AVX512VNNI else "bytes"
+        return "dot" if lib.qc_isa() >= lib.QC_ISA_AVX512VNNI else "bytes"
 
     def pack_codes(self, layout: str | None = None) -> None:
         """The fast-scan code layout (pq_fastscan.c documents them); None: the best one for the SIMD
