@@ -279,6 +279,20 @@ static void store_scalar(const uint32_t sum[QC_FS_BLOCK], const fs_out *o) {
  * all valid taps, then stored.  Blocks are handled together so that they share each table load
  * and the loop overhead, which dominates when a layer has few subspaces per kernel offset. */
 #define FS_NB 4         /* blocks per pass: AVX-512 keeps 16 accumulators in registers, AVX2 takes pairs */
+/* CALL(nb, flag) with both as compile-time constants, nb in 1..FS_NB, flag 0 or 1: each pass
+ * shape gets its own unrolled instantiation with the accumulators in registers. */
+#define FS_SPECIALISE(nb, flag, CALL)                                                              \
+    switch ((nb) + FS_NB * !!(flag)) {                                                             \
+    case 1: CALL(1, 0); break;                                                                     \
+    case 2: CALL(2, 0); break;                                                                     \
+    case 3: CALL(3, 0); break;                                                                     \
+    case 4: CALL(4, 0); break;                                                                     \
+    case 5: CALL(1, 1); break;                                                                     \
+    case 6: CALL(2, 1); break;                                                                     \
+    case 7: CALL(3, 1); break;                                                                     \
+    default: CALL(4, 1); break;                                                                    \
+    }
+_Static_assert(FS_NB == 4, "FS_SPECIALISE lists the pass widths 1..4");
 typedef void (*blocks_fn)(const uint8_t *Q, int groups, int quads, const uint8_t *codes, size_t tap_stride,
                           int nibbles, int nb, int g, const fs_taps *tp, const fs_out *out);
 
@@ -489,17 +503,8 @@ QC_AVX512 QC_INLINE void blocks_avx512_n(const uint8_t *Q, int groups, int quads
 QC_AVX512 static void blocks_avx512(const uint8_t *Q, int groups, int quads, const uint8_t *codes,
                                     size_t tap_stride, int nibbles, int nb, int g, const fs_taps *tp,
                                     const fs_out *out) {
-#define FS512_CALL(NIB, NB) blocks_avx512_n(Q, groups, quads, codes, tap_stride, NIB, NB, g, tp, out)
-    switch (nb + 4 * !!nibbles) {
-    case 1: FS512_CALL(0, 1); break;
-    case 2: FS512_CALL(0, 2); break;
-    case 3: FS512_CALL(0, 3); break;
-    case 4: FS512_CALL(0, 4); break;
-    case 5: FS512_CALL(1, 1); break;
-    case 6: FS512_CALL(1, 2); break;
-    case 7: FS512_CALL(1, 3); break;
-    default: FS512_CALL(1, 4); break;
-    }
+#define FS512_CALL(NB, NIB) blocks_avx512_n(Q, groups, quads, codes, tap_stride, NIB, NB, g, tp, out)
+    FS_SPECIALISE(nb, nibbles, FS512_CALL);
 #undef FS512_CALL
 }
 
@@ -569,16 +574,7 @@ QC_VNNI QC_INLINE void dot_vnni_n(const uint8_t *Q, int groups, int quads, const
 QC_VNNI static void dot_pair(const uint8_t *Q, int groups, int quads, const uint8_t *codes, size_t tap_stride,
                              int nb, int g, const fs_taps *tp, size_t pstep, const fs_out *out, const fs_out *outb) {
 #define FSD_CALL(NB, TWO) dot_vnni_n(Q, groups, quads, codes, tap_stride, NB, TWO, g, tp, pstep, out, outb)
-    switch (nb + 4 * !!outb) {
-    case 1: FSD_CALL(1, 0); break;
-    case 2: FSD_CALL(2, 0); break;
-    case 3: FSD_CALL(3, 0); break;
-    case 4: FSD_CALL(4, 0); break;
-    case 5: FSD_CALL(1, 1); break;
-    case 6: FSD_CALL(2, 1); break;
-    case 7: FSD_CALL(3, 1); break;
-    default: FSD_CALL(4, 1); break;
-    }
+    FS_SPECIALISE(nb, outb != NULL, FSD_CALL);
 #undef FSD_CALL
 }
 
