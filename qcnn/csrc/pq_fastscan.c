@@ -18,20 +18,23 @@
  *   dot layout     (QB = 128): byte 64 * half + 4 * j + h = 16 * h + code of channel b*32 + 16*half + j
  * Convolutions reuse their codes at every output position, so they take bytes: no unpacking,
  * three vector ops fewer per 64 lookups on the ports the shuffles compete for.  FC layers read each
- * code once per image and are bound by memory bandwidth: they take nibbles.
- * The dot layout is for CPUs with VBMI and VNNI (QC_ISA_AVX512VNNI): one `vpermb` looks up 64 bytes
- * in the quad's four tables at once (the index carries the subspace: padded subspaces point at
- * their own zero row), and one `vpdpbusd` adds each channel's four bytes into its 32-bit sum: two
- * instructions per 64 lookups instead of four, and no widening.
- * Lane h (128 bits) of a 64-byte half meets lane h of
- * the four consecutive 16-byte tables loaded beside it.  The permutation makes the even/odd-byte
+ * code once per image and are bound by memory bandwidth: they take nibbles.  In the bytes and
+ * nibbles layouts lane h (128 bits) of a 64-byte half meets lane h of the four consecutive 16-byte
+ * tables loaded beside it (`vpshufb`, AVX2 and AVX-512).  The permutation makes the even/odd-byte
  * split of the 16-bit accumulators come out in channel order (even bytes: channels 0..7, odd
  * bytes: 8..15).  Channels past the group's end carry code 0 and are discarded.
+ * The dot layout is for CPUs with VBMI and VNNI (QC_ISA_AVX512VNNI), for every convolution: one
+ * `vpermb` looks up 64 bytes in the quad's four tables at once (the index carries the subspace;
+ * padded subspaces point at their own zero row), and one `vpdpbusd` adds each channel's four bytes
+ * into its 32-bit sum: two instructions per 64 lookups instead of four, and no widening.  Those
+ * lookups are then bound by reading codes, so two neighbouring output pixels with the same taps
+ * share each pass and every code load.
  *
- * Accumulation: the shuffled bytes r are added as 16-bit words into `all` (even + 256 * odd,
- * modulo 2^16) and r >> 8 into `odd`; even = all - (odd << 8) is exact as long as the even sum
- * fits 16 bits.  A lane receives at most two bytes (<= 255) per quad, so the sums are widened to
- * 32 bits every FS_FLUSH = 128 quads (65280 < 65536). */
+ * Accumulation (bytes, nibbles): the shuffled bytes r are added as 16-bit words into `all` (even
+ * + 256 * odd, modulo 2^16) and r >> 8 into `odd`; even = all - (odd << 8) is exact as long as the
+ * even sum fits 16 bits.  A lane receives at most two bytes (<= 255) per quad, so the sums are
+ * widened to 32 bits every FS_FLUSH = 128 quads (65280 < 65536).  The dot layout's 32-bit sums
+ * cannot overflow (at most 121 taps * 4 * quads * 255 per channel). */
 #include <math.h>
 #include <string.h>
 #include "pq.h"
