@@ -118,6 +118,21 @@ def test_every_fastscan_code_layout_agrees(case, isa):
         np.testing.assert_array_equal(prepared(x), first, err_msg=layout)
 
 
+@pytest.mark.parametrize("width", [1, 2, 3, 4, 5, 8])
+@pytest.mark.parametrize("stride,pads", [(1, (1, 1, 1, 1)), (2, (0, 1, 1, 0)), (1, (0, 0, 2, 0))])
+def test_dot_layout_pixel_pairs_at_every_border(width, stride, pads):
+    """The VNNI kernel runs neighbouring outputs with whole windows in pairs, the others alone: every
+    mix of the two along a row (odd widths, windows leaving the image left or right) equals the
+    vpshufb layout exactly."""
+    layer = make_layer("conv", 8, 40, 3, 2, 16, 1, (stride, stride), pads)
+    x = np.random.default_rng(width).standard_normal((1, 3, width + 2, 8)).astype(np.float32)
+    prepared = K.PreparedPQ(layer, "fastscan")
+    prepared.pack_codes("bytes")
+    want = prepared(x)
+    prepared.pack_codes("dot")
+    np.testing.assert_array_equal(prepared(x), want)
+
+
 def test_fastscan_repacks_its_codes_when_the_simd_variant_changes():
     layer = make_layer("conv", 16, 40, 3, 4, 16, 1, (1, 1), "same")
     prepared = K.PreparedPQ(layer, "fastscan")
