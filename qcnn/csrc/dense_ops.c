@@ -9,8 +9,8 @@
  * outside [0, c) are masked to zero.  beta = 0.75 is x / (sqrt(s) * sqrt(sqrt(s))) as in the layer;
  * any other beta goes through powf lane by lane.  The AVX-512 variant takes s^-0.75 = q * q * r with
  * q = s^-1/2 and r = q^-1/2 from the 14-bit reciprocal square root refined by one Newton step each:
- * two square roots and a division per 16 channels capped that layer at a third of the speed, and
- * the result stays within 1e-6 relative of the exact formula (tests); a positive k keeps s > 0.
+ * with plain loads, the exact roots and division made the whole layer 1.3-1.6x slower, and the
+ * result stays within 1e-6 relative of the exact formula (tests); a positive k keeps s > 0.
  *
  * Pooling: the window of each output pixel is clipped to the image (padding never wins a max and
  * adds zeros to a sum); an average divides by the number of window positions inside the image, or
@@ -239,7 +239,8 @@ QC_AVX512 QC_INLINE void pool_pass512(const pool_args *a, const float *xb, const
         m[v] = rest >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rest) - 1);
         acc[v] = avg ? _mm512_setzero_ps() : _mm512_set1_ps(-INFINITY);
     }
-    /* Plain loads for whole vectors: masked ones cost more, even with every lane set. */
+    /* Plain loads for whole vectors: masked ones cost more (measured on the LRN), even with every
+     * lane set. */
     const int tail = m[nv - 1] != 0xFFFF;
     for (int i = win->i0; i < win->i1; i++) {
         const float *xr = xb + ((size_t)i * w + win->j0) * c + ch;
