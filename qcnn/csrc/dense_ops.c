@@ -1,7 +1,7 @@
 /* Cross-channel LRN and max / average pooling in NHWC, with the semantics of qcnn/layers.py
- * (LRN and Pool2D: Caffe / ONNX).  Both are memory-bound sweeps vectorised across the contiguous
- * channels; each keeps the order of floating-point operations of the numpy layer, so the scalar
- * reference and the SIMD variants agree with it to the last bit in the common cases (beta = 0.75).
+ * (LRN and Pool2D: Caffe / ONNX), vectorised across the contiguous channels.  Each keeps the order
+ * of floating-point operations of the numpy layer, so the scalar reference and the SIMD variants
+ * agree with it to the last bit in the common cases, except the AVX-512 LRN's root (below).
  *
  * LRN: y = x / (k + alpha/size * sum of x^2 over channels [ch - (size-1)/2, ch + size/2])^beta.
  * The window sums are taken straight from x (squaring each neighbour again rather than keeping a
