@@ -56,15 +56,18 @@ def _rows(a: np.ndarray, shape: tuple, what: str, writeable: bool = False) -> in
     return rs // 4
 
 
-def _ptr(a: np.ndarray | None):
+_ARRAY_TYPES = {"float *": "float[]", "uint8_t *": "uint8_t[]"}
+
+
+def _ptr(a: np.ndarray | None, ctype: str = "float *"):
     # from_buffer is several times cheaper than a.ctypes.data (which builds a ctypes object), and
     # this runs a few times per layer; it needs a contiguous buffer, so spaced-out rows (a column
     # slice) take the slower road.
     if a is None:
         return ffi.NULL
     if a.flags.c_contiguous:
-        return ffi.from_buffer("float[]", a)
-    return ffi.cast("float *", a.ctypes.data)
+        return ffi.from_buffer(_ARRAY_TYPES[ctype], a)
+    return ffi.cast(ctype, a.ctypes.data)
 
 
 def _address(a: np.ndarray) -> int:

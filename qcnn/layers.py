@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -39,15 +40,16 @@ def resolve_pads(pads, h: int, w: int, kh: int, kw: int, sh: int, sw: int) -> tu
     return tuple(pads)
 
 
-def conv_geometry(h: int, w: int, kernel, stride, pads, what: str = "convolution"):
-    """(top, bottom, left, right) padding and output size of a sliding window on h x w pixels."""
+def conv_geometry(h: int, w: int, kernel, stride, pads, what: str | Callable[[], str] = "convolution"):
+    """(top, bottom, left, right) padding and output size of a sliding window on h x w pixels.
+    `what` names the layer in the error, or makes that name (only then: this runs every forward)."""
     kh, kw = kernel
     sh, sw = stride
     pads = resolve_pads(pads, h, w, kh, kw, sh, sw)
     oh = (h + pads[0] + pads[1] - kh) // sh + 1
     ow = (w + pads[2] + pads[3] - kw) // sw + 1
     if oh < 1 or ow < 1:
-        raise ValueError(f"{what}: input {h}x{w} is smaller than the kernel")
+        raise ValueError(f"{what() if callable(what) else what}: input {h}x{w} is smaller than the kernel")
     return pads, oh, ow
 
 
@@ -151,7 +153,7 @@ class Conv2D(Layer):
 
     def geometry(self, h: int, w: int):
         """Padding and output size for an input of h x w pixels."""
-        return conv_geometry(h, w, self.kernel, self.stride, self.pads, self.describe())
+        return conv_geometry(h, w, self.kernel, self.stride, self.pads, self.describe)
 
     def __call__(self, x):
         n, h, w, c = x.shape

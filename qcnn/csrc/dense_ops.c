@@ -176,9 +176,7 @@ void qc_lrn_f32(const float *x, size_t npix, int c, int size, float scale, float
 /* ---- pooling ------------------------------------------------------------------------------------ */
 
 typedef struct {
-    const float *x;
-    float *y;
-    int n, h, w, c, kh, kw, sh, sw, pt, pl, pb, pr, avg, include_pad, oh, ow;
+    int h, w, c, kh, kw, sh, sw, pt, pl, pb, pr, avg, include_pad;
 } pool_args;
 
 /* Window of output (oy, ox) clipped to the image: rows [i0, i1), cols [j0, j1) in input
@@ -206,22 +204,19 @@ static pool_win pool_window(const pool_args *a, int oy, int ox) {
     return win;
 }
 
-static void pool_scalar(const pool_args *a, int b, int oy) {
+/* Each variant pools one output pixel: xb is its image, yp its channels. */
+typedef void (*pool_px_fn)(const pool_args *a, const float *xb, const pool_win *win, float *yp);
+
+static void pool_scalar(const pool_args *a, const float *xb, const pool_win *win, float *yp) {
     const size_t c = (size_t)a->c;
-    const float *xb = a->x + (size_t)b * a->h * a->w * c;
-    float *yr = a->y + ((size_t)b * a->oh + oy) * a->ow * c;
-    for (int ox = 0; ox < a->ow; ox++) {
-        const pool_win win = pool_window(a, oy, ox);
-        float *yp = yr + (size_t)ox * c;
-        for (size_t ch = 0; ch < c; ch++) {
-            float acc = a->avg ? 0.f : -INFINITY;
-            for (int i = win.i0; i < win.i1; i++)
-                for (int j = win.j0; j < win.j1; j++) {
-                    const float v = xb[((size_t)i * a->w + j) * c + ch];
-                    acc = a->avg ? acc + v : (v > acc ? v : acc);
-                }
-            yp[ch] = a->avg ? acc * win.inv : acc;
-        }
+    for (size_t ch = 0; ch < c; ch++) {
+        float acc = a->avg ? 0.f : -INFINITY;
+        for (int i = win->i0; i < win->i1; i++)
+            for (int j = win->j0; j < win->j1; j++) {
+                const float v = xb[((size_t)i * a->w + j) * c + ch];
+                acc = a->avg ? acc + v : (v > acc ? v : acc);
+            }
+        yp[ch] = a->avg ? acc * win->inv : acc;
     }
 }
 
@@ -255,67 +250,60 @@ QC_AVX512 QC_INLINE void pool_pass512(const pool_args *a, const float *xb, const
         _mm512_mask_storeu_ps(yp + ch + 16 * v, m[v], avg ? _mm512_mul_ps(acc[v], _mm512_set1_ps(win->inv)) : acc[v]);
 }
 
-QC_AVX512 static void pool_avx512(const pool_args *a, int b, int oy) {
+QC_AVX512 static void pool_avx512(const pool_args *a, const float *xb, const pool_win *win, float *yp) {
     const size_t c = (size_t)a->c;
-    const float *xb = a->x + (size_t)b * a->h * a->w * c;
-    float *yr = a->y + ((size_t)b * a->oh + oy) * a->ow * c;
-    for (int ox = 0; ox < a->ow; ox++) {
-        const pool_win win = pool_window(a, oy, ox);
-        float *yp = yr + (size_t)ox * c;
-        for (size_t ch = 0; ch < c; ch += 128) {
-            const size_t vecs = (c - ch + 15) / 16;
-#define POOL_PASS(NV) (a->avg ? pool_pass512(a, xb, &win, yp, ch, NV, 1) : pool_pass512(a, xb, &win, yp, ch, NV, 0))
-            switch (vecs >= 8 ? 8 : vecs) {
-            case 1: POOL_PASS(1); break;
-            case 2: POOL_PASS(2); break;
-            case 3: POOL_PASS(3); break;
-            case 4: POOL_PASS(4); break;
-            case 5: POOL_PASS(5); break;
-            case 6: POOL_PASS(6); break;
-            case 7: POOL_PASS(7); break;
-            default: POOL_PASS(8); break;
-            }
-#undef POOL_PASS
+    for (size_t ch = 0; ch < c; ch += 128) {
+        const size_t vecs = (c - ch + 15) / 16;
+#define POOL_PASS(NV) (a->avg ? pool_pass512(a, xb, win, yp, ch, NV, 1) : pool_pass512(a, xb, win, yp, ch, NV, 0))
+        switch (vecs >= 8 ? 8 : vecs) {
+        case 1: POOL_PASS(1); break;
+        case 2: POOL_PASS(2); break;
+        case 3: POOL_PASS(3); break;
+        case 4: POOL_PASS(4); break;
+        case 5: POOL_PASS(5); break;
+        case 6: POOL_PASS(6); break;
+        case 7: POOL_PASS(7); break;
+        default: POOL_PASS(8); break;
         }
+#undef POOL_PASS
     }
 }
 
-QC_AVX2 static void pool_avx2(const pool_args *a, int b, int oy) {
+QC_AVX2 static void pool_avx2(const pool_args *a, const float *xb, const pool_win *win, float *yp) {
     const size_t c = (size_t)a->c;
-    const float *xb = a->x + (size_t)b * a->h * a->w * c;
-    float *yr = a->y + ((size_t)b * a->oh + oy) * a->ow * c;
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int ox = 0; ox < a->ow; ox++) {
-        const pool_win win = pool_window(a, oy, ox);
-        float *yp = yr + (size_t)ox * c;
-        for (size_t ch = 0; ch < c; ch += 8) {
-            /* all lanes, or the channel tail under a mask; masked-off lanes are never stored */
-            const int rest = c - ch >= 8 ? 8 : (int)(c - ch);
-            const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(rest), lane);
-            __m256 acc = a->avg ? _mm256_setzero_ps() : _mm256_set1_ps(-INFINITY);
-            for (int i = win.i0; i < win.i1; i++) {
-                const float *xr = xb + ((size_t)i * a->w + win.j0) * c + ch;
-                for (int j = win.j0; j < win.j1; j++, xr += c) {
-                    const __m256 v = _mm256_maskload_ps(xr, m);
-                    acc = a->avg ? _mm256_add_ps(acc, v) : _mm256_max_ps(acc, v);
-                }
+    for (size_t ch = 0; ch < c; ch += 8) {
+        /* all lanes, or the channel tail under a mask; masked-off lanes are never stored */
+        const int rest = c - ch >= 8 ? 8 : (int)(c - ch);
+        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(rest), lane);
+        __m256 acc = a->avg ? _mm256_setzero_ps() : _mm256_set1_ps(-INFINITY);
+        for (int i = win->i0; i < win->i1; i++) {
+            const float *xr = xb + ((size_t)i * a->w + win->j0) * c + ch;
+            for (int j = win->j0; j < win->j1; j++, xr += c) {
+                const __m256 v = _mm256_maskload_ps(xr, m);
+                acc = a->avg ? _mm256_add_ps(acc, v) : _mm256_max_ps(acc, v);
             }
-            if (a->avg) acc = _mm256_mul_ps(acc, _mm256_set1_ps(win.inv));
-            _mm256_maskstore_ps(yp + ch, m, acc);
         }
+        if (a->avg) acc = _mm256_mul_ps(acc, _mm256_set1_ps(win->inv));
+        _mm256_maskstore_ps(yp + ch, m, acc);
     }
 }
 
 #endif  /* QC_HAVE_X86 */
 
-typedef void (*pool_row_fn)(const pool_args *, int b, int oy);
-static const pool_row_fn POOL_ROW[QC_ISA_COUNT] = QC_VARIANTS(pool_scalar, pool_avx2, pool_avx512);
+static const pool_px_fn POOL_PX[QC_ISA_COUNT] = QC_VARIANTS(pool_scalar, pool_avx2, pool_avx512);
 
 void qc_pool_f32(const float *x, int n, int h, int w, int c, int kh, int kw, int sh, int sw, int pt, int pb,
                  int pl, int pr, int avg, int include_pad, float *y, int oh, int ow) {
-    const pool_args a = {x, y, n, h, w, c, kh, kw, sh, sw, pt, pl, pb, pr, avg, include_pad, oh, ow};
-    const pool_row_fn row = POOL_ROW[qc_isa()];
-    for (int b = 0; b < n; b++)
+    const pool_args a = {h, w, c, kh, kw, sh, sw, pt, pl, pb, pr, avg, include_pad};
+    const pool_px_fn px = POOL_PX[qc_isa()];
+    float *yp = y;
+    for (int b = 0; b < n; b++) {
+        const float *xb = x + (size_t)b * h * w * c;
         for (int oy = 0; oy < oh; oy++)
-            row(&a, b, oy);
+            for (int ox = 0; ox < ow; ox++, yp += c) {
+                const pool_win win = pool_window(&a, oy, ox);
+                px(&a, xb, &win, yp);
+            }
+    }
 }

@@ -639,7 +639,7 @@ void qc_pq_conv_fastscan(const uint8_t *Q, const float *scale, const float *offs
                         int c0 = g * cout_g + (b + j) * QC_FS_BLOCK, rest = cout_g - (b + j) * QC_FS_BLOCK;
                         rest = rest < QC_FS_BLOCK ? rest : QC_FS_BLOCK;
                         out[j] = (fs_out){s, osum, bias ? bias + c0 : NULL, yp + c0, rest, act};
-                        outb[j] = (fs_out){sb, osumb, bias ? bias + c0 : NULL, yp + cout + c0, rest, act};
+                        if (two) outb[j] = (fs_out){sb, osumb, bias ? bias + c0 : NULL, yp + cout + c0, rest, act};
                     }
                     const uint8_t *codes = packed + ((size_t)g * kh * kw * nblk + b) * quads * qb;
 #if QC_HAVE_X86

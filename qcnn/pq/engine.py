@@ -21,7 +21,7 @@ KERNELS = ("reference", "exact", "fastscan", "reconstructed", "auto")
 DESCRIPTIONS = {
     "reference": "numpy reference (the paper's test phase, slow)",
     "exact": "exact float tables (C, SIMD permutes/gathers)",
-    "fastscan": "fast-scan: uint8 tables, 4-bit codes, byte shuffles (C); K > 16 layers fall back to exact",
+    "fastscan": "fast-scan: uint8 tables, 4-bit codes, byte shuffles or permutes (C); K > 16 layers fall back to exact",
     "reconstructed": "weights reconstructed from the codebooks at load, run by the dense kernels (no lookups)",
     "auto": "per layer the fastest of fast-scan (K <= 16), exact and reconstructed, timed at load",
 }
@@ -43,11 +43,11 @@ def _retarget(layer: PQLayer, impl: str) -> PQLayer:
     return layer
 
 
-def fastest_impls(graph: Graph, input_hw: tuple[int, int], repeats: int = 3, seed: int = 0) -> dict[str, str]:
-    """For each PQ layer, the implementation that ran its input fastest (best of `repeats`) in one
-    forward pass of a random input of input_hw pixels."""
+def fastest_layers(graph: Graph, input_hw: tuple[int, int], repeats: int = 3, seed: int = 0) -> dict[str, PQLayer]:
+    """For each PQ layer, the retargeted layer whose implementation ran its input fastest (best of
+    `repeats`) in one forward pass of a random input of input_hw pixels, already prepared."""
     x = np.random.default_rng(seed).standard_normal((1, *input_hw, 3)).astype(np.float32)
-    env, choice = {graph.input_name: x}, {}
+    env, chosen = {graph.input_name: x}, {}
     for node in graph:
         args = [env[i] for i in node.inputs]
         layer = node.layer
@@ -61,21 +61,20 @@ def fastest_impls(graph: Graph, input_hw: tuple[int, int], repeats: int = 3, see
                     candidate(*args)
                     best = min(best, time.perf_counter() - t0)
                 timed[impl] = (best, candidate)
-            choice[node.name] = min(timed, key=lambda k: timed[k][0])
-            layer = timed[choice[node.name]][1]
+            layer = chosen[node.name] = min(timed.values(), key=lambda t: t[0])[1]
         env[node.name] = layer(*args)
-    return choice
+    return chosen
 
 
 def with_kernel(graph: Graph, kernel: str, input_hw: tuple[int, int] | None = None) -> Graph:
     """A graph whose PQ layers run `kernel`; layouts for the C kernels are made here, once.
     With "auto" and an input size, each layer gets the implementation timed fastest."""
-    timed = fastest_impls(graph, input_hw) if kernel == "auto" and input_hw else {}
+    timed = fastest_layers(graph, input_hw) if kernel == "auto" and input_hw else {}
     nodes = []
     for node in graph:
         layer = node.layer
         if isinstance(layer, PQLayer):
-            layer = _retarget(layer, timed.get(node.name) or impl_for(layer, kernel))
+            layer = timed.get(node.name) or _retarget(layer, impl_for(layer, kernel))
         nodes.append(Node(node.name, layer, node.inputs))
     return Graph(nodes, graph.input_name, graph.output)
 

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from .._kernels import ffi, lib
-from ..kernels import _ACT, empty_aligned
+from ..kernels import _ACT, _ptr, empty_aligned
 from .layer import PQLayer
 
 IMPLS = ("exact", "fastscan")       # what PreparedPQ runs; qcnn.pq.engine chooses among more
@@ -21,17 +21,6 @@ MAX_TAPS = lib.QC_FS_MAX_TAPS
 # memory (K = 256 tables of a 112x112 map would take hundreds of MB) and keeps them in cache.
 TABLE_BUDGET_BYTES = 2 << 20
 
-
-_ARRAY_TYPES = {"float *": "float[]", "uint8_t *": "uint8_t[]"}
-
-
-def _ptr(a: np.ndarray | None, ctype: str = "float *"):
-    # from_buffer is several times cheaper than a.ctypes.data; it needs a contiguous buffer.
-    if a is None:
-        return ffi.NULL
-    if a.flags.c_contiguous:
-        return ffi.from_buffer(_ARRAY_TYPES[ctype], a)
-    return ffi.cast(ctype, a.ctypes.data)
 
 
 def fastscan_supported(layer: PQLayer) -> bool:

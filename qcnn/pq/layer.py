@@ -122,7 +122,7 @@ class PQLayer(Layer):
 
     def geometry(self, h: int, w: int):
         """Padding and output size for an input of h x w pixels, as Conv2D.geometry."""
-        return conv_geometry(h, w, self.kernel, self.stride, self.pads, self.describe())
+        return conv_geometry(h, w, self.kernel, self.stride, self.pads, self.describe)
 
     def reconstruct_weight(self) -> np.ndarray:
         """The dense weight the codes stand for: (KH, KW, C_in/groups, C_out)."""
