@@ -49,6 +49,8 @@ class Graph:
             known.add(node.name)
         if self.output not in known:
             raise ValueError(f"graph output {self.output!r} is not computed")
+        if self.output == self.input_name:
+            raise ValueError(f"graph output {self.output!r} is its input: no node computes it")
 
     def _plan(self):
         # Free each intermediate right after its last reader, so peak memory stays small.

@@ -461,7 +461,7 @@ HEADER_CORRUPTIONS = {
                 "overlaps"),
     "gap": (lambda h: array_entry(h, "c1.bias").update(offset=array_entry(h, "c1.bias")["offset"] + 4), "gap"),
     "duplicate array": (lambda h: h["arrays"].append(dict(h["arrays"][-1])), "twice"),
-    "absurd padding": (lambda h: _node(h, "c1")["attrs"].update(pads=[65536] * 4), "would have shape"),
+    "absurd padding": (lambda h: _node(h, "c1")["attrs"].update(pads=[65536] * 4), "GiB of memory"),
     "crop too small": (lambda h: h["preprocess"].update(crop=1), "smaller than"),
 }
 

@@ -82,8 +82,10 @@ class PQLayer(Layer):
             raise ValueError("PQ layer: bad kind or activation")
         if self.impl not in ("reference", "exact", "fastscan", "reconstructed"):
             raise ValueError(f"PQ layer: unknown implementation {self.impl!r}")
-        if self.kind_of == "fc" and (kh, kw, g) != (1, 1, 1):
-            raise ValueError("PQ layer: FC layers are 1x1 with one group")
+        if self.kind_of == "fc" and ((kh, kw, g) != (1, 1, 1) or tuple(self.stride) != (1, 1)
+                                     or self.pads not in ((0, 0, 0, 0), [0, 0, 0, 0])):
+            # The C kernels would run a padded "FC" as a convolution: 4x the outputs for pads of 1.
+            raise ValueError("PQ layer: FC layers are 1x1 with one group, stride 1 and no padding")
 
     # geometry, named as on Conv2D/Dense
     @property
