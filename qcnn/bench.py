@@ -3,6 +3,7 @@ over `per_run` images, `runs` runs, dense and quantized (and optional peers) int
 image in one process, so that a noisy machine slows them alike.  Then a per-layer breakdown."""
 from __future__ import annotations
 
+import logging
 import math
 import time
 import tracemalloc
@@ -209,12 +210,22 @@ def _quantize_static(proto, calib: list[np.ndarray]) -> bytes:
         def get_next(self):
             return next(self.items, None)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "dense.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(proto.SerializeToString())
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        return dst.read_bytes()
+    # The quantization tool warns through the root logger (and would configure it on the way): its
+    # advice is about its own use, not the user's.  Keep it off the terminal, leave logging as it was.
+    root, quiet = logging.getLogger(), logging.NullHandler()
+    level = root.level
+    root.addHandler(quiet)
+    root.setLevel(logging.ERROR)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            src, dst = Path(tmp) / "dense.onnx", Path(tmp) / "int8.onnx"
+            src.write_bytes(proto.SerializeToString())
+            quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            return dst.read_bytes()
+    finally:
+        root.setLevel(level)
+        root.removeHandler(quiet)
 
 
 # ----------------------------------------------------------------------------- report

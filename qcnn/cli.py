@@ -15,15 +15,19 @@ from .threads import set_num_threads
 KERNELS = ("reference", "exact", "fastscan", "reconstructed", "auto")
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a count of threads, runs, images...)."""
+def _positive_int(text: str, most: int = 10**9) -> int:
+    """argparse type: an integer from 1 to `most` (a count of threads, runs, images...)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:20]!r}") from None
+    if not 1 <= value <= most:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {most:,}, got {text[:20]}")
     return value
+
+
+def _threads(text: str) -> int:
+    return _positive_int(text, 1024)
 
 
 def _finite(value):
@@ -114,7 +118,9 @@ def _config(args, model):
         data = read_json(args.config, "config")          # regular files only; errors name the file
         try:
             return QuantConfig.from_dict(data.get("config", data) if isinstance(data, dict) else data)
-        except (TypeError, KeyError, AttributeError, ValueError) as exc:   # a search report holds "config"
+        except KeyError as exc:                                            # a search report holds "config"
+            raise ValueError(f"config {args.config}: a setting lacks {exc.args[0]!r}") from None
+        except (TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"config {args.config}: {exc}") from None
     if not args.preset:
         raise ValueError(f"give --preset ({', '.join(preset_names(model.name)) or 'none for this model'}) "
@@ -305,7 +311,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="qcnn", description="Quantized-CNN: dense vs product-quantized CNN inference",
                 presets_help=True)
-    p.add_argument("--threads", type=_positive_int, default=1, help="BLAS/kernel threads (default 1, as in the paper)")
+    p.add_argument("--threads", type=_threads, default=1, help="BLAS/kernel threads (default 1, as in the paper)")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("classify", help="top-k labels for images")

@@ -20,6 +20,8 @@ def read_labels(labels_csv: str | Path, images_dir: str | Path | None = None) ->
             rows = [_row(r, root, reader.line_num) for r in reader]
     except OSError as exc:
         raise ValueError(f"{labels_csv}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError:
+        raise ValueError(f"{labels_csv}: not UTF-8 text") from None
     except (ValueError, csv.Error) as exc:
         raise ValueError(f"{labels_csv}: {exc}") from exc
     if not rows:

@@ -7,6 +7,7 @@ back on.  The refusal is an OSError, so callers that already report `strerror` s
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -39,7 +40,15 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
         mode = os.stat(path).st_mode
         if not stat.S_ISREG(mode):
             raise NotARegularFile(os.fspath(path), _kind(mode))
-    fd = os.open(path, flags)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        mode = None
+        with contextlib.suppress(OSError):           # a socket cannot be opened at all (ENXIO)
+            mode = os.stat(path).st_mode
+        if mode is not None and not stat.S_ISREG(mode):
+            raise NotARegularFile(os.fspath(path), _kind(mode)) from None
+        raise
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):

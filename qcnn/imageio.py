@@ -85,6 +85,8 @@ def load_image(source: Source) -> Image.Image:
             raise ImageLoadError(name, "file not found") from None
         except NotARegularFile as exc:
             raise ImageLoadError(name, exc.strerror) from None
+        except ValueError:                   # a NUL byte in the name (from a labels file, say)
+            raise ImageLoadError(name, "the file name contains a NUL byte") from None
         except OSError as exc:
             # Windows reports a directory as PermissionError, POSIX as IsADirectoryError.
             reason = (
@@ -109,6 +111,10 @@ def image_files(folder: str | os.PathLike[str]) -> list[Path]:
 # --------------------------------------------------------------------------- decoding
 
 _FORMAT_NAMES = "BMP, PNG, JPEG, TIFF, WebP, GIF, PPM"
+
+# Pillow warns (UserWarning) about damage it reads past, e.g. "Corrupt EXIF data": the file is
+# either decoded or refused with an ImageLoadError, so the warning would only be noise on stderr.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 # warnings.catch_warnings() swaps process-wide state; serialise our own use of it.
 _warnings_lock = threading.Lock()

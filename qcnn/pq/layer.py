@@ -28,8 +28,8 @@ class PQSetting:
     def __post_init__(self):
         if not (2 <= self.ksub <= 256):
             raise ValueError(f"codebook size K must be 2..256, got {self.ksub}")
-        if self.dsub < 1:
-            raise ValueError(f"subspace width C_s' must be >= 1, got {self.dsub}")
+        if not 1 <= self.dsub <= 65536:       # wider is no layer's width: a typo that would allocate GBs
+            raise ValueError(f"subspace width C_s' must be 1..65536, got {self.dsub}")
 
     @property
     def bits(self) -> int:
