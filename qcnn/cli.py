@@ -250,12 +250,15 @@ def cmd_bench(args) -> int:
     from . import bench as B
     model = _model(args.model) if not str(args.model).endswith(".qcnn") else None
     _default_preset(args, model)
-    if model is not None and model.speed_test_only and not args.config and not args.error_correction:
-        # Random weights: error correction would cost minutes and change nothing a speed test measures.
-        args.no_error_correction = True
-    images = None if args.synthetic else args.images or B.default_images()
     bar = _progress_bar(True)
     bar.note(f"bench: {args.model}, preset {args.preset}" if args.preset else f"bench: {args.model}")
+    if model is not None and model.speed_test_only and not args.config and not args.error_correction \
+            and not args.no_error_correction:
+        # Random weights: error correction would cost minutes and change nothing a speed test measures.
+        args.no_error_correction = True
+        bar.note(f"error correction off: {model.name} has random weights, so it would change nothing this "
+                 f"test measures (--error-correction to have it anyway)")
+    images = None if args.synthetic else args.images or B.default_images()
     wb, source = _quantized(args, model)
     model = wb.model
     bar.note(f"quantized with {source}; kernel {args.kernel}; images: {images or 'synthetic inputs'}")
