@@ -92,6 +92,7 @@ def _progress_bar(enabled: bool):
         if tenth > state["tenth"] or now - state["time"] >= 10:
             print(f"{fraction * 100:5.1f}%  {text}", file=sys.stderr, flush=True)
             state.update(tenth=tenth, time=now)
+
     def finish():
         """Clear a terminal bar, so what is printed next starts on a clean line."""
         if state["bar"]:

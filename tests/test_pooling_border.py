@@ -8,6 +8,7 @@ and onnxruntime's MaxPool/AveragePool on the exported graph.
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -111,7 +112,7 @@ def test_the_divisor_by_hand():
     assert odd.shape == (1, 2, 2, 1) and odd[0, 1, 1, 0] == pytest.approx(1.0)   # 2x2 pixels, 2x2 counted
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=int(os.environ.get("QCNN_FUZZ_EXAMPLES", 150)), deadline=None)
 @given(h=st.integers(1, 12), w=st.integers(1, 12), kh=st.integers(1, 5), kw=st.integers(1, 5),
        sh=st.integers(1, 4), sw=st.integers(1, 4), pads=st.tuples(*[st.integers(0, 4)] * 4),
        mode=st.sampled_from(["max", "avg"]), ceil=st.booleans(), include=st.booleans(), c=st.integers(1, 19))
