@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("classify", help="top-k labels for images")
     c.add_argument("images", nargs="+", metavar="IMAGE")
-    c.add_argument("--model", default="efficientnet-lite0", help="efficientnet-lite0 | alexnet | PATH.onnx")
+    c.add_argument("--model", default="efficientnet-lite0", help="efficientnet-lite0 | resnet18 | resnet50 | alexnet | PATH.onnx")
     c.add_argument("--top", type=int, default=5)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_classify)
