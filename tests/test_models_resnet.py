@@ -261,3 +261,21 @@ def test_torchvision_preprocessing(resnet18):
 def test_recognises_bundled_photos(resnet18, photo, classes):
     r = resnet18.classify(load_image(SAMPLES / photo), top=5)
     assert r.top[0].index in classes, r.top
+
+
+def test_the_authors_own_compressed_layers_run_as_lookups():
+    """Their 1x1 layers as PQ layers (their codebook replicated per subspace, their codes) give the
+    dense network's logits: run by the C lookup kernels with float tables."""
+    from qcnn.pq.engine import with_kernel
+    from qcnn.pq.layer import PQLayer
+    model, graph = R.authors_pq_model("resnet50")
+    pq = {n.name: n.layer for n in graph if isinstance(n.layer, PQLayer)}
+    assert len(pq) == 36 and not any(n.layer.kind == "conv" and n.layer.kernel == (1, 1) for n in graph)
+    layer = pq["layer3.2.conv1"]                   # 1024 -> 256, blocks of 8: M = 128, K = 256
+    assert layer.codebooks.shape == (1, 128, 256, 8) and (layer.codebooks == layer.codebooks[:, :1]).all()
+    assert pq["layer1.0.conv1"].ksub == 64 and pq["layer2.0.downsample"].stride == (2, 2)
+    x = np.concatenate([model.preprocess(load_image(SAMPLES / f)) for f in ("coffee.jpg", "cat.bmp")])
+    dense = model.graph(x)
+    lookups = with_kernel(graph, "exact", (224, 224))
+    assert all(n.layer.impl == "exact" for n in lookups if isinstance(n.layer, PQLayer))
+    assert np.abs(lookups(x) - dense).max() < 1e-4       # measured 5e-6

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ..graph import Graph, Node
-from ..layers import Activation, Add, Conv2D, Dense, Flatten, GlobalAvgPool, Pool2D, fold_batch_norm
+from ..layers import Activation, Add, Affine, Conv2D, Dense, Flatten, GlobalAvgPool, Pool2D, fold_batch_norm
+from ..pq.layer import PQLayer
 from ..labels import imagenet_labels
 from ..paths import ASSETS
 from ..preprocess import Preprocess
@@ -226,10 +227,20 @@ def folded_weights(name: str, path: Path | None = None) -> tuple[dict[str, np.nd
     return cached_conversion(name, digest, CONVERTER_VERSION, lambda: _convert_bytes(raw, path, arch)), digest
 
 
-def build_graph(w: dict[str, np.ndarray], arch: Arch) -> Graph:
-    nodes = []
+def build_graph(w: dict[str, np.ndarray], arch: Arch, pq: dict | None = None) -> Graph:
+    """The network; convolutions named in `pq` (see authors_pq_layers) run as product-quantized
+    layers, each followed by its batch norm (an Affine node) and ReLU."""
+    nodes, pq = [], pq or {}
 
     def conv(c: ConvSpec, src: str) -> str:
+        if c.name in pq:
+            codebooks, codes, scale, shift = pq[c.name]
+            nodes.append(Node(c.name, PQLayer("conv", codebooks, codes, c.c_in, stride=(c.stride, c.stride)), (src,)))
+            nodes.append(Node(f"{c.name}.bn", Affine(scale, shift), (c.name,)))
+            if not c.relu:
+                return f"{c.name}.bn"
+            nodes.append(Node(f"{c.name}.relu", Activation("relu"), (f"{c.name}.bn",)))
+            return f"{c.name}.relu"
         pad = c.k // 2
         nodes.append(Node(c.name, Conv2D(w[f"{c.name}.weight"], w[f"{c.name}.bias"], (c.stride, c.stride),
                                          (pad,) * 4, 1, "relu" if c.relu else None), (src,)))
@@ -250,6 +261,40 @@ def build_graph(w: dict[str, np.ndarray], arch: Arch) -> Graph:
     nodes.append(Node("flatten", Flatten(), ("avgpool",)))
     nodes.append(Node("fc", Dense(w["fc.weight"], w["fc.bias"]), ("flatten",)))
     return Graph(nodes)
+
+
+def authors_pq_layers(sd: dict, arch: Arch) -> dict[str, tuple[np.ndarray, ...]]:
+    """The authors' compressed 1x1 convolutions in PQLayer's canonical layout, with their batch
+    norms as (scale, shift): conv name -> (codebooks, codes, scale, shift).
+
+    Their blocks of `block` consecutive input channels are our subspaces (C_s' = block,
+    M = n_blocks); their one codebook per layer is replicated into each subspace; their codes
+    (block-major) are already (M, C_out).  Their 3x3 blocks span kernel taps (a codeword is one
+    channel's 3x3 kernel, or two), which our layout cannot hold, and their FC codebooks have
+    1024-2048 codewords (ours: at most 256): those stay dense.  `sd` must have passed convert()."""
+    out = {}
+    for _, convs, down in blocks(arch):
+        for c in convs + ([down] if down else []):
+            entry = sd[f"{c.name}.0" if c is down else c.name]
+            centroids = entry["centroids"].astype(np.float32)
+            if c.k != 1 or not 2 <= len(centroids) <= 256:
+                continue
+            m, block = entry["n_blocks"], centroids.shape[1]
+            codebooks = np.ascontiguousarray(np.broadcast_to(centroids, (1, m, *centroids.shape)))
+            codes = entry["assignments"].reshape(1, 1, m, c.c_out).astype(np.uint8)
+            scale = sd[c.bn]["weight"].astype(np.float32) / np.float32(np.sqrt(1 + BN_EPS))  # mean 0, var 1
+            out[c.name] = (codebooks, codes, scale, sd[c.bn]["bias"].astype(np.float32))
+    return out
+
+
+def authors_pq_model(name: str, path: Path | None = None) -> tuple[Model, Graph]:
+    """The dense model and, beside it, the network as the authors' file stores it: their
+    compressed 1x1 layers run as lookups (authors_pq_layers), everything else dense."""
+    model = resnet(name, path)
+    path = Path(path) if path is not None else weights_path(name)
+    sd = load_legacy_state_dict(_read_bytes(path), str(path))       # checked by resnet() above
+    weights = {f"{n.name}.{k}": v for n in model.graph for k, v in n.layer.params().items()}
+    return model, build_graph(weights, ARCHS[name], authors_pq_layers(sd, ARCHS[name]))
 
 
 def resnet(name: str, path: Path | None = None) -> Model:
