@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from ..graph import Graph, Node
-from ..layers import Activation, Add, Affine, Conv2D, Dense, Flatten, GlobalAvgPool, Pool2D, fold_batch_norm
-from ..pq.layer import PQLayer
 from ..labels import imagenet_labels
+from ..layers import Activation, Add, Affine, Conv2D, Dense, Flatten, GlobalAvgPool, Pool2D, fold_batch_norm
 from ..paths import ASSETS
+from ..pq.layer import PQLayer
 from ..preprocess import Preprocess
 from . import Model
 from .torch_pickle import CheckpointError, load_legacy_state_dict
@@ -195,7 +195,7 @@ def weights_path(name: str) -> Path:
 
 def read_weights(path: Path, arch: Arch) -> dict[str, np.ndarray]:
     """Decode, check and fold a compressed file (no cache); CheckpointError names file and reason."""
-    return _convert_bytes(_read_bytes(path), path, arch)
+    return _checked(_read_bytes(path), path, arch)[1]
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -209,10 +209,11 @@ def _read_bytes(path: Path) -> bytes:
         raise CheckpointError(str(path), exc.strerror or str(exc)) from None
 
 
-def _convert_bytes(raw: bytes, path: Path, arch: Arch) -> dict[str, np.ndarray]:
+def _checked(raw: bytes, path: Path, arch: Arch) -> tuple[dict, dict[str, np.ndarray]]:
+    """(their state dict, our weights) of a file's bytes, every shape and code checked."""
     sd = load_legacy_state_dict(raw, str(path))
     try:
-        return convert(sd, arch)
+        return sd, convert(sd, arch)
     except ValueError as exc:
         raise CheckpointError(str(path), str(exc)) from None
 
@@ -224,7 +225,7 @@ def folded_weights(name: str, path: Path | None = None) -> tuple[dict[str, np.nd
     path = Path(path) if path is not None else weights_path(name)
     raw = _read_bytes(path)
     digest = hashlib.sha256(raw).hexdigest()
-    return cached_conversion(name, digest, CONVERTER_VERSION, lambda: _convert_bytes(raw, path, arch)), digest
+    return cached_conversion(name, digest, CONVERTER_VERSION, lambda: _checked(raw, path, arch)[1]), digest
 
 
 def build_graph(w: dict[str, np.ndarray], arch: Arch, pq: dict | None = None) -> Graph:
@@ -290,15 +291,19 @@ def authors_pq_layers(sd: dict, arch: Arch) -> dict[str, tuple[np.ndarray, ...]]
 def authors_pq_model(name: str, path: Path | None = None) -> tuple[Model, Graph]:
     """The dense model and, beside it, the network as the authors' file stores it: their
     compressed 1x1 layers run as lookups (authors_pq_layers), everything else dense."""
-    model = resnet(name, path)
+    arch = ARCHS[name]
     path = Path(path) if path is not None else weights_path(name)
-    sd = load_legacy_state_dict(_read_bytes(path), str(path))       # checked by resnet() above
-    weights = {f"{n.name}.{k}": v for n in model.graph for k, v in n.layer.params().items()}
-    return model, build_graph(weights, ARCHS[name], authors_pq_layers(sd, ARCHS[name]))
+    raw = _read_bytes(path)
+    sd, weights = _checked(raw, path, arch)
+    model = _model(name, weights, hashlib.sha256(raw).hexdigest())
+    return model, build_graph(weights, arch, authors_pq_layers(sd, arch))
+
+
+def _model(name: str, weights: dict[str, np.ndarray], digest: str) -> Model:
+    return Model(name=name, graph=build_graph(weights, ARCHS[name]), preprocess=PREPROCESS, labels=imagenet_labels(),
+                 description=ARCHS[name].title, identity={"name": name, "sha256": digest})
 
 
 def resnet(name: str, path: Path | None = None) -> Model:
-    arch = ARCHS[name]
-    weights, digest = folded_weights(name, path)
-    return Model(name=name, graph=build_graph(weights, arch), preprocess=PREPROCESS, labels=imagenet_labels(),
-                 description=arch.title, identity={"name": name, "sha256": digest})
+    """Built-in `resnet18` or `resnet50` (weights from `path`, default the shipped file)."""
+    return _model(name, *folded_weights(name, path))
