@@ -75,6 +75,11 @@ def test_globals_beyond_the_allow_list_are_refused_before_anything_runs(tmp_path
     assert reason(pickle.dumps(LEGACY_MAGIC, 2) + b"ccollections\nOrderedDict\n)R.").startswith("refusing")
 
 
+def test_big_endian_files_are_refused():
+    data = b"".join(pickle.dumps(v, protocol=2) for v in (LEGACY_MAGIC, 1001, {"little_endian": False}))
+    assert reason(data + pickle.dumps({}, 2) + pickle.dumps([], 2)) == "written on a big-endian machine: not supported"
+
+
 @pytest.mark.parametrize("cut", [0, 1, 10, 137, 5000, 100000, -1])
 def test_truncation_anywhere_is_one_clear_error(cut):
     data = RESNET18.read_bytes()

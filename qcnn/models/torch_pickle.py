@@ -353,7 +353,9 @@ def _load(data: bytes):
     if f.unpickle(allow_globals=False) != LEGACY_MAGIC:
         raise _Bad("not a legacy PyTorch checkpoint (bad magic number)")
     f.unpickle(allow_globals=False)  # protocol version
-    f.unpickle(allow_globals=False)  # system info
+    info = f.unpickle(allow_globals=False)
+    if isinstance(info, dict) and info.get("little_endian") is False:
+        raise _Bad("written on a big-endian machine: not supported")
     state = f.unpickle(allow_globals=True)
     keys = f.unpickle(allow_globals=False)
     if not isinstance(state, dict):
