@@ -12,15 +12,17 @@ Faults lose nothing and stop nothing:
   processes converting at once each publish a complete file (the last one wins) and a killed
   conversion leaves at most a temporary file, removed by a later write once it is stale;
 - a cache directory that cannot be written (read-only, full, not a directory) means no caching:
-  the weights are converted at every start and a CacheWarning says why.
+  the weights are converted at every start and a warning on the `qcnn` logger says why (one
+  line on stderr when the program configured no logging).
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import secrets
 import time
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Callable
@@ -34,8 +36,7 @@ MAX_ENTRY_BYTES = 1 << 30        # larger than any built-in model's float32 weig
 STALE_TEMP_SECONDS = 3600
 
 
-class CacheWarning(UserWarning):
-    """The cache could not be used; the weights were converted anyway."""
+log = logging.getLogger(__name__)
 
 
 def entry_path(converter: str, digest: str, version: int) -> Path:
@@ -65,6 +66,8 @@ def _save(f, arrays: dict[str, np.ndarray], meta: dict) -> None:
 
 
 def _write(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    if path.parent.exists() and not path.parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     for old in path.parent.glob(f".{path.name}.*.tmp"):     # left by killed conversions
         try:
@@ -95,8 +98,7 @@ def cached_conversion(converter: str, digest: str, version: int,
     try:
         path = entry_path(converter, digest, version)
     except Exception as exc:                  # no usable cache location at all
-        warnings.warn(CacheWarning(f"no cache directory ({exc}); converting {converter} weights at every start"),
-                      stacklevel=2)
+        log.warning(f"no cache directory ({exc}); converting {converter} weights at every start")
         return convert()
     try:
         return _read(path, converter, digest, version)
@@ -106,16 +108,15 @@ def cached_conversion(converter: str, digest: str, version: int,
         reason = f"{type(exc).__name__}: {exc}"
         try:
             path.unlink()
-            warnings.warn(CacheWarning(f"{path}: damaged cache entry removed ({reason}); rebuilding"),
-                          stacklevel=2)
+            log.warning(f"{path}: damaged cache entry removed ({reason}); rebuilding")
         except OSError as gone:
-            warnings.warn(CacheWarning(f"{path}: damaged cache entry ({reason}) cannot be removed "
-                                       f"({gone.strerror or gone}); converting without the cache"), stacklevel=2)
+            log.warning(f"{path}: damaged cache entry ({reason}) cannot be removed "
+                        f"({gone.strerror or gone}); converting without the cache")
             return convert()
     arrays = convert()
     try:
         _write(path, arrays, _meta(converter, digest, version, arrays))
     except OSError as exc:
-        warnings.warn(CacheWarning(f"cannot cache converted {converter} weights in {path.parent} "
-                                   f"({exc.strerror or exc}); converting them at every start"), stacklevel=2)
+        log.warning(f"cannot cache converted {converter} weights in {path.parent} "
+                    f"({exc.strerror or exc}); converting them at every start")
     return arrays
