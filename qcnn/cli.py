@@ -64,10 +64,13 @@ def _config(args, model):
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"{args.config}: {exc}") from exc
         return QuantConfig.from_dict(data.get("config", data))    # a search report holds "config"
-    if not args.preset:
-        raise ValueError(f"give --preset ({', '.join(preset_names(model.name)) or 'none for this model'}) "
-                         f"or --config FILE")
-    config = preset(model.name, args.preset)
+    if not args.preset and preset_names(model.name):
+        raise ValueError(f"give --preset ({', '.join(preset_names(model.name))}) or --config FILE")
+    if args.preset:
+        config = preset(model.name, args.preset)
+    else:                                   # a model without presets: the app's default settings
+        from .workbench import QuantSettings, to_config
+        config = to_config(model, QuantSettings())
     if getattr(args, "no_error_correction", False):
         config.error_correction = False
     return config
@@ -89,7 +92,7 @@ def _quantized(args, model):
                                        calib_count=getattr(args, "calib_count", settings.calib_count))
         bench.set_model(model)
         quantized = bench.quantize(settings, progress=_progress_bar(not getattr(args, "json", False)))
-        source = f"preset {args.preset}" if args.preset else f"config {args.config}"
+        source = f"preset {args.preset}" if args.preset else f"config {args.config}" if args.config else "default settings"
         source += " (cached)" if quantized.from_cache else f" (quantized in {quantized.seconds:.1f} s)"
     bench.kernel = args.kernel
     bench.adopt(quantized, with_kernel(quantized.graph, args.kernel, (bench.model.input_size,) * 2))
@@ -108,9 +111,9 @@ def cmd_cost(args) -> int:
     kernels = {n.name: impl_for(n.layer, args.kernel) for n in planned if isinstance(n.layer, PQLayer)}
     report = cost_report(planned, (model.input_size,) * 2, dense_graph=model.graph, kernels=kernels)
     if args.json:
-        print(json.dumps({"model": model.name, "setting": args.preset or args.config, **report.to_json()}, indent=1))
+        print(json.dumps({"model": model.name, "setting": args.preset or args.config or "default", **report.to_json()}, indent=1))
     else:
-        print(f"{model.description}\nsetting: {args.preset or args.config}\n")
+        print(f"{model.description}\nsetting: {args.preset or args.config or 'default'}\n")
         print(format_table(report))
     return 0
 
@@ -218,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("classify", help="top-k labels for images")
     c.add_argument("images", nargs="+", metavar="IMAGE")
-    c.add_argument("--model", default="efficientnet-lite0", help="efficientnet-lite0 | alexnet | PATH.onnx")
+    c.add_argument("--model", default="efficientnet-lite0", help="efficientnet-lite0 | resnet18 | resnet50 | alexnet | PATH.onnx")
     c.add_argument("--top", type=int, default=5)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_classify)
