@@ -207,10 +207,12 @@ class BenchReport:
     skipped: dict[str, str] = field(default_factory=dict)
     images: str = "synthetic"
     simd: str = field(default_factory=kernels.isa)     # the C kernels' variant in use
+    cpu_simd: str = field(default_factory=kernels.cpu_isa)   # the best one this CPU has
 
     def to_json(self) -> dict:
         t = self.test
         out = {"model": self.model, "setting": self.setting, "kernel": self.kernel, "simd": self.simd,
+               "cpu_simd": self.cpu_simd,
                "images": self.images,
                "runs": t.runs, "images_per_run": t.per_run,
                "dense_ms": t.mean("dense"), "quant_ms": t.mean("quantized"), "speedup": t.speedup(),
@@ -223,7 +225,8 @@ class BenchReport:
     def format(self) -> str:
         t = self.test
         peers = [n for n in t.engines if n not in ("dense", "quantized")]
-        lines = [f"{self.model}: quantized with {self.setting}, kernel {self.kernel} ({self.simd}); batch 1, "
+        simd = self.simd if self.simd == self.cpu_simd else f"{self.simd}, capped: the CPU has {self.cpu_simd}"
+        lines = [f"{self.model}: quantized with {self.setting}, kernel {self.kernel} ({simd}); batch 1, "
                  f"one thread, {t.per_run} images per run ({self.images})", ""]
         head = f"{'run':>4}  {'dense ms':>9}  {'quantized ms':>12}  {'speed-up':>8}" + "".join(f"  {p:>18}" for p in peers)
         lines.append(head)

@@ -180,6 +180,9 @@ def cmd_eval(args) -> int:
 
 def cmd_bench(args) -> int:
     from . import bench as B
+    if args.isa:       # before quantizing: `auto` times the kernels of the variant that will run
+        from .kernels import set_isa
+        set_isa(args.isa)
     model = _model(args.model) if not str(args.model).endswith(".qcnn") else None
     wb, source = _quantized(args, model)
     model = wb.model
@@ -265,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--images-per-run", type=int, default=100)
     b.add_argument("--layer-repeats", type=int, default=20, help="images for the per-layer breakdown")
     b.add_argument("--peers", action="store_true", help="also time onnxruntime fp32 and int8 (static QDQ)")
+    b.add_argument("--isa", choices=("scalar", "avx2", "avx512", "avx512vnni"),
+                   help="cap the C kernels' SIMD variant (as QCNN_ISA=...), e.g. avx2 for the common CPU")
     b.add_argument("--json", action="store_true")
     quant_options(b)
     b.set_defaults(func=cmd_bench)

@@ -17,18 +17,40 @@ _INT_MAX = 2**31 - 1
 _F32 = np.dtype(np.float32)    # comparing with a dtype object is cheaper than with np.float32
 
 
+ISA_ENV = "QCNN_ISA"           # caps the variants (isa.c): measure the AVX2 paths on an AVX-512 machine
+
+
+def _check_isa_env() -> None:
+    import os
+    cap = os.environ.get(ISA_ENV, "")
+    if cap and cap not in ISA_NAMES.values():
+        raise ValueError(f"{ISA_ENV}={cap!r}: unknown instruction set; use one of {', '.join(ISA_NAMES.values())}")
+
+
+_check_isa_env()
+
+
 def isa() -> str:
+    """The SIMD variant in use."""
     return ISA_NAMES[lib.qc_isa()]
 
 
 def best_isa() -> str:
+    """The best variant set_isa can select: the CPU's, capped by $QCNN_ISA."""
+    return ISA_NAMES[lib.qc_isa_cap()]
+
+
+def cpu_isa() -> str:
+    """The best variant this CPU supports, whatever $QCNN_ISA says."""
     return ISA_NAMES[lib.qc_isa_best()]
 
 
 def set_isa(name: str) -> str:
-    """Force a SIMD variant ("scalar", "avx2", "avx512", "avx512vnni"); capped at what the CPU supports."""
-    code = {v: k for k, v in ISA_NAMES.items()}[name]
-    return ISA_NAMES[lib.qc_set_isa(code)]
+    """Force a SIMD variant ("scalar", "avx2", "avx512", "avx512vnni"); capped at best_isa()."""
+    codes = {v: k for k, v in ISA_NAMES.items()}
+    if name not in codes:
+        raise ValueError(f"unknown instruction set {name!r}; use one of {', '.join(codes)}")
+    return ISA_NAMES[lib.qc_set_isa(codes[name])]
 
 
 def _f32(a: np.ndarray, shape: tuple, what: str) -> np.ndarray:

@@ -11,7 +11,7 @@ from qcnn import layers as L
 ACTS = [None, "relu", "relu6"]
 # Variants this CPU can run (set_isa caps at the best one); the scalar reference always runs.
 ISAS = [name for name in ("scalar", "avx2", "avx512")
-        if K.ISA_NAMES[min({v: k for k, v in K.ISA_NAMES.items()}[name], K.lib.qc_isa_best())] == name]
+        if K.ISA_NAMES[min({v: k for k, v in K.ISA_NAMES.items()}[name], K.lib.qc_isa_cap())] == name]
 SIMD_ISAS = [i for i in ISAS if i != "scalar"]
 
 
@@ -270,6 +270,32 @@ def test_set_isa_caps_and_restores(isa):
     assert isa("avx512") == order[min(order.index("avx512"), order.index(best))]
     assert isa("avx512vnni") == best
     assert isa("scalar") == "scalar" and K.isa() == "scalar"
+    with pytest.raises(ValueError, match="unknown instruction set"):
+        isa("sse2")
+
+
+@pytest.mark.parametrize("cap", ["scalar", "avx2", "avx512", "avx512vnni"])
+def test_isa_environment_variable_caps_every_variant(cap):
+    """QCNN_ISA caps the variant a fresh process starts with and the ones set_isa can reach."""
+    import os
+    import subprocess
+    import sys
+    order = list(K.ISA_NAMES.values())
+    want = order[min(order.index(cap), order.index(K.cpu_isa()))]
+    code = "from qcnn import kernels as K; print(K.isa(), K.best_isa(), K.set_isa('avx512vnni'), K.cpu_isa())"
+    env = {**os.environ, "QCNN_ISA": cap}
+    env.pop("QCNN_DISABLE_SIMD", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == [want, want, want, K.cpu_isa()]
+
+
+def test_unknown_isa_in_the_environment_is_refused_by_name():
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "QCNN_ISA": "avx3"}
+    r = subprocess.run([sys.executable, "-c", "import qcnn.kernels"], env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "QCNN_ISA='avx3'" in r.stderr and "avx512vnni" in r.stderr
 
 
 # ---- wrapper validation -------------------------------------------------------------------------

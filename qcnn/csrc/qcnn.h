@@ -16,8 +16,9 @@ enum { QC_ISA_SCALAR = 0, QC_ISA_AVX2 = 1, QC_ISA_AVX512 = 2, QC_ISA_AVX512VNNI 
 enum { QC_ACT_NONE = 0, QC_ACT_RELU = 1, QC_ACT_RELU6 = 2 };
 
 int qc_isa_best(void);          /* best variant this CPU supports, QCNN_DISABLE_SIMD=1 forces scalar */
+int qc_isa_cap(void);           /* qc_isa_best capped by QCNN_ISA=scalar|avx2|avx512|avx512vnni */
 int qc_isa(void);               /* variant in use */
-int qc_set_isa(int isa);        /* force a variant (capped at qc_isa_best); returns the one in use */
+int qc_set_isa(int isa);        /* force a variant (capped at qc_isa_cap); returns the one in use */
 
 /* Depthwise convolution, NHWC.  x: (n, h, w, c); wt: (kh, kw, c); bias: (c) or NULL;
  * y: (n, oh, ow, c).  Zero padding pt/pl before, implied after. */
