@@ -18,6 +18,7 @@ from .imageio import ImageLoadError, image_files, load_image
 from .models import Model
 from .pq.cost import cost_report
 from .pq.engine import kernel_map
+from .peers import best as best_peers, summary as peer_summary
 from .pq.layer import PQLayer
 
 Engine = Callable[[np.ndarray], np.ndarray]
@@ -208,6 +209,7 @@ class BenchReport:
     images: str = "synthetic"
     simd: str = field(default_factory=kernels.isa)     # the C kernels' variant in use
     cpu_simd: str = field(default_factory=kernels.cpu_isa)   # the best one this CPU has
+    uncapped: list[str] = field(default_factory=list)        # peers that ignore the ISA cap (qcnn.peers)
 
     def to_json(self) -> dict:
         t = self.test
@@ -218,7 +220,8 @@ class BenchReport:
                "dense_ms": t.mean("dense"), "quant_ms": t.mean("quantized"), "speedup": t.speedup(),
                "peers": {n: {"ms": t.mean(n), "quant_speedup_over_peer": t.mean(n) / t.mean("quantized")}
                          for n in t.engines if n not in ("dense", "quantized")},
-               "skipped_peers": self.skipped, "peak_memory_bytes": self.memory,
+               "skipped_peers": self.skipped, "uncapped_peers": self.uncapped,
+               **best_peers({n: t.mean(n) for n in t.engines}), "peak_memory_bytes": self.memory,
                "layers": [{**vars(l), "measured": l.measured} for l in self.layers]}
         return out
 
@@ -239,6 +242,7 @@ class BenchReport:
             lines.append(f"quantized vs {p}: {t.mean(p) / t.mean('quantized'):.2f}x faster")
         for p, why in self.skipped.items():
             lines.append(f"{p}: skipped ({why})")
+        lines += peer_summary({n: t.mean(n) for n in t.engines}, self.uncapped, self.simd, self.cpu_simd)
         lines += ["", "per layer (median of single-image forward passes, ms):",
                   f"{'layer':<14} {'kernel':<9} {'dense':>8} {'quant':>8} {'tables':>8} {'lookups':>8} "
                   f"{'theory':>7} {'measured':>8}"]
