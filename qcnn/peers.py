@@ -13,9 +13,11 @@ ncnn choose their kernels from the CPU alone, so on an AVX-512 machine they run 
 when ours is capped at AVX2: `uncapped` names them and the report says so."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +159,21 @@ def _ncnn(src: Path, tmp: Path, shape: tuple, threads: int) -> dict[str, Engine]
     return out
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """The converters and NNCF print progress on stdout, some from C: keep it for our report
+    (`bench --json`)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def peer_engines(graph: Graph, input_hw: tuple[int, int], calib: list[np.ndarray], threads: int = 1) -> Peers:
     """Every installed peer, each checked against our dense graph on the first CHECK_INPUTS of
     `calib` (also their int8 calibration set) before it may be timed."""
@@ -183,7 +200,8 @@ def peer_engines(graph: Graph, input_hw: tuple[int, int], calib: list[np.ndarray
                 peers.skipped[family] = f"not installed (pip install {family})"
                 continue
             try:
-                found.update(make())
+                with _stdout_to_stderr():
+                    found.update(make())
             except Exception as exc:      # each peer is optional: its failure only removes it
                 peers.skipped[family] = f"{type(exc).__name__}: {exc}"
     for name, engine in found.items():
