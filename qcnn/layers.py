@@ -130,6 +130,8 @@ class Conv2D(Layer):
                           for g in range(self.groups)] if (
             not self.depthwise and self.kernel == (3, 3) and self.stride == (1, 1)
             and kernels.winograd_pays(cin_g, cg)) else None
+        if self._winograd is not None:    # the GEMM operands would serve only without SIMD (then BLAS)
+            self._packed = [None] * self.groups
 
     @property
     def in_channels(self) -> int:
