@@ -216,6 +216,22 @@ def pointwise(a: np.ndarray, packed: PackedWeights, bias: np.ndarray | None = No
     return out
 
 
+def _conv_output(xp, m, cout, out, bias, activation, what):
+    """A convolution's (m, cout) output -- `out` checked, or a new array -- and its row pitch,
+    with the bias and activation checked too."""
+    if out is None:
+        out, ldy = empty_aligned((m, cout)), cout
+    else:
+        ldy = _rows(out, (m, cout), f"{what} output", writeable=True)
+        if np.may_share_memory(xp, out):
+            raise ValueError(f"{what}: output overlaps the input")
+    if bias is not None:
+        _f32(bias, (cout,), f"{what} bias")
+    if activation not in _ACT:
+        raise ValueError(f"{what}: unknown activation {activation!r}")
+    return out, ldy
+
+
 def conv_gemm(xp: np.ndarray, packed: PackedWeights, kernel: tuple[int, int], stride: tuple[int, int],
               out_hw: tuple[int, int], bias: np.ndarray | None = None, activation: str | None = None,
               channels: tuple[int, int] | None = None, out: np.ndarray | None = None) -> np.ndarray:
@@ -241,18 +257,8 @@ def conv_gemm(xp: np.ndarray, packed: PackedWeights, kernel: tuple[int, int], st
     _f32(packed.data, (-(-packed.n // PANEL), packed.k, PANEL), "conv_gemm packed weights")
     if hp * wp * c > _INT_MAX or n * oh * ow > _INT_MAX:  # offsets and row counts are C ints
         raise ValueError("conv_gemm: input too large")
-    m, cout = n * oh * ow, packed.n
-    if out is None:
-        out = empty_aligned((m, cout))
-        ldy = cout
-    else:
-        ldy = _rows(out, (m, cout), "conv_gemm output", writeable=True)
-        if np.may_share_memory(xp, out):
-            raise ValueError("conv_gemm: output overlaps the input")
-    if bias is not None:
-        _f32(bias, (cout,), "conv_gemm bias")
-    if activation not in _ACT:
-        raise ValueError(f"conv_gemm: unknown activation {activation!r}")
+    out, ldy = _conv_output(xp, n * oh * ow, packed.n, out, bias, activation, "conv_gemm")
+    cout = packed.n
     if lib.qc_conv_gemm_f32(_ptr(xp), n, hp, wp, c, c0, cc, kh, kw, sh, sw, _ptr(packed.data), cout, _ptr(bias),
                             _ptr(out), ldy, oh, ow, _ACT[activation]):
         raise MemoryError("conv_gemm: out of memory")
@@ -314,18 +320,8 @@ def winograd(xp: np.ndarray, weights: WinogradWeights, out_hw: tuple[int, int], 
     _f32(weights.data, (16, -(-weights.n // PANEL), weights.k, PANEL), "winograd weights")
     if hp * wp * c > _INT_MAX or n * oh * ow > _INT_MAX:
         raise ValueError("winograd: input too large")
-    m, cout = n * oh * ow, weights.n
-    if out is None:
-        out = empty_aligned((m, cout))
-        ldy = cout
-    else:
-        ldy = _rows(out, (m, cout), "winograd output", writeable=True)
-        if np.may_share_memory(xp, out):
-            raise ValueError("winograd: output overlaps the input")
-    if bias is not None:
-        _f32(bias, (cout,), "winograd bias")
-    if activation not in _ACT:
-        raise ValueError(f"winograd: unknown activation {activation!r}")
+    out, ldy = _conv_output(xp, n * oh * ow, weights.n, out, bias, activation, "winograd")
+    cout = weights.n
     if lib.qc_winograd_f32(_ptr(xp), n, hp, wp, c, c0, cc, _ptr(weights.data), cout, _ptr(bias), _ptr(out), ldy,
                            oh, ow, _ACT[activation]):
         raise MemoryError("winograd: out of memory")
