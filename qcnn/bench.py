@@ -16,9 +16,9 @@ from . import kernels
 from .graph import Graph
 from .imageio import ImageLoadError, image_files, load_image
 from .models import Model
+from .peers import best as best_peers, summary as peer_summary
 from .pq.cost import cost_report
 from .pq.engine import kernel_map
-from .peers import best as best_peers, summary as peer_summary
 from .pq.layer import PQLayer
 
 Engine = Callable[[np.ndarray], np.ndarray]
