@@ -183,22 +183,28 @@ def cmd_eval(args) -> int:
 
 def cmd_bench(args) -> int:
     from . import bench as B
+    if args.isa:       # before quantizing: `auto` times the kernels of the variant that will run
+        from .kernels import set_isa
+        set_isa(args.isa)
     model = _model(args.model) if not str(args.model).endswith(".qcnn") else None
     wb, source = _quantized(args, model)
     model = wb.model
     inputs = B.bench_inputs(model, args.images, max(args.images_per_run, 16))
     engines = {"dense": wb.dense_graph.forward, "quantized": wb.quant_graph.forward}
     skipped = {}
+    uncapped = []
     if args.peers:
-        peers, skipped = B.onnxruntime_engines(wb.dense_graph, (model.input_size,) * 2, inputs[:16])
-        engines.update(peers)
+        from .peers import peer_engines
+        found = peer_engines(wb.dense_graph, (model.input_size,) * 2, inputs[:16], threads=args.threads)
+        engines.update(found.engines)
+        skipped, uncapped = found.skipped, found.uncapped
     bar = _progress_bar(not args.json)
     test = B.speed_test(engines, inputs, runs=args.runs, per_run=args.images_per_run,
                         progress=lambda i, n: bar("speed test", i / n))
     layers = B.layer_breakdown(wb.dense_graph, wb.quant_graph, inputs, repeats=args.layer_repeats)
     memory = {"dense": B.peak_memory(wb.dense_graph, inputs[0]), "quantized": B.peak_memory(wb.quant_graph, inputs[0])}
     report = B.BenchReport(model.name, source, args.kernel, test, layers, memory, skipped,
-                           str(args.images) if args.images else "synthetic inputs")
+                           str(args.images) if args.images else "synthetic inputs", uncapped=uncapped)
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
     else:
@@ -267,7 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, default=5)
     b.add_argument("--images-per-run", type=int, default=100)
     b.add_argument("--layer-repeats", type=int, default=20, help="images for the per-layer breakdown")
-    b.add_argument("--peers", action="store_true", help="also time onnxruntime fp32 and int8 (static QDQ)")
+    b.add_argument("--peers", action="store_true", help="also time the installed peers (qcnn.peers: "
+                   "onnxruntime, OpenVINO, MNN, ncnn), each checked against the dense output first")
+    b.add_argument("--isa", choices=("scalar", "avx2", "avx512", "avx512vnni"),
+                   help="cap the C kernels' SIMD variant (as QCNN_ISA=...), e.g. avx2 for the common CPU")
     b.add_argument("--json", action="store_true")
     quant_options(b)
     b.set_defaults(func=cmd_bench)
