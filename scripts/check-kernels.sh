@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The C kernels' extra checks, run by CI after the test suite:
 #   1. the portable scalar fallback (SIMD disabled by QCNN_DISABLE_SIMD=1) passes the kernel tests;
-#   2. an AddressSanitizer + UndefinedBehaviorSanitizer build of the extension passes them too;
-#   3. under that build, the fuzzers of everything that feeds the kernels from untrusted input: the
+#   2. capped at AVX2 (QCNN_ISA=avx2, the common CPU), the layers choose and pass as there;
+#   3. an AddressSanitizer + UndefinedBehaviorSanitizer build of the extension passes them too;
+#   4. under that build, the fuzzers of everything that feeds the kernels from untrusted input: the
 #      .qcnn loader (each file that loads then runs through every kernel), random conv/pooling
 #      geometry against the work/memory budget and the pooling definition, and the ONNX importer
 #      and restricted unpickler fuzzers where the suite has them (any test named *fuzz*), with
@@ -17,6 +18,9 @@ fuzz_seconds="${QCNN_FUZZ_SECONDS:-600}"
 
 echo "== kernel tests, scalar fallback (QCNN_DISABLE_SIMD=1)"
 (cd "$repo" && QCNN_DISABLE_SIMD=1 "$py" -m pytest -q -p no:cacheprovider "${tests[@]}")
+
+echo "== kernel tests, capped at AVX2 (QCNN_ISA=avx2)"
+(cd "$repo" && QCNN_ISA=avx2 "$py" -m pytest -q -p no:cacheprovider "${tests[@]}")
 
 echo "== kernel tests, ASan + UBSan build"
 tmp="$(mktemp -d)"
@@ -35,8 +39,8 @@ sanitized "$py" -m pytest -q -p no:cacheprovider "${tests[@]}"
 
 echo "== fuzzers, ASan + UBSan build ($fuzz_examples examples each, at most $fuzz_seconds s)"
 fuzz_files=(tests/test_modelfile.py tests/test_hostile.py tests/test_pooling_border.py)
-for f in "$repo"/tests/test_onnx*.py "$repo"/tests/test_*pickle*.py "$repo"/tests/test_resnet*.py; do
+for f in "$repo"/tests/test_onnx*.py "$repo"/tests/test_models_*.py "$repo"/tests/test_*pickle*.py; do
     [ -e "$f" ] && fuzz_files+=("tests/$(basename "$f")")
 done
 QCNN_FUZZ_EXAMPLES="$fuzz_examples" sanitized timeout --signal=INT "$fuzz_seconds" "$py" -m pytest -q -p no:cacheprovider \
-    -k "fuzz or budget_bounds or random_geometry" "${fuzz_files[@]}"
+    -k "fuzz or budget_bounds or random_geometry or corrupted_bytes_never_crash" "${fuzz_files[@]}"
