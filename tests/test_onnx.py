@@ -101,7 +101,12 @@ def test_model_metadata(tmp_path):
     assert model.name == "tiny-alexnet"
     assert model.identity == {"name": "tiny-alexnet", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     assert (model.preprocess.crop, model.preprocess.resize) == (32, 37)
-    assert model.preprocess.mean == (123.675, 116.28, 103.53) and model.preprocess.std == (58.395, 57.12, 57.375)
+    # LRN and no PyTorch producer: a Caffe-era model, BGR with the mean subtracted
+    assert model.preprocess.channel_order == "BGR" and model.preprocess.mean == (103.939, 116.779, 123.68)
+    assert "preprocessing caffe, guessed" in model.description
+    chosen = load_onnx(path, preprocess="torchvision")
+    assert chosen.preprocess.mean == (123.675, 116.28, 103.53) and chosen.preprocess.std == (58.395, 57.12, 57.375)
+    assert "preprocessing torchvision, as chosen" in chosen.description
     assert model.labels == imagenet_labels() and model.outputs_probs
     assert [n.name for n in model.graph][:3] == ["Conv_3", "LRN_5", "MaxPool_6"]   # ONNX names survive
     small = load_onnx(mini_squeezenet(tmp_path / "sq.onnx"))
@@ -143,7 +148,7 @@ def test_unsupported_operator_names_node_and_op(tmp_path):
     x = b.conv("data", 3, 4, 3)
     b.nodes.append(helper.make_node("Resize", [x, "", b.init([1, 1, 2, 2])], ["up"], name="Resize_12"))
     msg = refused(b.save(tmp_path / "model.onnx", "up"), "Resize_12", "Resize")
-    assert msg == "model.onnx: node 'Resize_12' uses unsupported operator Resize"
+    assert msg == "model.onnx: node 'Resize_12' (Resize) uses unsupported operator Resize"
 
 
 @pytest.mark.parametrize("content", [b"", b"\xff" * 64 + bytes(range(256)), b"hello, this is not a model",
@@ -166,14 +171,14 @@ def test_missing_file(tmp_path):
     refused(tmp_path / "nowhere.onnx", "cannot read")
 
 
-def test_external_data_refused(tmp_path):
-    b = Builder()
-    path = b.save(tmp_path / "ext.onnx", b.conv("data", 3, 4, 3))
-    model = onnx.load(path)
-    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin",
-              size_threshold=0)
-    assert (tmp_path / "weights.bin").exists()   # even when the data file is there, it is not read
-    refused(path, "external data", "weights.bin")
+def test_external_data_read(tmp_path):
+    path = mini_resnet(tmp_path / "ext.onnx")
+    x = np.random.default_rng(4).standard_normal((1, 32, 32, 3)).astype(np.float32)
+    ref = ort_run(path, x)
+    onnx.save(onnx.load(path), path, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin", size_threshold=0)
+    assert (tmp_path / "weights.bin").stat().st_size > 1000
+    assert np.abs(ours_nchw(load_model(path), x) - ref).max() < ATOL
 
 
 def test_missing_initializer(tmp_path):
@@ -210,10 +215,10 @@ def test_bad_conv_attributes(tmp_path, attrs, words):
     refused(b.save(tmp_path / "c.onnx", b.conv("data", 3, 4, 3, **attrs)), words)
 
 
-def test_reshape_other_than_flatten_refused(tmp_path):
+def test_reshape_into_the_batch_refused(tmp_path):
     b = Builder()
-    x = b.op("Reshape", [b.conv("data", 3, 4, 3), b.init([1, 4, 30, 30], np.int64)])
-    refused(b.save(tmp_path / "r.onnx", x), "Reshape_", "only flattening")
+    x = b.op("Reshape", [b.conv("data", 3, 4, 3), b.init([4, -1], np.int64)])
+    refused(b.save(tmp_path / "r.onnx", x), "Reshape_", "batch axis")
 
 
 def test_cycle_refused(tmp_path):

@@ -15,6 +15,7 @@ preprocessing preset guessed from the graph (qcnn.preprocess.PRESETS; `preproces
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import stat
 from pathlib import Path
@@ -43,7 +44,10 @@ def load_onnx(path, preprocess: str | None = None, labels: str | os.PathLike | N
     with errors_as(f"{path.name}: "):
         data = _read(path, MAX_FILE_BYTES, "model")
         proto = _parse(data)
-        graph, (c, h, w), classes, converter = _convert(proto, path.parent)
+        graph, (c, h, w), out_shape, converter = _convert(proto, path.parent)
+        if sum(d != 1 for d in out_shape[1:]) > 1:
+            raise OnnxImportError(f"output shape {list(out_shape)} is not a vector of class scores")
+        classes = math.prod(out_shape[1:])
         if c != 3:
             raise OnnxImportError(f"input has {c} channels; photos give 3 (RGB)")
         if h != w:
@@ -63,7 +67,8 @@ def load_onnx(path, preprocess: str | None = None, labels: str | os.PathLike | N
 
 
 def graph_from_onnx(model: onnx.ModelProto | bytes, folder: str | os.PathLike | None = None) -> Graph:
-    """The graph alone; external data files are looked up in `folder` (refused without one)."""
+    """The graph alone (its output in the engine's layout: 4-D as NHWC); external data files are
+    looked up in `folder` (refused without one)."""
     with errors_as(""):
         proto = _parse(model) if isinstance(model, bytes) else model
         return _convert(proto, None if folder is None else Path(folder))[0]
@@ -71,8 +76,8 @@ def graph_from_onnx(model: onnx.ModelProto | bytes, folder: str | os.PathLike | 
 
 def _convert(proto, folder):
     converter = Converter(proto, TensorReader(folder))
-    graph, chw, classes = converter.convert()
-    return graph, chw, classes, converter
+    graph, chw, out_shape = converter.convert()
+    return graph, chw, out_shape, converter
 
 
 def _read(path: Path, limit: int, what: str) -> bytes:

@@ -158,13 +158,11 @@ class Converter:
         out = self._act(g.output[0].name)
         if out.name == "input":
             raise OnnxImportError("the graph computes nothing")
-        if sum(d != 1 for d in out.shape[1:]) > 1:
-            raise OnnxImportError(f"output shape {list(out.shape)} is not a vector of class scores")
         out = self._relayout(out, canonical(out.rank))
         if self.params > MAX_PARAMS:
             raise OnnxImportError(f"{self.params} weights: more than the limit of {MAX_PARAMS}")
         nodes, output = simplify(self.nodes, out.name)
-        return Graph(nodes, "input", output), (c, h, w), math.prod(out.shape[1:])
+        return Graph(nodes, "input", output), (c, h, w), out.shape
 
     def _input(self, vi):
         t = vi.type.tensor_type
@@ -286,6 +284,8 @@ class Converter:
         if plan.transpose is None and plan.physical == x.physical:
             self.acts[self.node.output[output]] = Act(x.name, new, plan.perm)
             return
+        if x.perm == canonical(4) and len(new) == 2 and plan.transpose in (None, (0, 3, 1, 2)):
+            return self._emit(L.Flatten(), [x], new, (0, 1), output)   # the classic NCHW flatten
         self._emit(L.Reshape(plan.physical[1:], plan.transpose), [x], new, plan.perm, output)
 
     def _phys_axis(self, x: Act, axis: int) -> int:
