@@ -156,9 +156,10 @@ class Converter:
             self._node(node, index)
         self.where = "graph output"
         out = self._act(g.output[0].name)
-        if out.name == "input":
-            raise OnnxImportError("the graph computes nothing")
         out = self._relayout(out, canonical(out.rank))
+        if out.name == "input":   # the graph computes nothing (some layout changes at most): one view
+            self.node = None
+            out = self._emit(L.Reshape(out.physical[1:]), [out], out.shape, out.perm)
         if self.params > MAX_PARAMS:
             raise OnnxImportError(f"{self.params} weights: more than the limit of {MAX_PARAMS}")
         nodes, output = simplify(self.nodes, out.name)
@@ -172,8 +173,10 @@ class Converter:
         if not t.HasField("shape") or len(dims) != 4:
             raise OnnxImportError(f"input {quote(vi.name)} must be a 4-D image tensor, got rank {len(dims)}")
         d = [x.dim_value if x.HasField("dim_value") and x.dim_value > 0 else None for x in dims[1:]]
-        # tf2onnx keeps TensorFlow's NHWC input (and transposes right after): channels last.
-        nhwc = d[2] in (1, 3) and d[0] not in (1, 3)
+        # tf2onnx keeps TensorFlow's NHWC input and transposes it to NCHW right after: channels last.
+        readers = [n for n in self.proto.graph.node if vi.name in n.input]
+        nhwc = bool(readers) and all(n.op_type == "Transpose" and [a.ints for a in n.attribute if a.name == "perm"]
+                                     == [[0, 3, 1, 2]] for n in readers)
         c, h, w = (d[2], d[0], d[1]) if nhwc else d
         if c is None:
             raise OnnxImportError(f"input {quote(vi.name)} has a dynamic channel count")

@@ -48,9 +48,10 @@ def axes_arg(ins, attrs, index: int, opset_moved: int, opset: int) -> list[int] 
 
 def broadcast(*shapes) -> tuple:
     try:
-        return _bound(np.broadcast_shapes(*(tuple(s) for s in shapes)))
+        shape = np.broadcast_shapes(*(tuple(s) for s in shapes))
     except ValueError:
-        raise OnnxImportError(f"shapes {[list(s) for s in shapes]} do not broadcast") from None
+        raise OnnxImportError(f"shapes {[list(s)[:8] for s in shapes]} do not broadcast") from None
+    return _bound(shape)
 
 
 def reshape_target(shape, target, allowzero: bool) -> tuple:

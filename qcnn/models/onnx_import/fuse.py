@@ -76,24 +76,27 @@ def _activations(nodes: list[Node], output: str) -> list[Node]:
             break
         if node.name in replace:
             continue
-        # GELU: x * (1 + erf(x / sqrt 2)) then * 1/2 (or x * 1/2 first).
+        # GELU, x * (1 + erf(x / sqrt 2)) / 2, with the halving anywhere: on the gate (dynamo:
+        # Affine(0.5, 0.5) after the merge), on x, or after the product.
         for x, g in ((a, b), (b, a)):
-            plus = by_name.get(g)
-            if plus is None or not single(g) or not _scalar_affine(plus.layer, 1.0, 1.0):
+            gate = by_name.get(g)
+            if gate is None or not single(g) or not _scalar_affine(gate.layer):
                 continue
-            erf = by_name.get(plus.inputs[0])
+            erf = by_name.get(gate.inputs[0])
             if erf is None or not single(erf.name) or not (isinstance(erf.layer, L.Unary) and erf.layer.name == "erf"):
                 continue
             scaled = by_name.get(erf.inputs[0])
             if scaled is None or not single(scaled.name) or not _scalar_affine(scaled.layer, 1 / math.sqrt(2), 0.0):
                 continue
-            source = scaled.inputs[0]
-            half = by_name.get(x)
-            if x == source:
-                halves = [r for r in nodes if r.inputs == (node.name,) and _scalar_affine(r.layer, 0.5, 0.0)]
-                if single(node.name) and halves:
-                    replace[halves[0].name] = Node(halves[0].name, L.Unary("gelu"), (source,))
-            elif half is not None and half.inputs == (source,) and single(x) and _scalar_affine(half.layer, 0.5, 0.0):
+            source, half = scaled.inputs[0], by_name.get(x)
+            if x == source and _scalar_affine(gate.layer, 0.5, 0.5):
+                replace[node.name] = Node(node.name, L.Unary("gelu"), (source,))
+            elif _scalar_affine(gate.layer, 1.0, 1.0) and x == source:
+                after = [r for r in nodes if r.inputs == (node.name,) and _scalar_affine(r.layer, 0.5, 0.0)]
+                if single(node.name) and after:
+                    replace[after[0].name] = Node(after[0].name, L.Unary("gelu"), (source,))
+            elif (_scalar_affine(gate.layer, 1.0, 1.0) and half is not None and half.inputs == (source,)
+                  and single(x) and _scalar_affine(half.layer, 0.5, 0.0)):
                 replace[node.name] = Node(node.name, L.Unary("gelu"), (source,))
             break
     if not replace:
@@ -173,6 +176,7 @@ def _in_place(nodes: list[Node], output: str) -> list[Node]:
 
 def simplify(nodes: list[Node], output: str):
     nodes = _live(nodes, output)
+    nodes, output = _merge(nodes, output)       # first: consecutive affines become one for the patterns
     nodes = _activations(nodes, output)
     nodes, output = _merge(nodes, output)
     return _in_place(nodes, output), output
