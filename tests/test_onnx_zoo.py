@@ -95,3 +95,14 @@ def test_exported_back_runs_the_same(zoo):
     sess = ort.InferenceSession(exported.SerializeToString(), providers=["CPUExecutionProvider"])
     back = sess.run(None, {sess.get_inputs()[0].name: x.transpose(0, 3, 1, 2)})[0].reshape(2, -1)
     assert np.abs(back - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_saved_as_qcnn_runs_the_same(zoo, tmp_path):
+    from qcnn.pq.modelfile import load_model_file, save_model
+    name, mode, path, model, x, ref = zoo
+    if name in ("vgg11", "alexnet"):
+        pytest.skip("0.25-0.5 GB of weights: the layer types are covered by the others")
+    save_model(tmp_path / "m.qcnn", model)
+    back, _ = load_model_file(tmp_path / "m.qcnn")
+    assert np.array_equal(back.graph(x), model.graph(x))
+    assert back.preprocess == model.preprocess and back.labels == model.labels

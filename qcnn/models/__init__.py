@@ -71,9 +71,13 @@ class Model:
 BUILTIN = ("efficientnet-lite0", "alexnet")
 
 
-def load_model(spec: str | os.PathLike) -> Model:
-    """A built-in model by name, or an ONNX file by path."""
+def load_model(spec: str | os.PathLike, preprocess: str | None = None, labels: str | os.PathLike | None = None) -> Model:
+    """A built-in model by name, or an ONNX file by path.  `preprocess` (a preset of
+    qcnn.preprocess.PRESETS) and `labels` (a class-name file) apply to ONNX files, whose defaults
+    are guessed; the built-in models know theirs."""
     spec = os.fspath(spec)
+    if spec in BUILTIN and (preprocess or labels):
+        raise ValueError(f"{spec} has its own preprocessing and labels (--preprocess and class names are for ONNX files)")
     if spec == "efficientnet-lite0":
         from .efficientnet_lite import efficientnet_lite0
         return efficientnet_lite0()
@@ -82,5 +86,5 @@ def load_model(spec: str | os.PathLike) -> Model:
         return alexnet()
     if spec.lower().endswith(".onnx") or os.path.exists(spec):
         from .onnx_import import load_onnx
-        return load_onnx(spec)
+        return load_onnx(spec, preprocess=preprocess, labels=labels)
     raise ValueError(f"unknown model {spec!r}: use one of {', '.join(BUILTIN)} or a path to an .onnx file")
