@@ -297,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     set_num_threads(args.threads)
+    _MODEL_OPTIONS.clear()
     _MODEL_OPTIONS.update({k: v for k, v in (("preprocess", getattr(args, "preprocess", None)),
                                              ("labels", getattr(args, "class_names", None))) if v})
     try:

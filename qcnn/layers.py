@@ -621,10 +621,6 @@ class Reduce(Layer):
         return tuple(d for i, d in enumerate(x) if i + 1 not in self.axes)
 
     def __call__(self, x):
-        if self.op == "mean" and self.axes == (1, 2) and x.ndim == 4 and x.dtype == np.float32:
-            # global average pooling of NHWC: one pass over contiguous channel rows
-            y = np.add.reduce(x.reshape(x.shape[0], -1, x.shape[3]), axis=1) * np.float32(1 / (x.shape[1] * x.shape[2]))
-            return y.reshape(x.shape[0], 1, 1, x.shape[3]) if self.keepdims else y
         return _REDUCE[self.op](x, axis=self.axes, keepdims=self.keepdims).astype(np.float32, copy=False)
 
 

@@ -257,3 +257,75 @@ def _pristine(tmp_path):
     if "raw" not in _PRISTINE:
         _PRISTINE["raw"] = mini_mobilenet(tmp_path / "pristine.onnx").read_bytes()
     return _PRISTINE["raw"]
+
+
+# -- labels and preprocessing ------------------------------------------------------------------------
+def _classifier(path, classes, producer="", graph_name="g", lrn=False):
+    b = Builder()
+    x = b.conv("data", 3, classes, 1)
+    if lrn:
+        x = b.op("LRN", [x], size=3)
+    path = b.save(path, b.op("Flatten", [b.op("GlobalAveragePool", [x])]))
+    model = onnx.load(path)
+    model.producer_name, model.graph.name = producer, graph_name
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_labels_beside_the_model_or_chosen(tmp_path):
+    path = _classifier(tmp_path / "flowers.onnx", 3)
+    assert load_onnx(path).labels == ("class 0", "class 1", "class 2")
+    (tmp_path / "labels.txt").write_text("daisy\n  rose \n\ntulip\n")
+    model = load_onnx(path)
+    assert model.labels == ("daisy", "rose", "tulip") and "labels: labels.txt beside the model" in model.description
+    (tmp_path / "mine.txt").write_text("a\nb\nc\n")
+    assert load_onnx(path, labels=tmp_path / "mine.txt").labels == ("a", "b", "c")
+    (tmp_path / "short.txt").write_text("a\nb\n")
+    with pytest.raises(OnnxImportError, match="'short.txt' has 2 names for 3 classes"):
+        load_onnx(path, labels=tmp_path / "short.txt")
+    (tmp_path / "labels.txt").write_text("just one\n")     # a wrong file beside it is an error, not ignored
+    with pytest.raises(OnnxImportError, match="'labels.txt' has 1 names for 3 classes"):
+        load_onnx(path)
+
+
+def test_imagenet_labels_for_1000_classes(tmp_path):
+    assert load_onnx(_classifier(tmp_path / "m.onnx", 1000)).labels == imagenet_labels()
+
+
+@pytest.mark.parametrize("producer, graph_name, lrn, preset", [
+    ("pytorch", "main_graph", False, "torchvision"), ("pytorch", "main_graph", True, "torchvision"),
+    ("", "g", True, "caffe"), ("onnx-caffe2", "g", False, "caffe"), ("tf2onnx", "g", False, "tf"),
+    ("tf2onnx", "efficientnet-lite4", False, "lite"), ("", "g", False, "torchvision")])
+def test_preprocessing_guessed_and_said(tmp_path, producer, graph_name, lrn, preset):
+    from qcnn.preprocess import preset as named
+    model = load_onnx(_classifier(tmp_path / "m.onnx", 10, producer, graph_name, lrn))
+    assert model.preprocess == named(preset, 32)
+    assert f"preprocessing {preset}, guessed: " in model.description
+
+
+def test_presets():
+    from qcnn.preprocess import PRESETS, preset
+    assert sorted(PRESETS) == ["caffe", "lite", "tf", "torchvision"]
+    tv = preset("torchvision")
+    assert (tv.resize, tv.crop, tv.channel_order) == (256, 224, "RGB")
+    assert preset("caffe", 227).channel_order == "BGR" and preset("caffe", 227).resize == 259
+    from PIL import Image
+    img = Image.new("RGB", (300, 260), (255, 0, 0))
+    assert np.allclose(preset("tf")(img)[0, 0, 0], [1, -1, -1])
+    assert np.allclose(preset("lite")(img)[0, 0, 0], [1, -127 / 128, -127 / 128])
+    assert np.allclose(preset("caffe")(img)[0, 0, 0], [-103.939, -116.779, 255 - 123.68])   # BGR order
+    with pytest.raises(ValueError, match="unknown preprocessing"):
+        preset("keras")
+
+
+def test_cli_preprocess_option(tmp_path, capsys):
+    from qcnn.cli import main
+    from qcnn.paths import ASSETS
+    path = _classifier(tmp_path / "m.onnx", 1000, "pytorch")
+    image = str(next((ASSETS / "samples").glob("*.bmp")))
+    assert main(["classify", image, "--model", str(path), "--preprocess", "caffe", "--top", "1"]) == 0
+    assert "preprocessing caffe, as chosen" in capsys.readouterr().err
+    assert main(["classify", image, "--model", str(path), "--top", "1"]) == 0
+    assert "preprocessing torchvision, guessed: exported by PyTorch" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["classify", image, "--model", str(path), "--preprocess", "bogus"])
