@@ -279,7 +279,7 @@ def layout_program(draw):
     for _ in range(draw(st.integers(1, 7))):
         rank = len(shape)
         op = draw(st.sampled_from(["transpose", "reshape", "slice", "concat", "mulconst", "addself", "reduce",
-                                   "softmax", "unsqueeze", "split", "sigmoidmul"]))
+                                   "softmax", "unsqueeze", "split", "sigmoidmul", "tanhadd"]))
         out = name()
         if op == "transpose":
             perm = [0] + draw(st.permutations(list(range(1, rank))))
@@ -337,6 +337,10 @@ def layout_program(draw):
             nodes.append(helper.make_node("Split", [cur], [a, b2], axis=ax, num_outputs=2))
             nodes.append(helper.make_node("Sub", [a, b2], [out]))
             shape[ax] //= 2
+        elif op == "tanhadd":   # an activation whose input has another reader: must not overwrite it
+            mid = name()
+            nodes.append(helper.make_node("Tanh", [cur], [mid]))
+            nodes.append(helper.make_node("Add", [mid, cur], [out]))
         elif op == "sigmoidmul":
             mid = name()
             nodes.append(helper.make_node("Sigmoid", [cur], [mid]))
