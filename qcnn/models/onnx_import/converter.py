@@ -123,6 +123,7 @@ class Converter:
         self.nodes: list[Node] = []
         self.names = {"input"}
         self.relayouts: dict[tuple, Act] = {}
+        self.ranks: dict[str, int] = {}           # our node -> rank of its array
         self.where = ""
         self.node = None
         self.params = 0
@@ -162,7 +163,7 @@ class Converter:
             out = self._emit(L.Reshape(out.physical[1:]), [out], out.shape, out.perm)
         if self.params > MAX_PARAMS:
             raise OnnxImportError(f"{self.params} weights: more than the limit of {MAX_PARAMS}")
-        nodes, output = simplify(self.nodes, out.name)
+        nodes, output = simplify(self.nodes, out.name, self.ranks)
         return Graph(nodes, "input", output), (c, h, w), out.shape
 
     def _input(self, vi):
@@ -253,6 +254,7 @@ class Converter:
         self.names.add(name)
         self.params += sum(v.size for v in layer.params().values())
         self.nodes.append(Node(name, layer, tuple(a.name for a in inputs)))
+        self.ranks[name] = len(shape)
         act = Act(name, shape, tuple(perm) if perm is not None else canonical(len(shape)))
         if self.node is not None and len(self.node.output) > output and self.node.output[output]:
             self.acts[self.node.output[output]] = act

@@ -1,5 +1,7 @@
 """Graph rewrites after conversion: fewer, cheaper nodes computing the same thing.
 
+- layer normalisation as the TorchScript exporter decomposes it (mean, subtract, square, mean,
+  add eps, square root, divide) over the last axis -> one LayerNorm, with the scale and shift after it;
 - x * sigmoid(x) -> SiLU, x * hardsigmoid(x) (alpha 1/6, beta 1/2) -> hard-swish, and the erf form
   of GELU, x * (erf(x / sqrt 2) + 1) / 2, as PyTorch's exporters write them -> one activation;
 - batch norm, bias additions and per-channel scales (Affine) into the conv / FC before them, a
@@ -104,8 +106,59 @@ def _activations(nodes: list[Node], output: str) -> list[Node]:
     return _live([replace.get(n.name, n) for n in nodes], output)
 
 
+def _layer_norms(nodes: list[Node], output: str, ranks: dict[str, int]) -> list[Node]:
+    by_name = {n.name: n for n in nodes}
+    readers = _readers(nodes, output)
+    replace: dict[str, Node] = {}
+
+    def producer(name, cls, single=True):
+        node = by_name.get(name)
+        if node is None or not isinstance(node.layer, cls) or (single and (readers[name] != 1 or name == output)):
+            return None
+        return node
+
+    for node in nodes:
+        layer = node.layer
+        if not (isinstance(layer, L.Binary) and layer.op == "div" and layer.const is None):
+            continue
+        d, s = node.inputs
+        root = producer(s, L.Binary)
+        if root is None or root.layer.op != "pow" or root.layer.const is None or root.layer.const.size != 1 \
+                or float(root.layer.const.reshape(())) != 0.5 or root.layer.const_first:
+            continue
+        eps = producer(root.inputs[0], L.Affine)
+        if eps is None or not _scalar_affine(eps.layer, 1.0):
+            continue
+        var = producer(eps.inputs[0], L.Reduce)
+        sq = var and producer(var.inputs[0], L.Binary)
+        diff = by_name.get(d)
+        if (var is None or var.layer.op != "mean" or sq is None or sq.layer.op != "mul" or sq.inputs != (d, d)
+                or diff is None or not isinstance(diff.layer, L.Binary) or diff.layer.op != "sub"
+                or diff.layer.const is not None or readers[d] != 3):
+            continue
+        x, m = diff.inputs
+        mean = producer(m, L.Reduce)
+        rank = ranks.get(x)
+        if (mean is None or mean.inputs != (x,) or mean.layer.op != "mean" or rank is None
+                or not mean.layer.axes == var.layer.axes == (rank - 1,) or not mean.layer.keepdims
+                or not var.layer.keepdims):
+            continue
+        c = np.float32(float(np.asarray(eps.layer.shift).reshape(-1)[0]))
+        replace[node.name] = Node(node.name, L.LayerNorm(np.ones(1, np.float32), None, float(c), 1), (x,))
+    if not replace:
+        return nodes
+    return _live([replace.get(n.name, n) for n in nodes], output)
+
+
 def _absorb(producer, consumer):
     """`producer` with `consumer` (its only reader) merged in, or None."""
+    if isinstance(producer, L.LayerNorm) and isinstance(consumer, L.Affine) and producer.axes == 1:
+        scale, shift = np.asarray(consumer.scale), np.asarray(consumer.shift)
+        if scale.ndim == shift.ndim == 1:
+            bias = 0 if producer.bias is None else producer.bias
+            return L.LayerNorm((producer.scale * scale).astype(np.float32), (bias * scale + shift).astype(np.float32),
+                               producer.eps, 1)
+        return None
     if isinstance(producer, L.Affine) and isinstance(consumer, L.Affine):
         if np.ndim(producer.scale) == np.ndim(consumer.scale) == 1 or np.size(consumer.scale) == 1:
             return L.Affine((producer.scale * consumer.scale).astype(np.float32),
@@ -174,9 +227,10 @@ def _in_place(nodes: list[Node], output: str) -> list[Node]:
     return nodes
 
 
-def simplify(nodes: list[Node], output: str):
+def simplify(nodes: list[Node], output: str, ranks: dict[str, int] | None = None):
     nodes = _live(nodes, output)
     nodes, output = _merge(nodes, output)       # first: consecutive affines become one for the patterns
+    nodes = _layer_norms(nodes, output, ranks or {})
     nodes = _activations(nodes, output)
     nodes, output = _merge(nodes, output)
     return _in_place(nodes, output), output
