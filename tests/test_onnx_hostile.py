@@ -226,3 +226,22 @@ def test_external_references_fuzzed(tmp_path, data):
         load_onnx(path)
     except OnnxImportError:
         pass
+
+
+def test_memory_bound_over_all_outputs(tmp_path, monkeypatch):
+    from qcnn.models.onnx_import import converter
+    monkeypatch.setattr(converter, "MAX_TOTAL_ELEMENTS", 5_000)   # mini ResNet: 16 x 16 x 8 after conv 1 alone
+    refused(mini_resnet(tmp_path / "m.onnx"), "outputs add up to more than 5000 values")
+
+
+def test_many_wide_outputs_refused(tmp_path):
+    # 40 branches of a 1 x 64 x 512 x 512 broadcast: each tensor is allowed, together 1.3 billion values
+    b = Builder()
+    x = b.op("Mul", ["data", b.init(np.ones((1, 64, 512, 512), np.float32)[:, :, :1, :1])])
+    big = b.op("Add", [x, b.init(np.zeros((1, 1, 512, 512), np.float32))])
+    outs = [b.op("Relu", [big]) for _ in range(40)]
+    x = outs[0]
+    for o in outs[1:]:
+        x = b.op("Add", [x, o])
+    refused(b.save(tmp_path / "wide.onnx", b.op("GlobalAveragePool", [x]), shape=(1, 1, 1, 1)),
+            "outputs add up to more than")

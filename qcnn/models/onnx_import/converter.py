@@ -17,8 +17,8 @@ from onnx import TensorProto, helper
 from ... import layers as L
 from ...graph import Graph, Node
 from . import folding as F
-from .common import (MAX_ELEMENTS, MAX_MACS, MAX_NODES, MAX_PARAMS, MAX_POOL_AREA, MAX_SIDE, OPSETS,
-                     OnnxImportError, quote, sanitise)
+from .common import (MAX_CONST_ELEMENTS, MAX_ELEMENTS, MAX_MACS, MAX_NODES, MAX_PARAMS, MAX_POOL_AREA, MAX_SIDE,
+                     MAX_TOTAL_ELEMENTS, OPSETS, OnnxImportError, quote, sanitise)
 from .fuse import simplify
 from .layout import Act, canonical, inverse, plan_reshape, transpose_for
 from .tensors import TensorReader
@@ -128,6 +128,7 @@ class Converter:
         self.node = None
         self.params = 0
         self.macs = 0
+        self.elements = 0
         self.input_layout = "NCHW"
 
     # -- whole graph -------------------------------------------------------------------------------
@@ -245,6 +246,9 @@ class Converter:
             self.fail(f"output shape {list(shape)} is empty or absurdly large")
         if len(self.nodes) >= MAX_NODES:
             self.fail(f"more than {MAX_NODES} layers")
+        self.elements += math.prod(shape)
+        if self.elements > MAX_TOTAL_ELEMENTS:
+            self.fail(f"the layers' outputs add up to more than {MAX_TOTAL_ELEMENTS} values per image")
         base = sanitise(self.node.name) if self.node is not None and self.node.name else None
         base = base or (f"{self.node.op_type}_{len(self.nodes)}" if self.node is not None else "layout")
         name, k = base, 1
@@ -312,13 +316,15 @@ class Converter:
     # -- operators ---------------------------------------------------------------------------------
     def _node(self, node, index: int) -> None:
         if node.domain not in ("", "ai.onnx"):
-            raise OnnxImportError(f"{self.where} uses unsupported operator {sanitise(node.domain)}.{sanitise(node.op_type)}")
+            raise OnnxImportError(f"{self.where} uses unsupported operator "
+                                  f"{sanitise(node.domain)}.{sanitise(node.op_type)}")
         if not node.output or not node.output[0]:
             self.fail("has no output")
         a = self._attrs(node)
         op = node.op_type
         if op == "Constant":
-            self.consts[node.output[0]] = F.constant_value(a, lambda t: self.reader.array(t, f"constant {quote(node.output[0])}"))
+            what = f"constant {quote(node.output[0])}"
+            self.consts[node.output[0]] = F.constant_value(a, lambda t: self.reader.array(t, what))
             return
         values = [self._value(n) for n in node.input]
         acts = [v for v in values if isinstance(v, (Act, Flat))]
@@ -331,7 +337,7 @@ class Converter:
                 self.fail(f"cannot be evaluated on its constant inputs ({exc})")
             for name, value in zip(node.output, outs):
                 if name:
-                    if value.size > 1 << 26:
+                    if value.size > MAX_CONST_ELEMENTS:
                         self.fail("computes an absurdly large constant")
                     self.consts[name] = value
             return
@@ -582,12 +588,10 @@ class Converter:
         # Caffe2-converted zoo ResNets write residual adds as Sum; n inputs become a chain of Adds.
         if len(v) == 1:
             return self._alias(self._act(self.node.input[0]))
-        out = self.node.output[0]
-        acc = v[0]
-        for i, y in enumerate(v[1:], 1):
+        out, acc = self.node.output[0], v[0]
+        for y in v[1:]:
             self._binary([acc, y], "add")
             acc = self.acts[out]
-        del acc
 
     def _op_BatchNormalization(self, v, a):
         if a.get("training_mode", 0) or a.get("spatial", 1) != 1:
@@ -595,7 +599,8 @@ class Converter:
         x = self._act(self.node.input[0])
         if len(v) < 5:
             self.fail("needs scale, bias, mean and variance")
-        gamma, beta, mean, var = (self._const(n, "statistic").reshape(-1).astype(np.float64) for n in self.node.input[1:5])
+        gamma, beta, mean, var = (self._const(n, "statistic").reshape(-1).astype(np.float64)
+                                  for n in self.node.input[1:5])
         c = x.shape[1]
         if any(s.size != c for s in (gamma, beta, mean, var)):
             self.fail(f"statistics do not have one value per channel of {list(x.shape)}")
@@ -622,7 +627,8 @@ class Converter:
             self.fail(f"pads {list(full)} must be smaller than the kernel {list(kernel)}")
         if kernel[0] > h + full[0] + full[1] or kernel[1] > w + full[2] + full[3]:
             self.fail(f"kernel {list(kernel)} is larger than the padded {h}x{w} input")
-        if kernel[0] * kernel[1] > MAX_POOL_AREA or c * (h + full[0] + full[1]) * (w + full[2] + full[3]) > MAX_ELEMENTS:
+        padded = c * (h + full[0] + full[1]) * (w + full[2] + full[3])
+        if kernel[0] * kernel[1] > MAX_POOL_AREA or padded > MAX_ELEMENTS:
             self.fail(f"kernel {list(kernel)} or padding {list(full)} is absurdly large")
         layer = L.Pool2D(mode, kernel, stride, pads, bool(a.get("ceil_mode", 0)), bool(a.get("count_include_pad", 0)))
         _, oh, ow = layer.geometry(h, w)
@@ -749,7 +755,9 @@ class Converter:
     def _op_Squeeze(self, v, a):
         x = self._act(self.node.input[0])
         axes = F.axes_arg(v, a, 1, 13, self.opset)
-        axes = [i for i, d in enumerate(x.shape) if d == 1 and i] if axes is None else [F.axis(ax, x.rank) for ax in axes]
+        if axes is None:
+            axes = [i for i, d in enumerate(x.shape) if d == 1 and i]
+        axes = [F.axis(ax, x.rank) for ax in axes]
         if 0 in axes or any(x.shape[ax] != 1 for ax in axes):
             self.fail(f"squeezes axes {axes} of {list(x.shape)} (only non-batch axes of size 1)")
         self._reshape(x, tuple(d for i, d in enumerate(x.shape) if i not in axes))
@@ -783,7 +791,8 @@ class Converter:
             if F.axis(a.get("axis", 0), 1) != 0 or idx.size and (idx.min() < -n or idx.max() >= n):
                 self.fail(f"gathers out of range of the {n} flattened elements")
             if idx.ndim == 0 or idx.shape[0] != 1:
-                self.fail(f"gathers {list(idx.shape)} elements of a flattened activation: the batch axis must stay first")
+                self.fail(f"gathers {list(idx.shape)} elements of a flattened activation: the batch axis must "
+                          "stay first")
             # each logical (flat) index -> its offset in one image's array
             offsets = np.arange(n).reshape(x.physical).transpose(x.perm).reshape(-1)
             pick = offsets[idx % n].reshape(-1)
