@@ -92,6 +92,8 @@ def test_activations_fused(zoo):
 def test_exported_back_runs_the_same(zoo):
     import onnxruntime as ort
     name, mode, path, model, x, ref = zoo
+    if name in ("vgg11", "alexnet"):
+        pytest.skip("0.25-0.5 GB of weights written again: their layer types are covered by the others")
     exported = graph_to_onnx(model.graph, (model.input_size,) * 2, opset=18)
     sess = ort.InferenceSession(exported.SerializeToString(), providers=["CPUExecutionProvider"])
     back = sess.run(None, {sess.get_inputs()[0].name: x.transpose(0, 3, 1, 2)})[0].reshape(2, -1)
