@@ -245,3 +245,53 @@ def test_many_wide_outputs_refused(tmp_path):
         x = b.op("Add", [x, o])
     refused(b.save(tmp_path / "wide.onnx", b.op("GlobalAveragePool", [x]), shape=(1, 1, 1, 1)),
             "outputs add up to more than")
+
+
+def test_many_nodes_of_one_name_import_quickly(tmp_path):
+    import time
+    b = Builder()
+    x = "data"
+    for _ in range(20_000):   # all named alike: unique names must not cost a quadratic search
+        b.nodes.append(helper.make_node("Relu", [x], [f"r{len(b.nodes)}"], name="same"))
+        x = b.nodes[-1].output[0]
+    path = b.save(tmp_path / "long.onnx", b.op("GlobalAveragePool", [x]))
+    t0 = time.perf_counter()
+    graph = load_model(path).graph
+    assert len(graph.nodes) == 20_001 and time.perf_counter() - t0 < 60
+
+
+_CACHE = {}
+
+
+def _squeezenet_bytes() -> bytes:
+    if "squeezenet" not in _CACHE:
+        import tempfile
+        from pathlib import Path
+
+        import onnx_zoo as Z
+        with tempfile.TemporaryDirectory() as tmp:
+            _CACHE["squeezenet"] = Z.materialise("squeezenet1_1", "script", Path(tmp)).read_bytes()
+    return _CACHE["squeezenet"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_corrupted_exporter_files_never_crash(tmp_path, data):
+    """Bytes of a real PyTorch export (SqueezeNet, TorchScript exporter, weights filled) flipped, cut
+    or repeated."""
+    blob = bytearray(_squeezenet_bytes())
+    for _ in range(data.draw(st.integers(1, 6))):
+        i = data.draw(st.integers(0, len(blob) - 1))
+        kind = data.draw(st.sampled_from(["flip", "cut", "repeat"]))
+        if kind == "flip":
+            blob[i] ^= 1 << data.draw(st.integers(0, 7))
+        elif kind == "cut":
+            del blob[i:i + data.draw(st.integers(1, 64))]
+        else:
+            blob[i:i] = blob[i:i + data.draw(st.integers(1, 64))]
+    path = tmp_path / "m.onnx"
+    path.write_bytes(bytes(blob))
+    try:
+        load_onnx(path)
+    except OnnxImportError:
+        pass

@@ -122,6 +122,7 @@ class Converter:
         self.flat: dict[str, Act] = {}            # activations flattened with their batch (see Flat)
         self.nodes: list[Node] = []
         self.names = {"input"}
+        self.name_counts: dict[str, int] = {}
         self.relayouts: dict[tuple, Act] = {}
         self.ranks: dict[str, int] = {}           # our node -> rank of its array
         self.where = ""
@@ -251,10 +252,11 @@ class Converter:
             self.fail(f"the layers' outputs add up to more than {MAX_TOTAL_ELEMENTS} values per image")
         base = sanitise(self.node.name) if self.node is not None and self.node.name else None
         base = base or (f"{self.node.op_type}_{len(self.nodes)}" if self.node is not None else "layout")
-        name, k = base, 1
-        while name in self.names:
+        name, k = base, self.name_counts.get(base, 1)
+        while name in self.names:   # counting on from the last clash: no quadratic walk on repeated names
             k += 1
             name = f"{base}_{k}"
+        self.name_counts[base] = k
         self.names.add(name)
         self.params += sum(v.size for v in layer.params().values())
         self.nodes.append(Node(name, layer, tuple(a.name for a in inputs)))

@@ -57,6 +57,10 @@ def _activations(nodes: list[Node], output: str) -> list[Node]:
     by_name = {n.name: n for n in nodes}
     readers = _readers(nodes, output)
     replace: dict[str, Node] = {}
+    consumers: dict[str, list[Node]] = {}
+    for n in nodes:
+        for i in set(n.inputs):
+            consumers.setdefault(i, []).append(n)
 
     def single(name):
         return readers[name] == 1 and name != output
@@ -94,7 +98,8 @@ def _activations(nodes: list[Node], output: str) -> list[Node]:
             if x == source and _scalar_affine(gate.layer, 0.5, 0.5):
                 replace[node.name] = Node(node.name, L.Unary("gelu"), (source,))
             elif _scalar_affine(gate.layer, 1.0, 1.0) and x == source:
-                after = [r for r in nodes if r.inputs == (node.name,) and _scalar_affine(r.layer, 0.5, 0.0)]
+                after = [r for r in consumers.get(node.name, ()) if r.inputs == (node.name,)
+                         and _scalar_affine(r.layer, 0.5, 0.0)]
                 if single(node.name) and after:
                     replace[after[0].name] = Node(after[0].name, L.Unary("gelu"), (source,))
             elif (_scalar_affine(gate.layer, 1.0, 1.0) and half is not None and half.inputs == (source,)
