@@ -737,3 +737,34 @@ class Take(Layer):
     def __call__(self, x):
         y = np.take(x, self.index, axis=self.axis)
         return y if self.shape is None else y.reshape((x.shape[0], *self.shape))
+
+
+@dataclass(eq=False)
+class ChannelAffine(Layer):
+    """act(x * scale + shift) per channel (last axis) in one pass (elementwise.c): a batch norm with
+    no convolution before it to fold into, and the ReLU / ReLU6 after it (DenseNet's BN-ReLU)."""
+
+    scale: np.ndarray = None
+    shift: np.ndarray = None
+    activation: str | None = None
+    kind = "affine"
+
+    def __post_init__(self):
+        self.scale = np.ascontiguousarray(self.scale, dtype=np.float32).reshape(-1)
+        self.shift = np.ascontiguousarray(self.shift, dtype=np.float32).reshape(-1)
+        if self.scale.shape != self.shift.shape or self.activation not in ACTIVATIONS:
+            raise ValueError("channel affine: scale and shift must match, activation relu / relu6 / none")
+
+    def describe(self):
+        return f"affine{'+' + self.activation if self.activation else ''}"
+
+    def params(self):
+        return {"scale": self.scale, "shift": self.shift}
+
+    def out_shape(self, x):
+        if x[-1] != self.scale.size:
+            raise ValueError(f"{self.describe()}: {x[-1]} channels for {self.scale.size} scales")
+        return x
+
+    def __call__(self, x):
+        return kernels.affine(np.ascontiguousarray(x, dtype=np.float32), self.scale, self.shift, self.activation)

@@ -46,3 +46,23 @@ def test_unary_layer_in_place_only_when_allowed():
     assert np.array_equal(x, keep)
     y = L.Unary("silu", inplace=True)(x)
     assert y is x and not np.array_equal(x, keep)
+
+
+
+def test_channel_affine_every_isa_bit_exact():
+    start = kernels.isa()
+    try:
+        for c in (1, 7, 8, 15, 16, 17, 40):
+            x = RNG.standard_normal((3, 5, c)).astype(np.float32) * 5
+            scale, shift = RNG.standard_normal(c).astype(np.float32), RNG.standard_normal(c).astype(np.float32)
+            for act, f in ((None, lambda v: v), ("relu", lambda v: np.maximum(v, 0)), ("relu6", lambda v: np.clip(v, 0, 6))):
+                kernels.set_isa("scalar")
+                ref = kernels.affine(x, scale, shift, act)
+                assert np.allclose(ref, f(x * scale + shift), atol=1e-6)
+                for isa in ("avx2", "avx512"):
+                    if kernels.set_isa(isa) == isa:
+                        assert np.array_equal(kernels.affine(x, scale, shift, act), ref), (c, act, isa)
+                        y = x.copy()
+                        assert kernels.affine(y, scale, shift, act, out=y) is y and np.array_equal(y, ref)
+    finally:
+        kernels.set_isa(start)

@@ -218,7 +218,7 @@ def test_in_graph_normalisation_and_channel_shuffle():
     model = make(nodes, inits, (1, 4, 6, 6), opset=13)
     check(model, x)
     g = graph_from_onnx(model)
-    assert [type(n.layer) for n in g] == [L.Affine, L.Reshape, L.Reshape]   # the normalisation is one affine
+    assert [type(n.layer) for n in g] == [L.ChannelAffine, L.Reshape, L.Reshape]   # the normalisation: one affine
     assert [n.layer.perm for n in g.nodes[1:]] == [None, (0, 1, 2, 4, 3)]     # the shuffle is one copy
 
 

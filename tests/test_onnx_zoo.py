@@ -60,8 +60,11 @@ def test_labels_preprocessing_and_layout(zoo):
     if mode == "dynamo":
         assert (path.parent / f"{path.name}.data").stat().st_size > 100_000   # the weights lived outside
     kinds = {type(n.layer) for n in model.graph}
-    # every batch norm folded into its convolution (DenseNet's pre-activation ones excepted)
-    assert L.Affine not in kinds or name == "densenet121"
+    # every batch norm folded into its convolution; DenseNet's pre-activation ones (BN-ReLU), with
+    # no convolution before them, run as one C pass each with their ReLU
+    assert L.Affine not in kinds
+    affines = [n.layer.activation for n in model.graph if isinstance(n.layer, L.ChannelAffine)]
+    assert affines == (["relu"] * 62 if name == "densenet121" else []), affines
     # a layout change only where the network itself reorders data
     reshapes = sum(isinstance(n.layer, L.Reshape) and n.layer.perm is not None for n in model.graph)
     assert reshapes == {"shufflenet_v2_x0_5": 16, "convnext_tiny": 0}.get(name, 0), reshapes

@@ -8,7 +8,10 @@
  * erf from Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7, with the exponential above), so the
  * variants agree with the reference to about 1e-6 relative (sigmoid, SiLU, tanh) and 2e-7
  * absolute (erf, GELU); tests/test_onnx_layers.py holds them to that.  Each kind's loop is
- * specialised at compile time (the kind is a constant argument of an inlined body). */
+ * specialised at compile time (the kind is a constant argument of an inlined body).
+ *
+ * The channel affine (scale, shift, activation) is one fused multiply-add and the activation per
+ * value, in the same order in every variant: the variants agree with the reference bit for bit. */
 #include <math.h>
 #include <stdint.h>
 #include "elementwise.h"
@@ -229,6 +232,62 @@ QC_AVX2 static void unary_avx2(const float *x, float *y, size_t n, int kind, flo
     }
 }
 #endif
+
+/* ---- channel affine ----------------------------------------------------------------------------- */
+typedef void (*affine_fn)(const float *x, float *y, size_t npix, int c, const float *scale, const float *shift,
+                          int act);
+
+static void affine_scalar(const float *x, float *y, size_t npix, int c, const float *scale, const float *shift,
+                          int act) {
+    for (size_t p = 0; p < npix; p++)
+        for (int ch = 0; ch < c; ch++)
+            y[p * c + ch] = qc_act(fmaf(x[p * c + ch], scale[ch], shift[ch]), act);
+}
+
+#if QC_HAVE_X86
+QC_AVX512 static void affine_avx512(const float *x, float *y, size_t npix, int c, const float *scale,
+                                    const float *shift, int act) {
+    for (size_t p = 0; p < npix; p++) {
+        const float *xp = x + p * c;
+        float *yp = y + p * c;
+        int ch = 0;
+        for (; ch + 16 <= c; ch += 16)
+            _mm512_storeu_ps(yp + ch, qc_act512(_mm512_fmadd_ps(_mm512_loadu_ps(xp + ch), _mm512_loadu_ps(scale + ch),
+                                                                _mm512_loadu_ps(shift + ch)), act));
+        if (ch < c) {
+            const __mmask16 m = (__mmask16)((1u << (c - ch)) - 1);
+            const __m512 v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, xp + ch), _mm512_maskz_loadu_ps(m, scale + ch),
+                                             _mm512_maskz_loadu_ps(m, shift + ch));
+            _mm512_mask_storeu_ps(yp + ch, m, qc_act512(v, act));
+        }
+    }
+}
+
+QC_AVX2 static void affine_avx2(const float *x, float *y, size_t npix, int c, const float *scale,
+                                const float *shift, int act) {
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (size_t p = 0; p < npix; p++) {
+        const float *xp = x + p * c;
+        float *yp = y + p * c;
+        int ch = 0;
+        for (; ch + 8 <= c; ch += 8)
+            _mm256_storeu_ps(yp + ch, qc_act256(_mm256_fmadd_ps(_mm256_loadu_ps(xp + ch), _mm256_loadu_ps(scale + ch),
+                                                                _mm256_loadu_ps(shift + ch)), act));
+        if (ch < c) {
+            const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(c - ch), lanes);
+            const __m256 v = _mm256_fmadd_ps(_mm256_maskload_ps(xp + ch, m), _mm256_maskload_ps(scale + ch, m),
+                                             _mm256_maskload_ps(shift + ch, m));
+            _mm256_maskstore_ps(yp + ch, m, qc_act256(v, act));
+        }
+    }
+}
+#endif
+
+static const affine_fn AFFINE[QC_ISA_COUNT] = QC_VARIANTS(affine_scalar, affine_avx2, affine_avx512);
+
+void qc_affine_f32(const float *x, float *y, size_t npix, int c, const float *scale, const float *shift, int act) {
+    AFFINE[qc_isa()](x, y, npix, c, scale, shift, act);
+}
 
 static const unary_fn UNARY[QC_ISA_COUNT] = QC_VARIANTS(unary_scalar, unary_avx2, unary_avx512);
 

@@ -21,4 +21,9 @@ enum {
 /* y[i] = f(x[i]) for i < n; y may be x (in place). */
 void qc_unary_f32(const float *x, float *y, size_t n, int kind, float alpha, float beta);
 
+/* Per-channel scale and shift with a fused activation (QC_ACT_*, qcnn.h), the batch norm that has no
+ * convolution before it (DenseNet's BN-ReLU): y[p, ch] = act(x[p, ch] * scale[ch] + shift[ch]) for
+ * npix rows of c channels; y may be x. */
+void qc_affine_f32(const float *x, float *y, size_t npix, int c, const float *scale, const float *shift, int act);
+
 #endif

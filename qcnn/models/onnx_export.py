@@ -230,6 +230,14 @@ class _Exporter:
         elif isinstance(layer, L.PRelu):
             self.op("PRelu", [xs[0], self.const(f"{name}.slope", layer.slope)], name, name)
             self.shapes[name] = shape
+        elif isinstance(layer, L.ChannelAffine):   # per channel: NCHW axis 1 of images, else the last axis
+            per = (-1, 1, 1) if len(shape) == 3 else (-1,)
+            t = self.op("Mul", [xs[0], self.init(f"{name}.scale", layer.scale.reshape(per))], f"{name}.mul", f"{name}.mul")
+            t = self.op("Add", [t, self.init(f"{name}.shift", layer.shift.reshape(per))],
+                        name if layer.activation is None else f"{name}.add", f"{name}.add")
+            if layer.activation is not None:
+                self.activation(f"{name}.act", t, name, layer.activation)
+            self.shapes[name] = shape
         elif isinstance(layer, L.Affine) and np.ndim(layer.scale) > 1:
             t = self.op("Mul", [xs[0], self.const(f"{name}.scale", layer.scale)], f"{name}.mul", f"{name}.mul")
             self.op("Add", [t, self.const(f"{name}.shift", layer.shift)], name, name)

@@ -271,6 +271,7 @@ _LAYERS: dict[str, _Spec] = {
     "Softmax": _Spec(L.Softmax, {}, {}),
     # the layers of imported ONNX networks (layers.Unary ...); Unary.inplace is never stored: a file
     # must not decide which arrays get overwritten
+    "ChannelAffine": _Spec(L.ChannelAffine, {"activation": _activation}, {"scale": _Arr(_F32, 1), "shift": _Arr(_F32, 1)}),
     "Unary": _Spec(L.Unary, {"name": _one_of(*L.UNARY), "alpha": _real, "beta": _real}, {}),
     "Binary": _Spec(L.Binary, {"op": _one_of("add", "sub", "mul", "div", "max", "min", "pow"), "const_first": _bool},
                     {"const": _Arr(_F32, None, True)}, (1, 2)),

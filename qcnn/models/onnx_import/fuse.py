@@ -7,7 +7,8 @@
 - batch norm, bias additions and per-channel scales (Affine) into the conv / FC before them, a
   ReLU / ReLU6 into the conv / FC before it (both fused in the C kernels' store), consecutive
   Affines into one;
-- a Pad into the next conv / pool;
+- a Pad into the next conv / pool; per-channel affines left over, with a ReLU after them, into one
+  C pass;
 - element-wise activations overwrite their input when they are its only reader and it is a fresh
   array made by a conv, FC, add or affine node (never the network input or a view of it);
 - nodes nothing reads are dropped.
@@ -23,7 +24,7 @@ import numpy as np
 from ... import layers as L
 from ...graph import Node
 
-_FRESH = (L.Conv2D, L.Dense, L.Add, L.Affine, L.Binary, L.Concat, L.GlobalAvgPool, L.Pool2D)
+_FRESH = (L.Conv2D, L.Dense, L.Add, L.Affine, L.ChannelAffine, L.Binary, L.Concat, L.GlobalAvgPool, L.Pool2D)
 
 
 def _readers(nodes, output) -> Counter:
@@ -221,6 +222,29 @@ def _merge(nodes: list[Node], output: str):
     return list(kept.values()), renamed.get(output, output)
 
 
+def _channel_affines(nodes: list[Node], output: str):
+    """Per-channel affines left over (no conv before them), with the ReLU / ReLU6 after them when
+    they are its only input: one C pass (layers.ChannelAffine) instead of two or three numpy ones."""
+    readers = _readers(nodes, output)
+    kept: dict[str, Node] = {}
+    renamed: dict[str, str] = {}
+    for node in nodes:
+        node = Node(node.name, node.layer, tuple(renamed.get(i, i) for i in node.inputs))
+        layer = node.layer
+        if isinstance(layer, L.Affine) and np.ndim(layer.scale) == np.ndim(layer.shift) == 1 \
+                and np.size(layer.scale) == np.size(layer.shift):
+            node = Node(node.name, L.ChannelAffine(layer.scale, layer.shift), node.inputs)
+        prev = kept.get(node.inputs[0]) if len(node.inputs) == 1 else None
+        if (prev is not None and isinstance(node.layer, L.Activation) and isinstance(prev.layer, L.ChannelAffine)
+                and prev.layer.activation is None and readers[prev.name] == 1 and prev.name != output):
+            prev.layer = dataclasses.replace(prev.layer, activation=node.layer.name)
+            renamed[node.name] = prev.name
+            readers[prev.name] = readers[node.name]
+            continue
+        kept[node.name] = node
+    return list(kept.values()), renamed.get(output, output)
+
+
 def _in_place(nodes: list[Node], output: str) -> list[Node]:
     readers = _readers(nodes, output)
     by_name = {n.name: n for n in nodes}
@@ -238,4 +262,5 @@ def simplify(nodes: list[Node], output: str, ranks: dict[str, int] | None = None
     nodes = _layer_norms(nodes, output, ranks or {})
     nodes = _activations(nodes, output)
     nodes, output = _merge(nodes, output)
+    nodes, output = _channel_affines(nodes, output)
     return _in_place(nodes, output), output
