@@ -11,7 +11,7 @@ from cffi import FFI
 CSRC = Path("qcnn") / "csrc"
 HEADERS = ["qcnn.h", "pq.h", "elementwise.h"]      # dense kernels; product-quantized layers; activations
 SOURCES = ["isa.c", "depthwise.c", "pointwise.c", "dense_ops.c", "pq_tables.c", "pq_exact.c", "pq_fastscan.c",
-           "elementwise.c"]
+           "winograd.c", "elementwise.c"]
 
 
 def declarations(header: Path) -> str:

@@ -24,14 +24,29 @@ int qc_isa_best(void) {
     return QC_ISA_SCALAR;
 }
 
+/* QCNN_ISA=scalar|avx2|avx512|avx512vnni caps the variants, so that one machine can measure and
+ * test the paths of the CPUs below it (most users have AVX2 only).  An unknown name caps at scalar:
+ * qcnn/kernels.py refuses it with a message before any kernel runs. */
+int qc_isa_cap(void) {
+    static const char *names[QC_ISA_COUNT] = {"scalar", "avx2", "avx512", "avx512vnni"};
+    int best = qc_isa_best();
+    const char *cap = getenv("QCNN_ISA");
+    if (!cap || !*cap)
+        return best;
+    for (int i = 0; i < QC_ISA_COUNT; i++)
+        if (strcmp(cap, names[i]) == 0)
+            return i < best ? i : best;
+    return QC_ISA_SCALAR;
+}
+
 int qc_isa(void) {
     if (current < 0)
-        current = qc_isa_best();
+        current = qc_isa_cap();
     return current;
 }
 
 int qc_set_isa(int isa) {
-    int best = qc_isa_best();
+    int best = qc_isa_cap();
     current = isa < QC_ISA_SCALAR ? QC_ISA_SCALAR : (isa > best ? best : isa);
     return current;
 }
