@@ -333,3 +333,15 @@ def test_cli_preprocess_option(tmp_path, capsys):
     assert "preprocessing torchvision, guessed: exported by PyTorch" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["classify", image, "--model", str(path), "--preprocess", "bogus"])
+
+
+def test_softmax_output_on_another_axis_is_taken_as_probabilities(tmp_path):
+    b = Builder()
+    x = b.op("Flatten", [b.op("GlobalAveragePool", [b.conv("data", 3, 10, 1)])])
+    x = b.op("Unsqueeze", [x, b.init([2], np.int64)])                     # (N, 10, 1): softmax over axis 1
+    path = b.save(tmp_path / "sm.onnx", b.op("Softmax", [x], axis=1))
+    model = load_onnx(path)
+    assert isinstance(model.graph[model.graph.output].layer, L.SoftmaxAxis) and model.outputs_probs
+    xs = np.random.default_rng(5).standard_normal((1, 32, 32, 3)).astype(np.float32)
+    probs = model.predict(xs)
+    assert np.allclose(probs, ort_run(path, xs).reshape(1, -1), atol=1e-6) and abs(probs.sum() - 1) < 1e-5

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from ..graph import Graph
-from ..layers import Softmax, softmax
+from ..layers import Softmax, SoftmaxAxis, softmax
 from ..preprocess import Preprocess
 
 
@@ -39,7 +39,8 @@ class Model:
 
     def __post_init__(self):
         # Whether the graph already ends in a softmax (ONNX models often do).
-        self.outputs_probs = isinstance(self.graph[self.graph.output].layer, Softmax)
+        last = self.graph[self.graph.output].layer
+        self.outputs_probs = isinstance(last, Softmax) or isinstance(last, SoftmaxAxis) and not last.log
 
     @property
     def input_size(self) -> int:
