@@ -667,6 +667,7 @@ class LayerNorm(Layer):
         axes = tuple(range(x.ndim - self.axes, x.ndim))
         mean = x.mean(axis=axes, keepdims=True, dtype=np.float32)
         d = x - mean
+        # the sum of squares per row in one pass, without a squared temporary the size of x
         var = np.einsum("...i,...i->...", d.reshape(*d.shape[:x.ndim - self.axes], -1),
                         d.reshape(*d.shape[:x.ndim - self.axes], -1)) * np.float32(1 / math.prod(x.shape[-self.axes:]))
         inv = 1.0 / np.sqrt(var.astype(np.float32) + np.float32(self.eps))
