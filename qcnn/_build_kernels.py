@@ -9,9 +9,9 @@ from pathlib import Path
 from cffi import FFI
 
 CSRC = Path("qcnn") / "csrc"
-HEADERS = ["qcnn.h", "pq.h"]                       # dense kernels; product-quantized layers
+HEADERS = ["qcnn.h", "pq.h", "elementwise.h"]      # dense kernels; product-quantized layers; activations
 SOURCES = ["isa.c", "depthwise.c", "pointwise.c", "dense_ops.c", "pq_tables.c", "pq_exact.c", "pq_fastscan.c",
-           "winograd.c"]
+           "winograd.c", "elementwise.c"]
 
 
 def declarations(header: Path) -> str:

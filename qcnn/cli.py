@@ -45,9 +45,12 @@ def _print_json(value) -> None:
     print(json.dumps(_finite(value), indent=1, allow_nan=False))
 
 
+_MODEL_OPTIONS: dict = {}     # --preprocess / --class-names, for every command that loads a model
+
+
 def _model(spec: str):
     from .models import load_model
-    return load_model(spec)
+    return load_model(spec, **_MODEL_OPTIONS)
 
 
 def cmd_classify(args) -> int:
@@ -55,6 +58,8 @@ def cmd_classify(args) -> int:
     results, failed = [], 0
     if model.speed_test_only and not args.json:
         print(f"note: {model.description}: labels are meaningless", file=sys.stderr)
+    elif "preprocessing" in model.description and not args.json:   # an ONNX file: say what was assumed
+        print(f"note: {model.description}", file=sys.stderr)
     for path in args.images:
         try:
             r = model.classify(load_image(path), top=args.top)
@@ -396,6 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     s.add_argument("search_args", nargs=argparse.REMAINDER)
     s.set_defaults(func=cmd_search)
+
+    from .preprocess import PRESET_NOTES
+    for name in ("classify", "eval", "quantize", "cost", "bench"):
+        sub.choices[name].add_argument(
+            "--preprocess", choices=sorted(PRESET_NOTES), help="image preprocessing of an ONNX model (default: "
+            "guessed from the file, and said in its description): " + "; ".join(f"{k}: {v}" for k, v in PRESET_NOTES.items()))
+    sub.choices["classify"].add_argument("--class-names", metavar="TXT", help="class names of an ONNX model, one "
+                                         "per line (default: labels.txt beside it, ImageNet's for 1000 classes)")
     return p
 
 
@@ -407,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     set_num_threads(args.threads)
+    _MODEL_OPTIONS.clear()
+    _MODEL_OPTIONS.update({k: v for k, v in (("preprocess", getattr(args, "preprocess", None)),
+                                             ("labels", getattr(args, "class_names", None))) if v})
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -366,3 +366,47 @@ def pool(x: np.ndarray, mode: str, kernel: tuple[int, int], stride: tuple[int, i
     lib.qc_pool_f32(_ptr(x), n, h, w, c, kh, kw, sh, sw, top, bottom, left, right, int(mode == "avg"),
                     int(bool(count_include_pad)), _ptr(y), oh, ow)
     return y
+
+
+UNARY_KINDS = {"sigmoid": 0, "silu": 1, "hardsigmoid": 2, "hardswish": 3, "tanh": 4, "gelu": 5, "leakyrelu": 6,
+               "erf": 7, "elu": 8}
+
+
+def unary(x: np.ndarray, kind: str, alpha: float = 0.0, beta: float = 0.0, out: np.ndarray | None = None) -> np.ndarray:
+    """Element-wise activation (qcnn/csrc/elementwise.c) of a float32 array, into `out` (which may
+    be `x` itself) or a new array of x's shape."""
+    if kind not in UNARY_KINDS:
+        raise ValueError(f"unary: unknown kind {kind!r}")
+    if not isinstance(x, np.ndarray) or x.dtype != _F32 or not x.flags.c_contiguous:
+        raise ValueError("unary: need a C-contiguous float32 array")
+    if out is None:
+        out = empty_aligned(x.shape)
+    elif (not isinstance(out, np.ndarray) or out.dtype != _F32 or out.shape != x.shape or not out.flags.c_contiguous
+          or not out.flags.writeable):
+        raise ValueError("unary: out must be a writeable C-contiguous float32 array of the input's shape")
+    if x.size:
+        lib.qc_unary_f32(_ptr(x), _ptr(out), x.size, UNARY_KINDS[kind], float(alpha), float(beta))
+    return out
+
+
+def affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, activation: str | None = None,
+           out: np.ndarray | None = None) -> np.ndarray:
+    """act(x * scale + shift) over the last axis of a float32 array (elementwise.c), into `out`
+    (which may be `x`) or a new array."""
+    if not isinstance(x, np.ndarray) or x.ndim < 1 or x.dtype != _F32 or not x.flags.c_contiguous:
+        raise ValueError("affine: need a C-contiguous float32 array")
+    c = x.shape[-1]
+    _f32(scale, (c,), "affine scale")
+    _f32(shift, (c,), "affine shift")
+    if activation not in _ACT:
+        raise ValueError(f"affine: unknown activation {activation!r}")
+    if out is None:
+        out = empty_aligned(x.shape)
+    elif (not isinstance(out, np.ndarray) or out.dtype != _F32 or out.shape != x.shape or not out.flags.c_contiguous
+          or not out.flags.writeable):
+        raise ValueError("affine: out must be a writeable C-contiguous float32 array of the input's shape")
+    if x.size and c <= _INT_MAX:
+        lib.qc_affine_f32(_ptr(x), _ptr(out), x.size // c, c, _ptr(scale), _ptr(shift), _ACT[activation])
+    elif x.size:
+        raise ValueError("affine: too many channels")
+    return out

@@ -481,3 +481,309 @@ def fold_batch_norm(weight, bias, gamma, beta, mean, var, eps):
     scale = (gamma / np.sqrt(var + eps)).astype(np.float32)
     b = np.zeros_like(mean) if bias is None else bias
     return (weight * scale).astype(np.float32), ((b - mean) * scale + beta).astype(np.float32)
+
+
+# -- layers of imported networks (qcnn/models/onnx_import) --------------------------------------------
+# They work on arrays of any rank in the engine's physical layout (NHWC for images); the importer
+# translates ONNX axes into these.  `out_shape` gives the output shape (batch excluded) for the cost
+# model and the budget checks.
+
+UNARY = ("sigmoid", "silu", "hardsigmoid", "hardswish", "tanh", "gelu", "leakyrelu", "erf", "elu")
+
+
+@dataclass(eq=False)
+class Unary(Layer):
+    """Element-wise activation in C (qcnn/csrc/elementwise.c): sigmoid, SiLU, hard-sigmoid
+    (alpha * x + beta clipped to [0, 1]), hard-swish, tanh, GELU (erf form), leaky ReLU (alpha),
+    erf, ELU (alpha).  With `inplace` it overwrites its input, which the importer allows only when
+    this layer is the sole reader of a fresh output (a convolution's, say)."""
+
+    name: str = "sigmoid"
+    alpha: float = 0.0
+    beta: float = 0.0
+    inplace: bool = False
+    kind = "unary"
+
+    def __post_init__(self):
+        if self.name not in UNARY:
+            raise ValueError(f"unknown activation {self.name!r}")
+
+    def describe(self):
+        return self.name
+
+    def out_shape(self, x):
+        return x
+
+    def __call__(self, x):
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+        elif self.inplace and x.flags.writeable:
+            return kernels.unary(x, self.name, self.alpha, self.beta, out=x)
+        return kernels.unary(x, self.name, self.alpha, self.beta)
+
+
+_BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "max": np.maximum,
+           "min": np.minimum, "pow": np.power}
+
+
+@dataclass(eq=False)
+class Binary(Layer):
+    """Element-wise a op b with numpy broadcasting, of two inputs or of one input and a constant
+    (`const`, already in the input's physical layout; `const_first` puts it on the left)."""
+
+    op: str = "mul"
+    const: np.ndarray | None = None
+    const_first: bool = False
+    kind = "binary"
+
+    def __post_init__(self):
+        if self.op not in _BINARY:
+            raise ValueError(f"unknown element-wise operation {self.op!r}")
+        if self.const is not None:
+            self.const = np.ascontiguousarray(self.const, dtype=np.float32)
+
+    def describe(self):
+        return self.op
+
+    def params(self):
+        return {} if self.const is None or self.const.size <= 1 else {"const": self.const}
+
+    def out_shape(self, *xs):
+        shapes = [tuple(s) for s in xs] + ([self.const.shape[1:] if self.const.ndim > len(xs[0]) else
+                                            self.const.shape] if self.const is not None else [])
+        return tuple(np.broadcast_shapes(*shapes))
+
+    def __call__(self, *xs):
+        if self.const is None:
+            a, b = xs
+        else:
+            a, b = (self.const, xs[0]) if self.const_first else (xs[0], self.const)
+        return _BINARY[self.op](a, b, dtype=np.float32)
+
+
+@dataclass(eq=False)
+class PRelu(Layer):
+    """x < 0 ? slope * x : x, the slope broadcast in the physical layout."""
+
+    slope: np.ndarray = None
+    kind = "prelu"
+
+    def __post_init__(self):
+        self.slope = np.ascontiguousarray(self.slope, dtype=np.float32)
+
+    def params(self):
+        return {"slope": self.slope}
+
+    def out_shape(self, x):
+        return x
+
+    def __call__(self, x):
+        return np.where(x < 0, x * self.slope, x).astype(np.float32, copy=False)
+
+
+@dataclass(eq=False)
+class Reshape(Layer):
+    """Transpose (when `perm` is set) then reshape to (batch, *shape): the importer's one layout
+    change; a reshape that keeps the memory order is a view, free."""
+
+    shape: tuple[int, ...] = ()
+    perm: tuple[int, ...] | None = None
+    kind = "reshape"
+
+    def describe(self):
+        return f"transpose {self.perm} reshape {self.shape}" if self.perm else f"reshape {self.shape}"
+
+    def out_shape(self, x):
+        if math.prod(x) != math.prod(self.shape):
+            raise ValueError(f"{self.describe()}: input of shape {x}")
+        return tuple(self.shape)
+
+    def __call__(self, x):
+        if self.perm is not None:
+            x = x.transpose(self.perm)
+        return x.reshape((x.shape[0], *self.shape))
+
+
+@dataclass(eq=False)
+class Slice(Layer):
+    """Basic slicing (start, stop, step) per non-batch axis."""
+
+    slices: tuple[tuple[int, int, int], ...] = ()
+    kind = "slice"
+
+    def out_shape(self, x):
+        return tuple(len(range(*slice(*s).indices(d))) for s, d in zip(self.slices, x))
+
+    def __call__(self, x):
+        return x[(slice(None), *(slice(*s) for s in self.slices))]
+
+
+_REDUCE = {"mean": np.mean, "max": np.max, "min": np.min, "sum": np.sum}
+
+
+@dataclass(eq=False)
+class Reduce(Layer):
+    """Mean, max, min or sum over non-batch axes (1-based physical axes), keeping them or not."""
+
+    op: str = "mean"
+    axes: tuple[int, ...] = (1, 2)
+    keepdims: bool = True
+    kind = "reduce"
+
+    def describe(self):
+        return f"reduce{self.op} {self.axes}"
+
+    def out_shape(self, x):
+        if self.keepdims:
+            return tuple(1 if i + 1 in self.axes else d for i, d in enumerate(x))
+        return tuple(d for i, d in enumerate(x) if i + 1 not in self.axes)
+
+    def __call__(self, x):
+        return _REDUCE[self.op](x, axis=self.axes, keepdims=self.keepdims).astype(np.float32, copy=False)
+
+
+@dataclass(eq=False)
+class LayerNorm(Layer):
+    """(x - mean) / sqrt(var + eps) * scale + bias over the last `axes` physical axes."""
+
+    scale: np.ndarray = None
+    bias: np.ndarray | None = None
+    eps: float = 1e-5
+    axes: int = 1
+    kind = "layernorm"
+
+    def __post_init__(self):
+        self.scale = np.ascontiguousarray(self.scale, dtype=np.float32)
+        if self.bias is not None:
+            self.bias = np.ascontiguousarray(self.bias, dtype=np.float32)
+
+    def params(self):
+        return {"scale": self.scale, **({"bias": self.bias} if self.bias is not None else {})}
+
+    def out_shape(self, x):
+        return x
+
+    def __call__(self, x):
+        axes = tuple(range(x.ndim - self.axes, x.ndim))
+        mean = x.mean(axis=axes, keepdims=True, dtype=np.float32)
+        d = x - mean
+        # the sum of squares per row in one pass, without a squared temporary the size of x
+        var = np.einsum("...i,...i->...", d.reshape(*d.shape[:x.ndim - self.axes], -1),
+                        d.reshape(*d.shape[:x.ndim - self.axes], -1)) * np.float32(1 / math.prod(x.shape[-self.axes:]))
+        inv = 1.0 / np.sqrt(var.astype(np.float32) + np.float32(self.eps))
+        d *= inv.reshape(*inv.shape, *(1,) * self.axes)
+        d *= self.scale
+        if self.bias is not None:
+            d += self.bias
+        return d
+
+
+@dataclass(eq=False)
+class SoftmaxAxis(Layer):
+    """Softmax or log-softmax over one non-batch physical axis."""
+
+    axis: int = -1
+    log: bool = False
+    kind = "softmax"
+
+    def describe(self):
+        return f"{'log' if self.log else ''}softmax {self.axis}"
+
+    def out_shape(self, x):
+        return x
+
+    def __call__(self, x):
+        z = x - x.max(axis=self.axis, keepdims=True)
+        if self.log:
+            return (z - np.log(np.exp(z).sum(axis=self.axis, keepdims=True))).astype(np.float32, copy=False)
+        e = np.exp(z)
+        return (e / e.sum(axis=self.axis, keepdims=True)).astype(np.float32, copy=False)
+
+
+@dataclass(eq=False)
+class ConcatAxis(Layer):
+    """Concatenation along a physical axis other than the last (which layers.Concat does)."""
+
+    axis: int = 1
+    kind = "concat"
+
+    def out_shape(self, *xs):
+        a = self.axis - 1
+        return (*xs[0][:a], sum(s[a] for s in xs), *xs[0][a + 1:])
+
+    def __call__(self, *xs):
+        return np.concatenate(xs, axis=self.axis)
+
+
+@dataclass(eq=False)
+class PadND(Layer):
+    """Padding of the non-batch axes, (before, after) each: constant, reflect or edge."""
+
+    pads: tuple[tuple[int, int], ...] = ()
+    mode: str = "constant"
+    value: float = 0.0
+    kind = "pad"
+
+    def out_shape(self, x):
+        return tuple(d + a + b for d, (a, b) in zip(x, self.pads))
+
+    def __call__(self, x):
+        width = ((0, 0), *self.pads)
+        if self.mode == "constant":
+            return np.pad(x, width, constant_values=np.float32(self.value))
+        return np.pad(x, width, mode="reflect" if self.mode == "reflect" else "edge")
+
+
+@dataclass(eq=False)
+class Take(Layer):
+    """np.take of constant indices along one non-batch axis, then optionally a reshape to
+    (batch, *shape): ONNX Gather on an activation."""
+
+    index: np.ndarray = None
+    axis: int = 1
+    shape: tuple[int, ...] | None = None
+    kind = "take"
+
+    def __post_init__(self):
+        self.index = np.ascontiguousarray(self.index, dtype=np.int64)
+
+    def out_shape(self, x):
+        if self.shape is not None:
+            return tuple(self.shape)
+        a = self.axis - 1
+        return (*x[:a], *self.index.shape, *x[a + 1:])
+
+    def __call__(self, x):
+        y = np.take(x, self.index, axis=self.axis)
+        return y if self.shape is None else y.reshape((x.shape[0], *self.shape))
+
+
+@dataclass(eq=False)
+class ChannelAffine(Layer):
+    """act(x * scale + shift) per channel (last axis) in one pass (elementwise.c): a batch norm with
+    no convolution before it to fold into, and the ReLU / ReLU6 after it (DenseNet's BN-ReLU)."""
+
+    scale: np.ndarray = None
+    shift: np.ndarray = None
+    activation: str | None = None
+    kind = "affine"
+
+    def __post_init__(self):
+        self.scale = np.ascontiguousarray(self.scale, dtype=np.float32).reshape(-1)
+        self.shift = np.ascontiguousarray(self.shift, dtype=np.float32).reshape(-1)
+        if self.scale.shape != self.shift.shape or self.activation not in ACTIVATIONS:
+            raise ValueError("channel affine: scale and shift must match, activation relu / relu6 / none")
+
+    def describe(self):
+        return f"affine{'+' + self.activation if self.activation else ''}"
+
+    def params(self):
+        return {"scale": self.scale, "shift": self.shift}
+
+    def out_shape(self, x):
+        if x[-1] != self.scale.size:
+            raise ValueError(f"{self.describe()}: {x[-1]} channels for {self.scale.size} scales")
+        return x
+
+    def __call__(self, x):
+        return kernels.affine(np.ascontiguousarray(x, dtype=np.float32), self.scale, self.shift, self.activation)

@@ -75,3 +75,26 @@ def _resized_window(img: Image.Image, size: tuple[int, int], corner: tuple[int, 
     band = band.resize((crop, y1 - y0), _RESAMPLE[resample], box=(left * sx, 0, min(w, (left + crop) * sx), y1 - y0))
     return band.resize((crop, crop), _RESAMPLE[resample],
                        box=(0, top * sy - y0, crop, min(y1 - y0, (top + crop) * sy - y0)))
+
+
+# Named conventions for models from elsewhere (ONNX files); the crop is the model's input size and
+# the resize keeps torchvision's 256/224 ratio (which is also TF's 87.5 % central crop).
+PRESETS = {
+    "torchvision": dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), resample="bilinear"),
+    "caffe": dict(mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0), channel_order="BGR", resample="bilinear"),
+    "tf": dict(mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5), resample="bilinear"),
+    "lite": dict(mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0), resample="bilinear"),
+}
+PRESET_NOTES = {
+    "torchvision": "RGB, ImageNet mean/std (PyTorch)",
+    "caffe": "BGR, ImageNet mean subtracted, 0-255 (Caffe)",
+    "tf": "RGB scaled to [-1, 1] (TensorFlow / Keras)",
+    "lite": "RGB, (x - 127) / 128 (EfficientNet-Lite, TF-Lite)",
+}
+
+
+def preset(name: str, crop: int = 224) -> Preprocess:
+    """The named preprocessing for a `crop` x `crop` input: resize the short side to 256/224 of the crop."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preprocessing {name!r}: use one of {', '.join(PRESETS)}")
+    return Preprocess(resize=round(crop * 256 / 224), crop=crop, **PRESETS[name])

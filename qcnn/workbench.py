@@ -424,9 +424,10 @@ class Workbench:
 
     # ---- models
     @staticmethod
-    def load(spec: str | os.PathLike) -> Model:
-        """A built-in model by name or an ONNX file (the app calls this in a worker)."""
-        return load_model(spec)
+    def load(spec: str | os.PathLike, preprocess: str | None = None, labels: str | os.PathLike | None = None) -> Model:
+        """A built-in model by name or an ONNX file (the app calls this in a worker); `preprocess`
+        and `labels` as in qcnn.models.load_model (ONNX files only)."""
+        return load_model(spec, preprocess=preprocess, labels=labels)
 
     def set_model(self, model: Model, dense_graph: Graph | None = None, note: str = "",
                   source: str | os.PathLike | None = None) -> None:

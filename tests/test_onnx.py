@@ -56,8 +56,10 @@ def test_folding(built):
     name, _, model, _ = built
     kinds = [type(n.layer) for n in model.graph]
     if name.endswith("resnet"):
-        assert kinds.count(L.Affine) == 2      # BN on the input and after the conv read twice
-        assert kinds.count(L.Activation) == 3  # ReLUs after that BN and after the two Adds
+        # BN on the input and after the conv read twice: per-channel affines (C), the second with its ReLU
+        assert kinds.count(L.ChannelAffine) == 2 and L.Affine not in kinds
+        assert [n.layer.activation for n in model.graph if isinstance(n.layer, L.ChannelAffine)] == [None, "relu"]
+        assert kinds.count(L.Activation) == 2  # ReLUs after the two Adds
     else:
         assert L.Activation not in kinds       # every ReLU/ReLU6 follows a conv/FC with one reader
     if name.startswith("pad"):
@@ -90,7 +92,9 @@ def test_import_of_exported_graph():
     back = graph_from_onnx(graph_to_onnx(graph, (15, 15)))
     fused = graph.fuse_activations()   # the importer folds fc+relu the same way
     assert [n.name for n in back] == [n.name for n in fused]
-    assert [type(n.layer) for n in back] == [type(n.layer) for n in fused]
+    # the importer runs a leftover per-channel affine as layers.ChannelAffine (one C pass)
+    assert [type(n.layer) for n in back] == [L.ChannelAffine if type(n.layer) is L.Affine else type(n.layer)
+                                              for n in fused]
     x = np.random.default_rng(4).standard_normal((2, 15, 15, 3)).astype(np.float32)
     assert np.abs(back(x) - graph(x)).max() < 1e-5
 
@@ -101,7 +105,12 @@ def test_model_metadata(tmp_path):
     assert model.name == "tiny-alexnet"
     assert model.identity == {"name": "tiny-alexnet", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     assert (model.preprocess.crop, model.preprocess.resize) == (32, 37)
-    assert model.preprocess.mean == (123.675, 116.28, 103.53) and model.preprocess.std == (58.395, 57.12, 57.375)
+    # LRN and no PyTorch producer: a Caffe-era model, BGR with the mean subtracted
+    assert model.preprocess.channel_order == "BGR" and model.preprocess.mean == (103.939, 116.779, 123.68)
+    assert "preprocessing caffe, guessed" in model.description
+    chosen = load_onnx(path, preprocess="torchvision")
+    assert chosen.preprocess.mean == (123.675, 116.28, 103.53) and chosen.preprocess.std == (58.395, 57.12, 57.375)
+    assert "preprocessing torchvision, as chosen" in chosen.description
     assert model.labels == imagenet_labels() and model.outputs_probs
     assert [n.name for n in model.graph][:3] == ["Conv_3", "LRN_5", "MaxPool_6"]   # ONNX names survive
     small = load_onnx(mini_squeezenet(tmp_path / "sq.onnx"))
@@ -143,7 +152,7 @@ def test_unsupported_operator_names_node_and_op(tmp_path):
     x = b.conv("data", 3, 4, 3)
     b.nodes.append(helper.make_node("Resize", [x, "", b.init([1, 1, 2, 2])], ["up"], name="Resize_12"))
     msg = refused(b.save(tmp_path / "model.onnx", "up"), "Resize_12", "Resize")
-    assert msg == "model.onnx: node 'Resize_12' uses unsupported operator Resize"
+    assert msg == "model.onnx: node 'Resize_12' (Resize) uses unsupported operator Resize"
 
 
 @pytest.mark.parametrize("content", [b"", b"\xff" * 64 + bytes(range(256)), b"hello, this is not a model",
@@ -166,14 +175,14 @@ def test_missing_file(tmp_path):
     refused(tmp_path / "nowhere.onnx", "cannot read")
 
 
-def test_external_data_refused(tmp_path):
-    b = Builder()
-    path = b.save(tmp_path / "ext.onnx", b.conv("data", 3, 4, 3))
-    model = onnx.load(path)
-    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin",
-              size_threshold=0)
-    assert (tmp_path / "weights.bin").exists()   # even when the data file is there, it is not read
-    refused(path, "external data", "weights.bin")
+def test_external_data_read(tmp_path):
+    path = mini_resnet(tmp_path / "ext.onnx")
+    x = np.random.default_rng(4).standard_normal((1, 32, 32, 3)).astype(np.float32)
+    ref = ort_run(path, x)
+    onnx.save(onnx.load(path), path, save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin", size_threshold=0)
+    assert (tmp_path / "weights.bin").stat().st_size > 1000
+    assert np.abs(ours_nchw(load_model(path), x) - ref).max() < ATOL
 
 
 def test_missing_initializer(tmp_path):
@@ -210,10 +219,10 @@ def test_bad_conv_attributes(tmp_path, attrs, words):
     refused(b.save(tmp_path / "c.onnx", b.conv("data", 3, 4, 3, **attrs)), words)
 
 
-def test_reshape_other_than_flatten_refused(tmp_path):
+def test_reshape_into_the_batch_refused(tmp_path):
     b = Builder()
-    x = b.op("Reshape", [b.conv("data", 3, 4, 3), b.init([1, 4, 30, 30], np.int64)])
-    refused(b.save(tmp_path / "r.onnx", x), "Reshape_", "only flattening")
+    x = b.op("Reshape", [b.conv("data", 3, 4, 3), b.init([4, -1], np.int64)])
+    refused(b.save(tmp_path / "r.onnx", x), "Reshape_", "batch axis")
 
 
 def test_cycle_refused(tmp_path):
@@ -252,3 +261,87 @@ def _pristine(tmp_path):
     if "raw" not in _PRISTINE:
         _PRISTINE["raw"] = mini_mobilenet(tmp_path / "pristine.onnx").read_bytes()
     return _PRISTINE["raw"]
+
+
+# -- labels and preprocessing ------------------------------------------------------------------------
+def _classifier(path, classes, producer="", graph_name="g", lrn=False):
+    b = Builder()
+    x = b.conv("data", 3, classes, 1)
+    if lrn:
+        x = b.op("LRN", [x], size=3)
+    path = b.save(path, b.op("Flatten", [b.op("GlobalAveragePool", [x])]))
+    model = onnx.load(path)
+    model.producer_name, model.graph.name = producer, graph_name
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_labels_beside_the_model_or_chosen(tmp_path):
+    path = _classifier(tmp_path / "flowers.onnx", 3)
+    assert load_onnx(path).labels == ("class 0", "class 1", "class 2")
+    (tmp_path / "labels.txt").write_text("daisy\n  rose \n\ntulip\n")
+    model = load_onnx(path)
+    assert model.labels == ("daisy", "rose", "tulip") and "labels: labels.txt beside the model" in model.description
+    (tmp_path / "mine.txt").write_text("a\nb\nc\n")
+    assert load_onnx(path, labels=tmp_path / "mine.txt").labels == ("a", "b", "c")
+    (tmp_path / "short.txt").write_text("a\nb\n")
+    with pytest.raises(OnnxImportError, match="'short.txt' has 2 names for 3 classes"):
+        load_onnx(path, labels=tmp_path / "short.txt")
+    (tmp_path / "labels.txt").write_text("just one\n")     # a wrong file beside it is an error, not ignored
+    with pytest.raises(OnnxImportError, match="'labels.txt' has 1 names for 3 classes"):
+        load_onnx(path)
+
+
+def test_imagenet_labels_for_1000_classes(tmp_path):
+    assert load_onnx(_classifier(tmp_path / "m.onnx", 1000)).labels == imagenet_labels()
+
+
+@pytest.mark.parametrize("producer, graph_name, lrn, preset", [
+    ("pytorch", "main_graph", False, "torchvision"), ("pytorch", "main_graph", True, "torchvision"),
+    ("", "g", True, "caffe"), ("onnx-caffe2", "g", False, "caffe"), ("tf2onnx", "g", False, "tf"),
+    ("tf2onnx", "efficientnet-lite4", False, "lite"), ("", "g", False, "torchvision")])
+def test_preprocessing_guessed_and_said(tmp_path, producer, graph_name, lrn, preset):
+    from qcnn.preprocess import preset as named
+    model = load_onnx(_classifier(tmp_path / "m.onnx", 10, producer, graph_name, lrn))
+    assert model.preprocess == named(preset, 32)
+    assert f"preprocessing {preset}, guessed: " in model.description
+
+
+def test_presets():
+    from qcnn.preprocess import PRESETS, preset
+    assert sorted(PRESETS) == ["caffe", "lite", "tf", "torchvision"]
+    tv = preset("torchvision")
+    assert (tv.resize, tv.crop, tv.channel_order) == (256, 224, "RGB")
+    assert preset("caffe", 227).channel_order == "BGR" and preset("caffe", 227).resize == 259
+    from PIL import Image
+    img = Image.new("RGB", (300, 260), (255, 0, 0))
+    assert np.allclose(preset("tf")(img)[0, 0, 0], [1, -1, -1])
+    assert np.allclose(preset("lite")(img)[0, 0, 0], [1, -127 / 128, -127 / 128])
+    assert np.allclose(preset("caffe")(img)[0, 0, 0], [-103.939, -116.779, 255 - 123.68])   # BGR order
+    with pytest.raises(ValueError, match="unknown preprocessing"):
+        preset("keras")
+
+
+def test_cli_preprocess_option(tmp_path, capsys):
+    from qcnn.cli import main
+    from qcnn.paths import ASSETS
+    path = _classifier(tmp_path / "m.onnx", 1000, "pytorch")
+    image = str(next((ASSETS / "samples").glob("*.bmp")))
+    assert main(["classify", image, "--model", str(path), "--preprocess", "caffe", "--top", "1"]) == 0
+    assert "preprocessing caffe, as chosen" in capsys.readouterr().err
+    assert main(["classify", image, "--model", str(path), "--top", "1"]) == 0
+    assert "preprocessing torchvision, guessed: exported by PyTorch" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["classify", image, "--model", str(path), "--preprocess", "bogus"])
+
+
+def test_softmax_output_on_another_axis_is_taken_as_probabilities(tmp_path):
+    b = Builder()
+    x = b.op("Flatten", [b.op("GlobalAveragePool", [b.conv("data", 3, 10, 1)])])
+    x = b.op("Unsqueeze", [x, b.init([2], np.int64)])                     # (N, 10, 1): softmax over axis 1
+    path = b.save(tmp_path / "sm.onnx", b.op("Softmax", [x], axis=1))
+    model = load_onnx(path)
+    assert isinstance(model.graph[model.graph.output].layer, L.SoftmaxAxis) and model.outputs_probs
+    xs = np.random.default_rng(5).standard_normal((1, 32, 32, 3)).astype(np.float32)
+    probs = model.predict(xs)
+    assert np.allclose(probs, ort_run(path, xs).reshape(1, -1), atol=1e-6) and abs(probs.sum() - 1) < 1e-5

@@ -10,7 +10,7 @@ from PIL import Image
 
 from ..budget import check_budget
 from ..graph import Graph
-from ..layers import Softmax, softmax
+from ..layers import Softmax, SoftmaxAxis, softmax
 from ..preprocess import Preprocess
 
 
@@ -43,7 +43,8 @@ class Model:
         # budget (qcnn.budget) is refused before anything runs it.
         check_budget(self.graph, (self.preprocess.crop, self.preprocess.crop))
         # Whether the graph already ends in a softmax (ONNX models often do).
-        self.outputs_probs = isinstance(self.graph[self.graph.output].layer, Softmax)
+        last = self.graph[self.graph.output].layer
+        self.outputs_probs = isinstance(last, Softmax) or isinstance(last, SoftmaxAxis) and not last.log
 
     @property
     def input_size(self) -> int:
@@ -75,9 +76,13 @@ class Model:
 BUILTIN = ("efficientnet-lite0", "resnet18", "resnet50", "alexnet")
 
 
-def load_model(spec: str | os.PathLike) -> Model:
-    """A built-in model by name, or an ONNX file by path."""
+def load_model(spec: str | os.PathLike, preprocess: str | None = None, labels: str | os.PathLike | None = None) -> Model:
+    """A built-in model by name, or an ONNX file by path.  `preprocess` (a preset of
+    qcnn.preprocess.PRESETS) and `labels` (a class-name file) apply to ONNX files, whose defaults
+    are guessed; the built-in models know theirs."""
     spec = os.fspath(spec)
+    if spec in BUILTIN and (preprocess or labels):
+        raise ValueError(f"{spec} has its own preprocessing and labels (--preprocess and class names are for ONNX files)")
     if spec == "efficientnet-lite0":
         from .efficientnet_lite import efficientnet_lite0
         return efficientnet_lite0()
@@ -91,5 +96,5 @@ def load_model(spec: str | os.PathLike) -> Model:
         if os.path.exists(spec) and not os.path.isfile(spec):     # a FIFO would block the reader forever
             raise ValueError(f"model {spec}: not a regular file")
         from .onnx_import import load_onnx
-        return load_onnx(spec)
+        return load_onnx(spec, preprocess=preprocess, labels=labels)
     raise ValueError(f"unknown model {spec!r}: use one of {', '.join(BUILTIN)} or a path to an .onnx file")

@@ -78,6 +78,8 @@ def _out_shape(layer: L.Layer, ins: list[Shape]) -> Shape:
         return tuple(np.broadcast_shapes(x, np.shape(layer.scale), np.shape(layer.shift)))
     if isinstance(layer, (L.Activation, L.Clip, L.LRN, L.Softmax)):
         return x
+    if hasattr(layer, "out_shape"):                     # the layers of imported networks
+        return tuple(layer.out_shape(*ins))
     raise ValueError(f"no shape rule for layer type {type(layer).__name__}")
 
 

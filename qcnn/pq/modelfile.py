@@ -224,6 +224,46 @@ class _Spec:
 
 
 _MAX_INPUTS = 1024
+_RANK = 8                                 # array rank of the imported networks' layers
+
+
+def _int_list(lo: int, hi: int, max_len: int = _RANK) -> Callable[[Any], tuple]:
+    item = _int(lo, hi)
+
+    def check(v):
+        if type(v) is not list or len(v) > max_len:
+            raise _Invalid(f"expected a list of at most {max_len} integers, got {v!r:.40}")
+        return tuple(item(x) for x in v)
+    return check
+
+
+def _perm(v):
+    if v is None:
+        return None
+    perm = _int_list(0, _RANK - 1)(v)
+    if sorted(perm) != list(range(len(perm))) or perm[:1] != (0,):
+        raise _Invalid(f"expected a permutation keeping axis 0 first, got {v!r:.40}")
+    return perm
+
+
+def _slices(v):
+    if type(v) is not list or len(v) >= _RANK:
+        raise _Invalid(f"expected a list of slices, got {v!r:.40}")
+    index = _int(-2**31, 2**31)
+    out = []
+    for s in v:
+        if type(s) is not list or len(s) != 3 or s[2] == 0:
+            raise _Invalid(f"expected [start, stop or null, step != 0], got {s!r:.40}")
+        out.append((index(s[0]), None if s[1] is None else index(s[1]), index(s[2])))
+    return tuple(out)
+
+
+def _pad_pairs(v):
+    if type(v) is not list or len(v) >= _RANK:
+        raise _Invalid(f"expected a list of (before, after) pairs, got {v!r:.40}")
+    return tuple(_ints(2, 0, _DIM)(p) for p in v)
+
+
 _LAYERS: dict[str, _Spec] = {
     "Conv2D": _Spec(L.Conv2D, {"stride": _pair, "pads": _pads, "groups": _count, "activation": _activation},
                     {"weight": _Arr(_F32, 4), "bias": _Arr(_F32, 1, True)}),
@@ -244,6 +284,23 @@ _LAYERS: dict[str, _Spec] = {
     "Flatten": _Spec(L.Flatten, {}, {}),
     "Pad": _Spec(L.Pad, {"pads": _pad4, "value": _extended_real}, {}),
     "Softmax": _Spec(L.Softmax, {}, {}),
+    # the layers of imported ONNX networks (layers.Unary ...); Unary.inplace is never stored: a file
+    # must not decide which arrays get overwritten
+    "ChannelAffine": _Spec(L.ChannelAffine, {"activation": _activation}, {"scale": _Arr(_F32, 1), "shift": _Arr(_F32, 1)}),
+    "Unary": _Spec(L.Unary, {"name": _one_of(*L.UNARY), "alpha": _real, "beta": _real}, {}),
+    "Binary": _Spec(L.Binary, {"op": _one_of("add", "sub", "mul", "div", "max", "min", "pow"), "const_first": _bool},
+                    {"const": _Arr(_F32, None, True)}, (1, 2)),
+    "PRelu": _Spec(L.PRelu, {}, {"slope": _Arr(_F32, None)}),
+    "Reshape": _Spec(L.Reshape, {"shape": _int_list(1, MAX_TENSOR), "perm": _perm}, {}),
+    "Slice": _Spec(L.Slice, {"slices": _slices}, {}),
+    "Reduce": _Spec(L.Reduce, {"op": _one_of("mean", "max", "min", "sum"), "axes": _int_list(1, _RANK - 1),
+                               "keepdims": _bool}, {}),
+    "LayerNorm": _Spec(L.LayerNorm, {"eps": _real, "axes": _int(1, _RANK - 1)},
+                       {"scale": _Arr(_F32, None), "bias": _Arr(_F32, None, True)}),
+    "SoftmaxAxis": _Spec(L.SoftmaxAxis, {"axis": _int(-_RANK, _RANK - 1), "log": _bool}, {}),
+    "ConcatAxis": _Spec(L.ConcatAxis, {"axis": _int(1, _RANK - 1)}, {}, (1, _MAX_INPUTS)),
+    "PadND": _Spec(L.PadND, {"pads": _pad_pairs, "mode": _one_of("constant", "reflect", "edge"),
+                             "value": _extended_real}, {}),
 }
 
 _PREPROCESS = {"resize": _int(1, _DIM), "crop": _int(1, _DIM), "mean": lambda v: tuple(map(_real, _list(v, 3))),
