@@ -291,7 +291,7 @@ _LAYERS: dict[str, _Spec] = {
     "Binary": _Spec(L.Binary, {"op": _one_of("add", "sub", "mul", "div", "max", "min", "pow"), "const_first": _bool},
                     {"const": _Arr(_F32, None, True)}, (1, 2)),
     "PRelu": _Spec(L.PRelu, {}, {"slope": _Arr(_F32, None)}),
-    "Reshape": _Spec(L.Reshape, {"shape": _int_list(1, MAX_TENSOR), "perm": _perm}, {}),
+    "Reshape": _Spec(L.Reshape, {"shape": _int_list(1, 2**30), "perm": _perm}, {}),
     "Slice": _Spec(L.Slice, {"slices": _slices}, {}),
     "Reduce": _Spec(L.Reduce, {"op": _one_of("mean", "max", "min", "sum"), "axes": _int_list(1, _RANK - 1),
                                "keepdims": _bool}, {}),
