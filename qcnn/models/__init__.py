@@ -93,8 +93,6 @@ def load_model(spec: str | os.PathLike, preprocess: str | None = None, labels: s
         from .alexnet import alexnet
         return alexnet()
     if spec.lower().endswith(".onnx") or os.path.exists(spec):
-        if os.path.exists(spec) and not os.path.isfile(spec):     # a FIFO would block the reader forever
-            raise ValueError(f"model {spec}: not a regular file")
         from .onnx_import import load_onnx
         return load_onnx(spec, preprocess=preprocess, labels=labels)
     raise ValueError(f"unknown model {spec!r}: use one of {', '.join(BUILTIN)} or a path to an .onnx file")
