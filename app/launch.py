@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from PySide6.QtCore import QEventLoop, QTimer
 from PySide6.QtGui import QIcon
@@ -28,17 +29,20 @@ def wait_until(app: QApplication, condition, timeout: float) -> bool:
 def take_screenshot(app: QApplication, window: MainWindow, image, path: str, timeout: float = 1800,
                     warm_up: int = 0) -> bool:
     """Classify `image` with both engines, wait for both results, save the window to `path`.
-    `warm_up` frames of the bundled samples go first, so the latency plot has a history."""
-    if not wait_until(app, lambda: window.bench.quant_graph is not None and not window.busy(), timeout):
+    `warm_up` frames of the bundled samples go first, so the latency plot has a history.  A
+    picture that cannot be read ends the wait at once (the error shows in the saved window)."""
+    if not wait_until(app, window.ready, timeout):
         print("qcnn-app: timed out waiting for the quantized model", file=sys.stderr)
-    done = []
+    done, failed = [], []
     window.frame_done.connect(lambda d, q: d is not None and q is not None and done.append(d.serial))
+    window.pipeline.error.connect(lambda name, _message: failed.append(name))
     samples = wb.sample_images()
     pictures = [samples[i % len(samples)] for i in range(warm_up)] if samples else []
     for picture in pictures + ([image] if image is not None else []):
-        before = len(done)
+        before, errors = len(done), len(failed)
         window.open_image(picture)
-        if not wait_until(app, lambda n=before: len(done) > n and not window.pipeline.busy, timeout):
+        if not wait_until(app, lambda n=before, e=errors: (len(done) > n or len(failed) > e)
+                          and not window.pipeline.busy, timeout):
             break
     wait_until(app, lambda: not window.busy(), timeout)      # an evaluation asked for with --evaluate
     window._flush_plots()
@@ -47,7 +51,7 @@ def take_screenshot(app: QApplication, window: MainWindow, image, path: str, tim
     ok = window.grab().save(path)
     if not ok:
         print(f"qcnn-app: could not save {path}", file=sys.stderr)
-    return ok and (image is None or len(done) > len(pictures))
+    return ok and not failed and (image is None or len(done) > len(pictures))
 
 
 def _setting_arg(text: str):
@@ -65,6 +69,8 @@ def _setting_arg(text: str):
 def evaluate_when_ready(window: MainWindow, folder: str) -> None:
     """Start the evaluation once the quantized engine is there (so both engines are scored)."""
     def start(_quantized):
+        if window.quant_stage:               # the k-means stage: wait for the corrected model
+            return
         window.quantized_ready.disconnect(start)
         window.evaluate_folder(folder)
     window.quantized_ready.connect(start)
@@ -104,6 +110,11 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-limit", type=int, default=0, metavar="N", help="with --evaluate: first N images")
     parser.add_argument("--size", default="1480x940", help="window size WxH (default 1480x940)")
     args = parser.parse_args(argv)
+    for what, path in (("image", args.image), ("video", args.video)):
+        if path and not Path(path).is_file():
+            parser.error(f"{what} {path}: no such file")
+    if args.evaluate and not (Path(args.evaluate) / "labels.csv").is_file():
+        parser.error(f"--evaluate {args.evaluate}: no labels.csv there (it needs file,class_index rows)")
     settings = settings_from_args(args)
 
     app = QApplication.instance() or QApplication([sys.argv[0]])

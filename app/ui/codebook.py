@@ -243,6 +243,8 @@ class CodebookPanel(QWidget):
         buttons.addStretch(1)
         buttons.addWidget(self.apply)
         q.addLayout(buttons)
+        self.quantize_progress = QVBoxLayout()     # the window puts the quantization's progress here
+        q.addLayout(self.quantize_progress)
 
         run = QGroupBox("Engine")
         r = QFormLayout(run)
@@ -260,6 +262,8 @@ class CodebookPanel(QWidget):
         el.addWidget(self.eval_limit, 1)
         el.addWidget(self.evaluate)
         e.addLayout(el)
+        self.eval_progress = QVBoxLayout()         # and the evaluation's here
+        e.addLayout(self.eval_progress)
         e.addWidget(self.eval_result)
 
         layout = QVBoxLayout(self)
@@ -343,10 +347,9 @@ class CodebookPanel(QWidget):
         self._mark()
 
     def set_busy(self, busy: bool) -> None:
-        """While the quantized engine is being rebuilt: no second Apply, no kernel switch (a
-        kernel switch would replace the running task and so cancel it)."""
+        """While the quantized model is being rebuilt: no second Apply (Cancel first).  The kernel
+        stays free: it changes how the model in use runs, and the next one runs with it."""
         self.apply.setEnabled(not busy)
-        self.kernel.setEnabled(not busy)
         self.preset.setEnabled(not busy and bool(self._presets))
 
     def _mark(self) -> None:

@@ -43,7 +43,7 @@ class LatencyPlot(pg.PlotWidget):
         self.curves = {e: self.plot([], [], name=ENGINE_TITLES[e], pen=pg.mkPen(c, width=2), symbol="o",
                                     symbolSize=5, symbolBrush=c, symbolPen=None, skipFiniteCheck=True)
                        for e, c in ENGINE_COLORS.items()}
-        self.setMinimumHeight(160)
+        self.setMinimumHeight(110)
 
     MARKERS_UP_TO = 40
 
@@ -106,7 +106,7 @@ class LayerBreakdown(QScrollArea):
         self.setWidgetResizable(True)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.plot.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.plot.setMinimumHeight(120)
+        self.plot.setMinimumHeight(110)
 
     def show_runs(self, dense, quantized) -> None:
         """Bars for the weight layers of the given EngineRuns (either may be None); the rest of each
@@ -143,6 +143,13 @@ class LayerBreakdown(QScrollArea):
             self.plot.setYRange(-0.7, len(order) - 0.3, padding=0)
         widest = max((w for times in per.values() for w in times.values()), default=1.0)
         self.plot.setXRange(0, widest * 1.05, padding=0)
+
+    def reset(self) -> None:
+        """No bars: a new model's layers arrive with its first frame."""
+        self.layers = []
+        for item in self.bars.values():
+            item.setOpts(x0=[], y=[], width=[], height=0.38)
+        self.plot.getAxis("left").setTicks([[]])
 
     def bar_count(self, engine: str) -> int:
         opts = self.bars[engine].opts
