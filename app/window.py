@@ -283,6 +283,9 @@ class MainWindow(QMainWindow):
         self.codebook.eval_progress.addWidget(self.eval_bar)
         self.bars = {"load": self.load_bar, "quantize": self.task_bar, "eval": self.eval_bar}
         self.frames_label = QLabel("")
+        # Wide enough for long runs, so a new count never re-lays out the status bar.
+        self.frames_label.setMinimumWidth(self.frames_label.fontMetrics().horizontalAdvance(
+            "000000 frames classified, 000000 dropped") + 8)
         self.statusBar().addPermanentWidget(self.load_bar, 1)
         self.statusBar().addPermanentWidget(self.frames_label)
         self.results_area.setFocus()
@@ -807,7 +810,6 @@ class MainWindow(QMainWindow):
         self._plot_queue.append((dense, quantized))
         if not self._plot_timer.isActive():   # first frame after a pause: draw now, then at most
             self._flush_plots()               # every PLOT_INTERVAL_MS while frames stream in
-        self.frames_label.setText(f"{self.pipeline.completed} frames classified, {self.pipeline.dropped} dropped")
         self.frame_done.emit(dense, quantized)
 
     def _flush_plots(self) -> None:
@@ -821,6 +823,7 @@ class MainWindow(QMainWindow):
                                   redraw=False)
         self.latency_plot.redraw()
         self.layer_plot.show_runs(*queue[-1])
+        self.frames_label.setText(f"{self.pipeline.completed} frames classified, {self.pipeline.dropped} dropped")
         if any(q is not None for _, q in queue) and self.tabs.currentWidget() is self.footprint:
             self.footprint.update_measured(self.bench.timings.speedups())
         self._plot_timer.start()

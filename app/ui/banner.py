@@ -37,5 +37,7 @@ class Banner(QWidget):
         return self.label.text() if self.isVisible() else ""
 
     def clear(self) -> None:
+        if self.isHidden() and not self.label.text():
+            return
         self.label.setText("")
         self.setVisible(False)

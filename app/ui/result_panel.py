@@ -18,6 +18,7 @@ class Picture(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self._pixmap: QPixmap | None = None
+        self._scaled: QPixmap | None = None
         self._text = "no picture yet"
         self.setMinimumSize(MIN_IMAGE_SIDE, MIN_IMAGE_SIDE)
         self.setMaximumSize(IMAGE_SIDE, IMAGE_SIDE)
@@ -40,10 +41,11 @@ class Picture(QWidget):
 
     def set_pixmap(self, pixmap: QPixmap | None) -> None:
         self._pixmap = pixmap
+        self._scaled = None
         self.update()
 
     def clear(self, text: str) -> None:
-        self._pixmap, self._text = None, text
+        self._pixmap, self._scaled, self._text = None, None, text
         self.update()
 
     def paintEvent(self, _event) -> None:
@@ -58,11 +60,12 @@ class Picture(QWidget):
             p.drawText(box.adjusted(6, 6, -6, -6), Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap,
                        self._text)
             return
-        size = self._pixmap.size().scaled(int(side), int(side), Qt.AspectRatioMode.KeepAspectRatio)
-        target = QRectF(box.x() + (side - size.width()) / 2, box.y() + (side - size.height()) / 2,
-                        size.width(), size.height())
-        p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
-        p.drawPixmap(target, self._pixmap, QRectF(self._pixmap.rect()))
+        if self._scaled is None or max(self._scaled.width(), self._scaled.height()) != int(side):
+            # Scaled once per picture and size, not in every paint (a video repaints it per frame).
+            self._scaled = self._pixmap.scaled(int(side), int(side), Qt.AspectRatioMode.KeepAspectRatio,
+                                               Qt.TransformationMode.SmoothTransformation)
+        s = self._scaled
+        p.drawPixmap(int(box.x() + (side - s.width()) / 2), int(box.y() + (side - s.height()) / 2), s)
 
 
 class ProbabilityBar(QWidget):
@@ -117,6 +120,8 @@ class Badge(QLabel):
         self.set_state(None)
 
     def set_state(self, agree: bool | None) -> None:
+        if agree == self.state and self.text() != "" and agree is not None:
+            return                      # unchanged: a style sheet change per video frame costs
         self.state = agree
         if agree is None:
             self.setText("")
