@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import html
 import sys
-import time
+from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, QTimer, Signal
@@ -98,13 +98,14 @@ class MainWindow(QMainWindow):
         self._kernel_previous: str | None = None
         self.quant_kernels: dict[str, str] = {}    # what each PQ layer runs in the quantized engine
         self._latest_serial: int | None = None
+        self._shown_gen: dict[str, int | None] = {}     # the engine generation each panel's result is of
         self._closed = False
 
-        self.setWindowTitle("qcnn — Quantized-CNN workbench")
+        self.setWindowTitle("Quantized-CNN workbench")      # Qt adds " — qcnn", the app's name
         if ICON.exists():
             self.setWindowIcon(QIcon(str(ICON)))
         self.setAcceptDrops(True)
-        self.resize(1480, 940)
+        self.resize(self._fitting_size())
 
         self._plot_queue = []
         self._plot_timer = QTimer(self)
@@ -208,7 +209,7 @@ class MainWindow(QMainWindow):
         self.model_box = QComboBox()
         for name, label in wb.BUILTIN_MODELS.items():
             self.model_box.addItem(label, name)
-        self.model_box.setMinimumContentsLength(18)
+        self.model_box.setMinimumContentsLength(26)
         self.model_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.model_box.activated.connect(self._model_chosen)
         bar.addWidget(self.model_box)
@@ -232,9 +233,14 @@ class MainWindow(QMainWindow):
         latency.setSizes([500, 500])
         self.tabs = QTabWidget()
         self.tabs.addTab(latency, "Latency")
-        self.tabs.addTab(self.footprint, "Footprint")
+        # Scrolls rather than squeezes its tables and boxes on a small screen.
+        self.footprint_tab = QScrollArea()
+        self.footprint_tab.setWidget(self.footprint)
+        self.footprint_tab.setWidgetResizable(True)
+        self.footprint_tab.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.tabs.addTab(self.footprint_tab, "Footprint")
         self.tabs.currentChanged.connect(
-            lambda _i: self.tabs.currentWidget() is self.footprint
+            lambda _i: self.tabs.currentWidget() is self.footprint_tab
             and self.footprint.update_measured(self.bench.timings.speedups()))
 
         # The results area takes the keyboard focus after Apply and at start, so that Ctrl+V
@@ -289,6 +295,16 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.load_bar, 1)
         self.statusBar().addPermanentWidget(self.frames_label)
         self.results_area.setFocus()
+
+    @staticmethod
+    def _fitting_size(width: int = 1480, height: int = 940) -> QSize:
+        """The window's first size: `width` x `height`, or less on a smaller screen (a window
+        manager's title bar and a desktop panel take about 64 px of its height)."""
+        screen = QGuiApplication.primaryScreen()
+        if screen is None:
+            return QSize(width, height)
+        free = screen.availableGeometry()
+        return QSize(min(width, free.width()), min(height, free.height() - 40))
 
     @staticmethod
     def _titled(title: str, widget: QWidget, extra: str = "") -> QWidget:
@@ -356,8 +372,8 @@ class MainWindow(QMainWindow):
         return bool(self.tasks)
 
     def ready(self) -> bool:
-        """Nothing running, and the quantized engine runs the final model (tests, scripts)."""
-        return (not self.tasks and self.bench.quantized is not None and self.quant_stage == ""
+        """Nothing running, and both engines run the model in use (tests, scripts)."""
+        return (not self.tasks and self.bench.quantized is not None
                 and self.pipeline.ready("quantized") and self.pipeline.ready("dense"))
 
     def _update_busy(self) -> None:
@@ -378,12 +394,16 @@ class MainWindow(QMainWindow):
                 note = "" if ready or self.bench.model is None else "preparing the dense engine…"
             else:
                 note = self._quantized_note(ready)
+                panel.set_placeholder("quantizing…" if "quantize" in self.tasks
+                                      else "preparing…" if self.bench.quantized is not None else "not quantized")
             panel.set_note(note)
             run = panel.run
             old_frame = (run is not None and self._latest_serial is not None and run.serial != self._latest_serial
                          and not self.streaming() and not self._stale_timer.isActive())
+            old_engine = self._shown_gen.get(engine) != self.pipeline.engines[engine].gen   # model or kernel since
             settings_coming = engine == "quantized" and "quantize" in self.tasks and not self._requested_shown
-            panel.set_stale(run is not None and (loading is not None or not ready or old_frame or settings_coming))
+            panel.set_stale(run is not None and (loading is not None or not ready or old_frame or old_engine
+                                                 or settings_coming))
 
     def _quantized_note(self, ready: bool) -> str:
         q = self.bench.quantized
@@ -403,10 +423,13 @@ class MainWindow(QMainWindow):
             origin = f"built in {q.seconds:.1f} s"
         else:                                   # the app's cache, or a file the user opened
             origin = "cached" if q.path.parent == wb.cache_dir() / "quantized" else q.path.name
-        text = f"{q.settings.describe()} — {q.file_bytes / 2**20:.2f} MiB file ({origin})"
-        if self.quant_stage:
-            text += f" — {self.quant_stage}"
-        return text
+        if self.quant_stage and "quantize" in self.tasks and self._requested is not None:
+            name = self._settings_name(self._requested)     # the k-means stage of what was asked for
+        else:
+            name = self._settings_name(q.settings)
+            if q.settings.error_correction and name.startswith("preset"):
+                name += ", error correction"
+        return " — ".join(p for p in (name, self.quant_stage, f"{q.file_bytes / 2**20:.2f} MiB file ({origin})") if p)
 
     # ------------------------------------------------------------------ models
     @staticmethod
@@ -452,7 +475,7 @@ class MainWindow(QMainWindow):
         self._select_model_box(spec)
         self.codebook.set_layers(layers)
         self.codebook.set_presets(presets)
-        settings = self.initial_settings or _default_settings(presets)
+        settings = self.initial_settings or _default_settings(presets, model.speed_test_only)
         self.initial_settings = None
         self.codebook.set_settings(adopted.settings if adopted else settings, applied=adopted is not None)
         if model.speed_test_only:
@@ -461,14 +484,16 @@ class MainWindow(QMainWindow):
                                       "not predictions.")
         else:
             self.warning.clear()
-        self.panels["dense"].clear("waiting for the dense engine")
-        self.panels["quantized"].clear("waiting for the quantized model")
+        self.panels["dense"].clear("preparing…")
+        self.panels["quantized"].clear("not quantized")
         self.panels["dense"].set_subtitle(f"{model.name} — float32 weights" + (f" ({note})" if note else ""))
         self.panels["quantized"].set_subtitle("not quantized yet")
         self.latency_plot.reset()
         self.layer_plot.reset()
         self._plot_queue.clear()
         self.footprint.clear()
+        if "eval" not in self.tasks:           # a running one says which model it scores
+            self.codebook.eval_result.setText("")
         self.save_qcnn_action.setEnabled(False)
         self.model_ready.emit(model.name)
         if adopted is not None:
@@ -564,7 +589,7 @@ class MainWindow(QMainWindow):
         if "quantize" in self.tasks:
             self.drop_task("quantize", "The previous quantization was cancelled: new settings applied")
         self._requested, self._requested_shown = settings, False
-        self._quant_text = f"preparing {settings.describe()}…"
+        self._quant_text = f"preparing {self._settings_name(settings)}…"
         job = self.jobs.submit("quantize", (self._model_ref(self._model_spec), settings, self.bench.source),
                                title="Quantizing")
         self.run_task("quantize", job, lambda q: self._adopt(q, final=True), on_cancel=self._quantize_cancelled,
@@ -573,16 +598,20 @@ class MainWindow(QMainWindow):
         self._focus_results()
 
     def _quantize_progress(self, text: str, fraction: float, left: str) -> None:
+        # What matters first (how far, how long), then for what: the line is cut at the panel's edge.
         stage = text.split(":")[0]
-        self._quant_text = (f"{stage} for {self._requested.describe()}: {100 * fraction:.0f} %"
-                            + (f", {left}" if left else "")
-                            + (" (showing the k-means model meanwhile)" if self._requested_shown else ""))
+        self._quant_text = (f"{stage} {100 * fraction:.0f} %" + (f", {left}" if left else "")
+                            + ("" if self._requested_shown else f" — {self._settings_name(self._requested)}"))
         self._refresh_panels()
+
+    def _settings_name(self, settings: QuantSettings) -> str:
+        preset = self.codebook.preset_of(settings)
+        return f"preset {preset}" if preset else settings.describe()
 
     def _adopt(self, quantized, final: bool) -> None:
         """Run `quantized` from now on (its engine loads it; the panel follows when it is ready)."""
         self.bench.adopt(quantized, prepare=False)
-        self.quant_stage = "" if final else "k-means only, error correction under way"
+        self.quant_stage = "" if final else "k-means only so far, error correction under way"
         if not final:
             self._requested_shown = True
         self.gen += 1
@@ -677,8 +706,9 @@ class MainWindow(QMainWindow):
         if self.bench.model is None:
             return
         q, kernel = self.bench.quantized, self.bench.kernel
-        what = (f"{self.bench.model.name}, " + (f"{q.settings.describe()}, {kernel} kernel" if q is not None
-                                                  else "dense only (nothing quantized yet)"))
+        what = (f"{self.bench.model.name}, " + (f"{self._settings_name(q.settings)}"
+                                                  + (" (k-means only)" if self.quant_stage else "") + f", {kernel} kernel"
+                                                  if q is not None else "dense only (nothing quantized yet)"))
         limit = self.codebook.eval_limit.value() or None
         job = self.eval_jobs.submit("evaluate", (self._model_ref(self._model_spec), str(q.path) if q else None, kernel,
                                                  str(labels), folder, limit, self.codebook.threads.value()),
@@ -775,7 +805,7 @@ class MainWindow(QMainWindow):
         ok, why = camera_status()
         self.camera_action.setEnabled(ok)
         self.camera_action.setToolTip(f"Classify frames from {why}" if ok else why)
-        self.camera_note.setText("" if ok else why)
+        self.camera_note.setText("" if ok else "(no camera)")
         self.camera_note.setToolTip(why)
 
     def _camera_toggled(self, on: bool) -> None:
@@ -798,6 +828,7 @@ class MainWindow(QMainWindow):
                 self.panels[engine].badge.set_state(None)
                 continue
             self._latest_serial = run.serial
+            self._shown_gen[engine] = self.pipeline.engines[engine].gen   # the pipeline drops older ones
             self.bench.record(run)
             pixmap = QPixmap.fromImage(pil_to_qimage(run.crop)) if run.crop is not None else None
             self.panels[engine].show_run(run, pixmap)
@@ -824,7 +855,7 @@ class MainWindow(QMainWindow):
         self.latency_plot.redraw()
         self.layer_plot.show_runs(*queue[-1])
         self.frames_label.setText(f"{self.pipeline.completed} frames classified, {self.pipeline.dropped} dropped")
-        if any(q is not None for _, q in queue) and self.tabs.currentWidget() is self.footprint:
+        if any(q is not None for _, q in queue) and self.tabs.currentWidget() is self.footprint_tab:
             self.footprint.update_measured(self.bench.timings.speedups())
         self._plot_timer.start()
 
@@ -833,7 +864,7 @@ class MainWindow(QMainWindow):
 
     def show_error(self, message: str) -> None:
         self.errors.append(message)
-        self.error_banner.show_message(html.escape(message))
+        self.error_banner.show_message(html.escape(message, quote=False))
         self.statusBar().showMessage(message, 10000)
         print(f"qcnn-app: {message}", file=sys.stderr)
 
@@ -866,12 +897,13 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ shutdown
     def closeEvent(self, event) -> None:
+        self.hide()                         # gone at once; the rest takes a moment
         self.shutdown()
         super().closeEvent(event)
 
     def shutdown(self) -> None:
         """Stop everything, quickly: the job processes are killed (their work is lost, and the
-        cache only ever holds complete files), the engines get a moment to quit, then are killed."""
+        cache only ever holds complete files), the engines get 0.1 s to quit, then are killed."""
         if self._closed:
             return
         self._closed = True
@@ -882,7 +914,7 @@ class MainWindow(QMainWindow):
         self.tasks.clear()
         self.jobs.close()
         self.eval_jobs.close()
-        self.pipeline.stop(wait_s=0.5)
+        self.pipeline.stop(wait_s=0.1)
 
 
 HELP_HTML = """
@@ -913,13 +945,17 @@ AlexNet has random weights (a speed test only). Sample photos: see
 """
 
 
-def _default_settings(presets: dict[str, QuantSettings]) -> QuantSettings:
+def _default_settings(presets: dict[str, QuantSettings], speed_test_only: bool = False) -> QuantSettings:
     # EfficientNet-Lite0: "accurate" (its quick presets lose too much top-1 to show anything);
-    # AlexNet: "fast4", the kernels' speed test ("paper" takes minutes of k-means at K=128).
+    # AlexNet: "fast4", the kernels' speed test ("paper" takes minutes of k-means at K=128),
+    # without error correction: its weights are random, so there are no outputs worth keeping.
     for name in ("default", "accurate", "fast4"):
         if name in presets:
-            return presets[name]
-    return QuantSettings()
+            settings = presets[name]
+            break
+    else:
+        settings = QuantSettings()
+    return replace(settings, error_correction=False) if speed_test_only else settings
 
 
 # ---------------------------------------------------------------------- entry point

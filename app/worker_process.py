@@ -109,14 +109,15 @@ class Engine:
         self.gen, self.model, self.graph = gen, None, None
         if quant_path is not None:
             model, _meta = load_quantized(quant_path)
-            size = model.input_size
-            graph = pq_engine.with_kernel(model.graph, kernel or "reference", (size, size))
+            graph = pq_engine.with_kernel(model.graph, kernel or "reference", (model.input_size,) * 2)
             kernels = pq_engine.kernel_map(graph)
         elif model_ref is not None:
             model = load_ref(model_ref)
             graph, kernels = model.graph, {}
         else:
             return {"kernels": {}, "seconds": 0.0}
+        size = model.input_size
+        model.predict(np.zeros((1, size, size, 3), np.float32), graph)   # warm: the first frame's time is typical
         self.model, self.graph = model, graph
         return {"kernels": kernels, "seconds": time.perf_counter() - t0}
 
@@ -198,11 +199,17 @@ def job_quantize(ctx: JobContext, model_ref, settings, source=None):
     for i, stage in enumerate(stages):
         name = "error correction" if stage.error_correction else "k-means"
         ctx.progress(f"{name}: starting", 0.0)
-        result = bench.quantize(stage, progress=lambda text, f, n=name: ctx.progress(f"{n}: {text}", f),
+        result = bench.quantize(stage, progress=lambda text, f, n=name: ctx.progress(f"{n}: {_step(text)}", f),
                                 cancel=ctx.cancel, model=model)
         if i < len(stages) - 1:
             ctx.partial(result)
     return result
+
+
+def _step(text: str) -> str:
+    """"b3.expand: kmeans" -> "b3.expand" (the stage says k-means already), "...: correct" -> "b3.expand, correcting"."""
+    layer, _, step = text.partition(": ")
+    return {"kmeans": layer, "forward": layer, "correct": f"{layer}, correcting"}.get(step, text)
 
 
 def job_evaluate(ctx: JobContext, model_ref, quant_path, kernel, labels, folder, limit=None, threads=1):

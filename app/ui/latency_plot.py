@@ -24,6 +24,7 @@ def _setup(plot: pg.PlotWidget) -> None:
         # Kept as a pixmap between range changes: with the grid, an axis spans the whole plot,
         # so each new curve or bar would otherwise replay its labels and lines (~8 ms a time).
         axis.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+        axis.enableAutoSIPrefix(False)      # values are ms already: no "mms" below 1 ms
 
 
 def legend_html() -> str:
@@ -31,17 +32,20 @@ def legend_html() -> str:
     return "  ".join(f"<span style='color:{c}'>&#9632;</span> {ENGINE_TITLES[e]}" for e, c in ENGINE_COLORS.items())
 
 
+NICE = (1, 1.5, 2, 3, 4, 5, 6, 8, 10)
+
+
 def nice_above(v: float) -> float:
-    """The smallest of 1, 2, 5, 10, 20, 50, ... (times any power of ten) that is >= v."""
+    """The smallest of 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, ... that is >= v."""
     if v <= 0:
         return 1.0
     scale = 10.0 ** np.floor(np.log10(v))
-    return next(m * scale for m in (1, 2, 5, 10) if m * scale >= v * (1 - 1e-9))
+    return next(m * scale for m in NICE if m * scale >= v * (1 - 1e-9))
 
 
 def _hysteresis(current: float, wanted: float) -> float:
     """A round upper bound for `wanted` that stays put while `wanted` moves within it."""
-    if current and wanted <= current and wanted > 0.4 * current:
+    if current and wanted <= current and wanted > 0.55 * current:
         return current
     return nice_above(wanted)
 

@@ -249,6 +249,11 @@ class ResultPanel(QFrame):
         self.note.setText(text)
         self.note.setToolTip(text)
 
+    def set_placeholder(self, text: str) -> None:
+        """What the picture's place says while there is no result."""
+        if self.run is None and self.image.text() != text:
+            self.image.clear(text)
+
     def set_stale(self, stale: bool) -> None:
         """Grey out what is shown: it no longer belongs to the current model, settings or frame."""
         self.stale = stale
