@@ -57,7 +57,7 @@ from .ui.gallery import Gallery
 from .ui.latency_plot import LatencyPlot, LayerBreakdown, legend_html
 from .ui.result_panel import ResultPanel
 from .ui.taskbar import TaskBar
-from .workers import FramePipeline, Job, JobProcess, ThreadTask
+from .workers import FramePipeline, Job, JobProcess, Relay, ThreadTask
 
 ICON = Path(__file__).resolve().parent.parent / "assets" / "icons" / "qcnn.svg"
 DEFAULT_MODEL = "efficientnet-lite0"
@@ -912,6 +912,8 @@ class MainWindow(QMainWindow):
         for job in list(self.tasks.values()):
             job.cancel()
         self.tasks.clear()
+        for relay in self.findChildren(Relay):   # no thread of ours reports to this window any more
+            relay.close()
         self.jobs.close()
         self.eval_jobs.close()
         self.pipeline.stop(wait_s=0.1)

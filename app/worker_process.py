@@ -318,6 +318,11 @@ def main() -> None:
     sys.stdout = sys.stderr
     lower_priority(int(os.environ.get("QCNN_WORKER_NICE", "4")))
     channel = Channel(os.fdopen(os.dup(sys.stdin.fileno()), "rb"), out)
+    # Import now what the first request will need (requests wait in the pipe meanwhile): the job
+    # process's quantizer takes seconds to import, time the window spends starting up anyway.
+    import importlib
+    for module in sys.argv[1:]:
+        importlib.import_module(module)
     try:
         serve(channel)
     finally:

@@ -12,7 +12,7 @@ interpreter lock from the GUI thread for 100-500 ms at a time (app.probe).  In p
 cannot, a hung one can be killed, and closing the window never waits for them.
 
 Every object here lives in the GUI thread and emits its signals there: reader threads hand what
-they receive over through a queued signal (`_Relay`).
+they receive over through a queued signal (`Relay`).
 """
 from __future__ import annotations
 
@@ -38,17 +38,33 @@ RUN_TIMEOUT_S = 15.0        # an engine that takes longer than this (and 20x its
 LOAD_TIMEOUT_S = 300.0      # loading + preparing a kernel ("auto" times every layer) is slower
 CANCEL_GRACE_S = 3.0        # a job that does not stop this long after Cancel is killed
 RESTARTS_PER_MINUTE = 3     # an engine that dies more often than this stays down until the next model
+ENGINE_MODULES = ("qcnn.models", "qcnn.pq.engine", "qcnn.pq.modelfile")
+JOB_MODULES = ("qcnn.workbench",)
 
 
-class _Relay(QObject):
-    """Carries objects from a Python thread to the GUI thread (a queued signal)."""
+class Relay(QObject):
+    """Carries objects from a Python thread to the GUI thread (a queued signal).  Once closed it
+    carries nothing more: a reader or loader thread that is still running when the window goes
+    away must not touch Qt objects that are being destroyed (that crashed at exit)."""
     message = Signal(object)
 
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._lock = threading.Lock()
+        self._closed = False
+
     def post(self, item) -> None:
-        try:
-            self.message.emit(item)
-        except RuntimeError:              # the window is gone (closing): nobody is listening
-            pass
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self.message.emit(item)
+            except RuntimeError:          # deleted already
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
 
 
 # --------------------------------------------------------------------------- worker processes
@@ -59,12 +75,13 @@ class WorkerProcess(QObject):
     received = Signal(object)          # a message from the child
     exited = Signal(object)            # exit code, when the child ended without being asked to
 
-    def __init__(self, name: str, parent=None):
+    def __init__(self, name: str, parent=None, preload: tuple[str, ...] = ()):
         super().__init__(parent)
         self.name = name
+        self.preload = preload                # modules the child imports before its first request
         self.proc: subprocess.Popen | None = None
         self.channel: Channel | None = None
-        self._relay = _Relay(self)
+        self._relay = Relay(self)
         self._relay.message.connect(self._deliver)
 
     @property
@@ -78,7 +95,7 @@ class WorkerProcess(QObject):
     def start(self) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-        proc = subprocess.Popen([sys.executable, "-m", "app.worker_process"], stdin=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-m", "app.worker_process", *self.preload], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env=env, cwd=str(ROOT))
         channel = Channel(proc.stdout, proc.stdin)
         self.proc, self.channel = proc, channel
@@ -158,7 +175,7 @@ class EngineProcess(QObject):
     def __init__(self, engine: str, parent=None):
         super().__init__(parent)
         self.engine = engine
-        self.process = WorkerProcess(engine, self)
+        self.process = WorkerProcess(engine, self, preload=ENGINE_MODULES)
         self.process.received.connect(self._on_message)
         self.process.exited.connect(self._on_exit)
         self.wanted: tuple | None = None      # (gen, model_ref, quant_path, kernel)
@@ -286,7 +303,7 @@ class Preparer(QObject):
     def __init__(self, parent=None):
         super().__init__(parent)
         self._queue: queue.Queue = queue.Queue()
-        self._relay = _Relay(self)
+        self._relay = Relay(self)
         self._relay.message.connect(self._deliver)
         threading.Thread(target=self._loop, name="qcnn-prepare", daemon=True).start()
 
@@ -528,7 +545,7 @@ class JobProcess(QObject):
 
     def __init__(self, name: str, parent=None, start: bool = True):
         super().__init__(parent)
-        self.process = WorkerProcess(name, self)
+        self.process = WorkerProcess(name, self, preload=JOB_MODULES)
         self.process.received.connect(self._on_message)
         self.process.exited.connect(self._on_exit)
         self._queue: list[tuple[Job, str, tuple]] = []
@@ -633,7 +650,7 @@ class ThreadTask(Job):
         self._fn = fn
         self._event = threading.Event()
         self._cancel = self._event.set
-        self._relay = _Relay(self)
+        self._relay = Relay(self)
         self._relay.message.connect(self._deliver)
 
     def start(self) -> "ThreadTask":
