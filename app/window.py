@@ -112,6 +112,11 @@ class MainWindow(QMainWindow):
         self._plot_timer.setSingleShot(True)
         self._plot_timer.setInterval(PLOT_INTERVAL_MS)
         self._plot_timer.timeout.connect(self._flush_plots)
+        self._layer_runs = (None, None)
+        self._layer_timer = QTimer(self)
+        self._layer_timer.setSingleShot(True)
+        self._layer_timer.setInterval(PLOT_INTERVAL_MS // 2)
+        self._layer_timer.timeout.connect(lambda: self.layer_plot.show_runs(*self._layer_runs))
         self._stale_timer = QTimer(self)
         self._stale_timer.setSingleShot(True)
         self._stale_timer.setInterval(STALE_AFTER_MS)
@@ -853,7 +858,11 @@ class MainWindow(QMainWindow):
             self.latency_plot.add(dense.latency_ms if dense else None, quantized.latency_ms if quantized else None,
                                   redraw=False)
         self.latency_plot.redraw()
-        self.layer_plot.show_runs(*queue[-1])
+        if not self.streaming():
+            self.layer_plot.show_runs(*queue[-1])
+        else:                                   # a stream: the other plot half a period later, so
+            self._layer_runs = queue[-1]        # the two never repaint in the same pass
+            self._layer_timer.start()
         self.frames_label.setText(f"{self.pipeline.completed} frames classified, {self.pipeline.dropped} dropped")
         if any(q is not None for _, q in queue) and self.tabs.currentWidget() is self.footprint_tab:
             self.footprint.update_measured(self.bench.timings.speedups())

@@ -313,6 +313,8 @@ def lower_priority(nice: int) -> None:
 def main() -> None:
     # The channel takes the real stdout; anything else printed (by us or a library, in Python or
     # C) goes to stderr, so it cannot corrupt a message.
+    if sys.stderr is None:                   # pythonw (Windows): no console to write to
+        sys.stderr = open(os.devnull, "w")
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     sys.stdout = sys.stderr

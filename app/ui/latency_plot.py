@@ -95,7 +95,8 @@ class LatencyPlot(pg.PlotWidget):
             if ys:
                 top = max(top, max(ys))
                 count = max(count, self.frame - xs[0] + 1)
-        span = min(nice_above(max(count, 10)), self.keep)
+        # Few steps (each re-lays out the x axis): 10 frames for a few stills, then the whole window.
+        span = next(v for v in (10, 50, self.keep) if v >= min(count, self.keep))
         self._set_ranges((-span, 0.5), (0, _hysteresis(self._y_top, top * 1.1)))
 
     def _set_ranges(self, x, y) -> None:
