@@ -95,8 +95,8 @@ class LatencyPlot(pg.PlotWidget):
             if ys:
                 top = max(top, max(ys))
                 count = max(count, self.frame - xs[0] + 1)
-        # Few steps (each re-lays out the x axis): 10 frames for a few stills, then the whole window.
-        span = next(v for v in (10, 50, self.keep) if v >= min(count, self.keep))
+        # Few steps (each re-lays out the x axis, 20-40 ms): 10 frames for a few stills, up to the whole window.
+        span = next(v for v in (10, 20, 50, 100, self.keep) if v >= min(count, self.keep))
         self._set_ranges((-span, 0.5), (0, _hysteresis(self._y_top, top * 1.1)))
 
     def _set_ranges(self, x, y) -> None:
