@@ -99,6 +99,7 @@ class MainWindow(QMainWindow):
         self.quant_kernels: dict[str, str] = {}    # what each PQ layer runs in the quantized engine
         self._latest_serial: int | None = None
         self._shown_gen: dict[str, int | None] = {}     # the engine generation each panel's result is of
+        self._engine_errors: dict[str, str] = {}        # why an engine could not load what it was given
         self._closed = False
 
         self.setWindowTitle("Quantized-CNN workbench")      # Qt adds " — qcnn", the app's name
@@ -395,6 +396,8 @@ class MainWindow(QMainWindow):
             ready = self.pipeline.ready(engine)
             if loading is not None:
                 note = f"{loading.name}…"
+            elif engine in self._engine_errors:
+                note = f"not running: {self._engine_errors[engine]}"
             elif engine == "dense":
                 note = "" if ready or self.bench.model is None else "preparing the dense engine…"
             else:
@@ -476,6 +479,7 @@ class MainWindow(QMainWindow):
         self.bench.set_model(model, dense_graph, note, source=spec if spec.lower().endswith(".onnx") else None)
         self.gen += 1
         self.quant_gen, self.quant_stage = None, ""
+        self._engine_errors.clear()
         self.pipeline.set_model(model, self.gen, self._model_ref(spec))
         self._select_model_box(spec)
         self.codebook.set_layers(layers)
@@ -621,6 +625,7 @@ class MainWindow(QMainWindow):
             self._requested_shown = True
         self.gen += 1
         self.quant_gen = self.gen
+        self._engine_errors.pop("quantized", None)
         self.pipeline.set_quantized(self.gen, quantized.path, self.bench.kernel)
         if final:
             self.codebook.set_settings(quantized.settings, applied=True)
@@ -658,6 +663,7 @@ class MainWindow(QMainWindow):
         self._kernel_previous = previous
         self.gen += 1
         self.quant_gen = self.gen
+        self._engine_errors.pop("quantized", None)
         self.pipeline.set_quantized(self.gen, self.bench.quantized.path, name)
         self._refresh_panels()
 
@@ -667,6 +673,7 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ engines
     def _engine_ready(self, engine: str, info) -> None:
+        self._engine_errors.pop(engine, None)
         if engine == "quantized" and self.bench.quantized is not None:
             self._kernel_previous = None
             self.quant_kernels = dict(info.get("kernels") or {})
@@ -679,6 +686,7 @@ class MainWindow(QMainWindow):
         self._rerun_still()
 
     def _engine_failed(self, engine: str, message: str) -> None:
+        self._engine_errors[engine] = message
         if engine == "quantized" and self._kernel_previous is not None:
             name, previous = self.bench.kernel, self._kernel_previous
             self._kernel_previous = None

@@ -34,7 +34,7 @@ from .channel import Channel
 from .worker_process import message_of
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_TIMEOUT_S = 15.0        # an engine that takes longer than this (and 20x its usual time) is hung
+RUN_TIMEOUT_S = 15.0        # an engine that takes longer than this and 20x its model's usual frame is hung
 LOAD_TIMEOUT_S = 300.0      # loading + preparing a kernel ("auto" times every layer) is slower
 CANCEL_GRACE_S = 3.0        # a job that does not stop this long after Cancel is killed
 RESTARTS_PER_MINUTE = 3     # an engine that dies more often than this stays down until the next model
@@ -108,7 +108,9 @@ class WorkerProcess(QObject):
                 except Exception:          # EOF, a broken pipe, or garbage: the child is gone
                     break
                 relay.post(("message", proc, message))
-            relay.post(("exit", proc, proc.wait()))
+            code = proc.wait()
+            channel.close()                    # this thread owns the read end
+            relay.post(("exit", proc, code))
 
         threading.Thread(target=read, name=f"qcnn-{self.name}-reader", daemon=True).start()
 
@@ -139,6 +141,7 @@ class WorkerProcess(QObject):
                 proc.kill()
             except OSError:
                 pass
+            _close(proc.stdin)                  # the reader thread closes stdout once it sees the end
 
     def ask_to_quit(self) -> None:
         self.send(("quit",))
@@ -153,6 +156,14 @@ class WorkerProcess(QObject):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(2)
+        _close(proc.stdin)
+
+
+def _close(f) -> None:
+    try:
+        f.close()
+    except (OSError, ValueError):
+        pass
 
 
 # --------------------------------------------------------------------------- engines
@@ -245,6 +256,9 @@ class EngineProcess(QObject):
             if message[1] == self.gen:
                 self.loaded_gen = self.gen
                 self.loading_since = None
+                self.latencies.clear()        # this model's frame time, from its warm-up pass
+                if message[2].get("warmup_ms"):
+                    self.latencies.append(message[2]["warmup_ms"])
                 if self.has_model:
                     self.ready.emit(self.engine, message[2])
         elif kind == "load_failed":
