@@ -1,4 +1,5 @@
 """Launch the qcnn desktop app: `python main.py [IMAGE] [--screenshot FILE]`."""
 from app.window import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

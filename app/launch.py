@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from PySide6.QtCore import QEventLoop, QTimer
 from PySide6.QtGui import QIcon
@@ -26,28 +27,34 @@ def wait_until(app: QApplication, condition, timeout: float) -> bool:
 
 
 def take_screenshot(app: QApplication, window: MainWindow, image, path: str, timeout: float = 1800,
-                    warm_up: int = 0) -> bool:
+                    warm_up: int = 0, evaluate: str | None = None) -> bool:
     """Classify `image` with both engines, wait for both results, save the window to `path`.
-    `warm_up` frames of the bundled samples go first, so the latency plot has a history."""
-    if not wait_until(app, lambda: window.bench.quant_graph is not None and not window.busy(), timeout):
+    An evaluation of `evaluate` runs first, alone (so that it does not slow down the frames the
+    latency plot shows), then `warm_up` frames of the bundled samples give the plot a history.  A
+    picture that cannot be read ends the wait at once (the error shows in the saved window)."""
+    if not wait_until(app, window.ready, timeout):
         print("qcnn-app: timed out waiting for the quantized model", file=sys.stderr)
-    done = []
+    if evaluate:
+        window.evaluate_folder(evaluate)
+        wait_until(app, lambda: not window.busy(), timeout)
+    done, failed = [], []
     window.frame_done.connect(lambda d, q: d is not None and q is not None and done.append(d.serial))
+    window.pipeline.error.connect(lambda name, _message: failed.append(name))
     samples = wb.sample_images()
     pictures = [samples[i % len(samples)] for i in range(warm_up)] if samples else []
     for picture in pictures + ([image] if image is not None else []):
-        before = len(done)
+        before, errors = len(done), len(failed)
         window.open_image(picture)
-        if not wait_until(app, lambda n=before: len(done) > n and not window.pipeline.busy, timeout):
+        if not wait_until(app, lambda n=before, e=errors: (len(done) > n or len(failed) > e)
+                          and not window.pipeline.busy, timeout):
             break
-    wait_until(app, lambda: not window.busy(), timeout)      # an evaluation asked for with --evaluate
     window._flush_plots()
     for _ in range(5):
         app.processEvents()
     ok = window.grab().save(path)
     if not ok:
         print(f"qcnn-app: could not save {path}", file=sys.stderr)
-    return ok and (image is None or len(done) > len(pictures))
+    return ok and not failed and (image is None or len(done) > len(pictures))
 
 
 def _setting_arg(text: str):
@@ -65,6 +72,8 @@ def _setting_arg(text: str):
 def evaluate_when_ready(window: MainWindow, folder: str) -> None:
     """Start the evaluation once the quantized engine is there (so both engines are scored)."""
     def start(_quantized):
+        if window.quant_stage:               # the k-means stage: wait for the corrected model
+            return
         window.quantized_ready.disconnect(start)
         window.evaluate_folder(folder)
     window.quantized_ready.connect(start)
@@ -102,8 +111,14 @@ def main(argv=None) -> int:
     parser.add_argument("--evaluate", metavar="FOLDER",
                         help="once quantized, score both engines on FOLDER (images + labels.csv)")
     parser.add_argument("--eval-limit", type=int, default=0, metavar="N", help="with --evaluate: first N images")
-    parser.add_argument("--size", default="1480x940", help="window size WxH (default 1480x940)")
+    parser.add_argument("--size", help="window size WxH (default: 1480x940, or what fits the screen; "
+                        "always 1480x940 with --screenshot)")
     args = parser.parse_args(argv)
+    for what, path in (("image", args.image), ("video", args.video)):
+        if path and not Path(path).is_file():
+            parser.error(f"{what} {path}: no such file")
+    if args.evaluate and not (Path(args.evaluate) / "labels.csv").is_file():
+        parser.error(f"--evaluate {args.evaluate}: no labels.csv there (it needs file,class_index rows)")
     settings = settings_from_args(args)
 
     app = QApplication.instance() or QApplication([sys.argv[0]])
@@ -120,15 +135,17 @@ def main(argv=None) -> int:
     if args.evaluate:
         window.codebook.eval_folder.setText(args.evaluate)
         window.codebook.eval_limit.setValue(args.eval_limit)
-        evaluate_when_ready(window, args.evaluate)
-    w, _, h = args.size.partition("x")
-    window.resize(int(w), int(h))
+        if not args.screenshot:
+            evaluate_when_ready(window, args.evaluate)
+    if args.size or args.screenshot:         # a screenshot has the README's size, whatever the screen
+        w, _, h = (args.size or "1480x940").partition("x")
+        window.resize(int(w), int(h))
     window.show()
     image = args.image or (wb.sample_images()[0] if wb.sample_images() else None)
 
     if args.screenshot:
         try:
-            ok = take_screenshot(app, window, image, args.screenshot, warm_up=args.warm_up)
+            ok = take_screenshot(app, window, image, args.screenshot, warm_up=args.warm_up, evaluate=args.evaluate)
         finally:
             window.close()
         return 0 if ok else 1

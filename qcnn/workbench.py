@@ -405,6 +405,15 @@ def to_config(model: Model, settings: QuantSettings):
     return config
 
 
+def progressive_stages(model: Model, settings: QuantSettings) -> list[QuantSettings]:
+    """What to build, in order, to show a settings change as early as possible: with error
+    correction, first the k-means-only model (quick; its own cache entry), then the corrected one.
+    Just `settings` when it needs no error correction or is cached already."""
+    if not settings.error_correction or cache_path(model, settings).is_file():
+        return [settings]
+    return [replace(settings, error_correction=False), settings]
+
+
 # --------------------------------------------------------------------------- the workbench
 
 class Workbench:
@@ -505,11 +514,13 @@ class Workbench:
             return None
         return Quantized(loaded.graph, settings, path, path.stat().st_size, metadata, True)
 
-    def adopt(self, quantized: Quantized, kernel_graph: Graph | None = None) -> None:
-        """Use `quantized` from now on (the next frame runs it)."""
+    def adopt(self, quantized: Quantized, kernel_graph: Graph | None = None, prepare: bool = True) -> None:
+        """Use `quantized` from now on (the next frame runs it).  prepare=False: its kernel graph
+        is made and run elsewhere (the app's engine process), so quant_graph stays None."""
         self.quantized = quantized
         self.quant_graph = (kernel_graph if kernel_graph is not None
-                            else with_kernel(quantized.graph, self.kernel, self.model.input_size))
+                            else with_kernel(quantized.graph, self.kernel, self.model.input_size) if prepare
+                            else None)
         self.timings.clear("quantized")
 
     def kernel_graph(self, name: str) -> Graph | None:
@@ -547,8 +558,12 @@ class Workbench:
             dense_model = Model(loaded.name, reconstructed(loaded.graph), loaded.preprocess, loaded.labels,
                                 loaded.description, loaded.speed_test_only, dict(loaded.identity))
             note = (note or "the original network is not available: ") + "dense weights rebuilt from the codebooks"
-        settings = (QuantSettings.from_dict(metadata["settings"]) if isinstance(metadata.get("settings"), dict)
-                    else settings_of_graph(loaded.graph))
+        if isinstance(metadata.get("settings"), dict):          # written by the app
+            settings = QuantSettings.from_dict(metadata["settings"])
+        elif isinstance(metadata.get("config"), dict):          # by `qcnn quantize`: its config says it all
+            settings = settings_from_config(metadata["config"], dense_model)
+        else:
+            settings = settings_of_graph(loaded.graph)
         path = Path(path)
         q = Quantized(loaded.graph, settings, path, path.stat().st_size, metadata, True)
         return dense_model, dense_model.graph, q, note
@@ -583,10 +598,11 @@ class Workbench:
         return evaluate(model, labels_csv, images_dir, engines=engines, limit=limit, progress=on_progress)
 
 
-def footprint(model: Model, dense_graph: Graph, quantized: Quantized, kernel_graph: Graph | None = None) -> Footprint:
+def footprint(model: Model, dense_graph: Graph, quantized: Quantized, kernel_graph: Graph | None = None,
+              kernels: dict[str, str] | None = None) -> Footprint:
     """Storage and cost of a quantized model: the numbers `qcnn cost` prints.  `kernel_graph`
-    (the graph as it runs) fills in which kernel each layer uses."""
-    kernels = kernel_map(kernel_graph) if kernel_graph is not None else None
+    (the graph as it runs), or `kernels` (its kernel_map), fills in which kernel each layer uses."""
+    kernels = kernel_map(kernel_graph) if kernel_graph is not None else kernels
     report = cost_report(quantized.graph, (model.input_size, model.input_size), dense_graph=dense_graph,
                          kernels=kernels)
     return Footprint(report.dense_bits // 8, quantized.file_bytes, report)
@@ -595,6 +611,6 @@ def footprint(model: Model, dense_graph: Graph, quantized: Quantized, kernel_gra
 def settings_of_graph(graph: Graph) -> QuantSettings:
     """Settings read back from a quantized graph's layers (for files we did not write)."""
     per = tuple((n.name, n.layer.setting) for n in graph.nodes if isinstance(n.layer, PQLayer))
-    return QuantSettings(conv=None, fc=None, per_layer=per)
+    return QuantSettings(conv=None, fc=None, per_layer=per, error_correction=False)   # not claimed: unknown
 
 

@@ -1,63 +1,26 @@
 """The real main window, driven as a person would (pytest-qt, offscreen): open a BMP, re-quantize,
-cancel, a corrupt file, no camera, a video through the camera's frame path.
+cancel, a corrupt file, no camera, a video through the camera's frame path, model switches,
+progressive apply, focus, the layout's minimum size, saving and reopening.
 
 Fast settings throughout: EfficientNet-Lite0 with only its FC layer quantized (C_s'=16, K=16),
-no error correction; the quantized-model cache lives in a temporary folder."""
+no error correction; the quantized-model cache lives in a temporary folder.  The engines and the
+quantizer run in the window's worker processes, as in the app."""
 import os
+import signal
 
 import pytest
+from app_fixtures import FAST, WAIT, both, cache_dir, classify, gradient_bmp, window  # noqa: F401 (fixtures)
 from PIL import Image
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QGuiApplication, QImage
+from PySide6.QtWidgets import QApplication
 from videogen import moving_frames, write_mjpeg_avi
 
-from app.sources import camera_status
-from app.ui.result_panel import IMAGE_SIDE
+from app.sources import FILE_FILTERS, camera_status
+from app.ui.result_panel import IMAGE_SIDE, MIN_IMAGE_SIDE
 from app.window import MainWindow
 from qcnn import workbench as wb
 from qcnn.pq.layer import PQSetting
-
-FAST = wb.QuantSettings(conv=None, fc=PQSetting(16, 16), error_correction=False)
-WAIT = 60_000     # ms; generous for a loaded 2-core machine, normally a second or two
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cache_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("qcnn-cache")
-    old = os.environ.get("QCNN_CACHE_DIR")
-    os.environ["QCNN_CACHE_DIR"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("QCNN_CACHE_DIR", None)
-    else:
-        os.environ["QCNN_CACHE_DIR"] = old
-
-
-@pytest.fixture
-def window(qtbot):
-    w = MainWindow(settings=FAST)
-    qtbot.addWidget(w)
-    w.show()
-    qtbot.waitUntil(lambda: w.bench.quant_graph is not None and not w.busy(), timeout=WAIT)
-    return w
-
-
-def gradient_bmp(path, size=(96, 72)):
-    w, h = size
-    image = Image.new("RGB", size)
-    image.putdata([(255 * x // w, 255 * y // h, 128) for y in range(h) for x in range(w)])
-    image.save(path, format="BMP")
-    return path
-
-
-def both(dense, quantized):
-    return dense is not None and quantized is not None
-
-
-def classify(qtbot, window, path):
-    with qtbot.waitSignal(window.frame_done, timeout=WAIT, check_params_cb=both) as signal:
-        window.open_image(path)
-    return signal.args
 
 
 def test_open_bmp_fills_both_top5_lists_and_the_latency_graph(window, qtbot, tmp_path):
@@ -70,18 +33,18 @@ def test_open_bmp_fills_both_top5_lists_and_the_latency_graph(window, qtbot, tmp
         assert len(shown) == 5
         probs = [p for _, p in shown]
         assert all(0 <= p <= 1 for p in probs) and probs == sorted(probs, reverse=True)
-        assert [label.text() for label in panel.names] == [label[:27] + "…" if len(label) > 28 else label
-                                                            for label, _ in shown]
+        assert [label.text() for label in panel.names] == [label for label, _ in shown]
         assert panel.bars[0].value == pytest.approx(probs[0])
         assert panel.latency.text() == f"{run.latency_ms:.1f} ms"
-        assert not panel.image.pixmap().isNull() and panel.image.pixmap().width() == IMAGE_SIDE
+        assert not panel.image.pixmap().isNull() and panel.image.pixmap().width() == window.bench.model.input_size
+        assert MIN_IMAGE_SIDE <= panel.image.width() <= IMAGE_SIDE and not panel.stale
         assert window.latency_plot.points(engine) == points[engine] + 1
         assert window.layer_plot.bar_count(engine) > 1
     assert window.panels["quantized"].badge.isVisible()
     assert window.panels["quantized"].badge.state == (dense.top[0].index == quantized.top[0].index)
     assert "gradient.bmp" in window.panels["dense"].status.text()
 
-    window.tabs.setCurrentWidget(window.footprint)      # measured per-layer speed-up of the quantized fc
+    window.tabs.setCurrentWidget(window.footprint_tab)  # measured per-layer speed-up of the quantized fc
     table = window.footprint.table
     fc_row = [table.item(r, 0).text() for r in range(table.rowCount())].index("fc")
     assert table.item(fc_row, 7).text().endswith("x") and table.item(0, 7).text() == ""
@@ -118,7 +81,7 @@ def test_changing_the_codebook_size_requantizes_and_footprint_matches_the_cli(wi
     fc_row = [window.footprint.table.item(r, 0).text() for r in range(rows)].index("fc")
     assert window.footprint.table.item(fc_row, 2).text() == "16/4"
     assert window.footprint.table.item(fc_row, 11).text() == runs[fc_row]
-    assert runs[fc_row] == wb.kernel_map(window.bench.quant_graph)["fc"]
+    assert runs[fc_row] == window.quant_kernels["fc"]
 
     # switching back is instant: the first model is in the on-disk cache
     codebook.fc.ksub.setCurrentIndex(codebook.fc.ksub.findData(16))
@@ -187,7 +150,8 @@ def test_no_camera_means_a_disabled_control_with_the_reason(window):
     assert not window.camera_action.isEnabled()
     reason = window.camera_action.toolTip()
     assert "camera" in reason.lower()
-    assert window.camera_note.text() == reason and window.camera_note.isVisible()
+    assert window.camera_note.text() == "(no camera)" and window.camera_note.toolTip() == reason
+    assert window.camera_note.isVisible()
     window.camera_action.setEnabled(True)        # even if forced on, starting fails gracefully
     window.camera_action.setChecked(True)
     assert not window.camera_action.isChecked() and "camera" in window.error_banner.text().lower()
@@ -293,14 +257,273 @@ def test_switching_the_kernel_keeps_the_model_and_shows_in_the_footprint(window,
     quantized = window.bench.quantized
     box = window.codebook.kernel
     for name in ("reference", wb.default_kernel()):
-        box.setCurrentIndex(box.findData(name))
-        qtbot.waitUntil(lambda: not window.busy(), timeout=WAIT)
+        with qtbot.waitSignal(window.quantized_ready, timeout=WAIT):
+            box.setCurrentIndex(box.findData(name))
+        assert window.ready()
         assert window.bench.kernel == name and window.bench.quantized is quantized
         dense, quant = classify(qtbot, window, gradient_bmp(tmp_path / f"{name}.bmp"))
         table = window.footprint.table
         fc_row = [table.item(r, 0).text() for r in range(table.rowCount())].index("fc")
-        assert table.item(fc_row, 11).text() == wb.kernel_map(window.bench.quant_graph)["fc"]
+        assert table.item(fc_row, 11).text() == window.quant_kernels["fc"]
+        if name == "reference":
+            assert window.quant_kernels["fc"] == "reference"
     disabled = [n for n, _l, ok, _w in wb.kernel_choices() if not ok]
     for name in disabled:                        # a kernel that cannot run here is greyed out, with why
         i = box.findData(name)
         assert not box.model().item(i).isEnabled() and box.itemData(i, Qt.ItemDataRole.ToolTipRole)
+
+
+# ---------------------------------------------------------------------- what the panels say
+
+def tiny_onnx(path, classes=10):
+    """A little CNN with ten classes: its labels ("class 3") cannot be taken for ImageNet's."""
+    from onnx_models import Builder
+    b = Builder()
+    x = b.op("Relu", [b.conv("data", 3, 8, 3, strides=[2, 2], pads=[1, 1, 1, 1])])
+    x = b.op("Flatten", [b.op("GlobalAveragePool", [x])])
+    return b.save(path, b.gemm(x, 8, classes, transB=1))
+
+
+def test_after_a_model_switch_no_panel_shows_the_previous_models_labels(window, qtbot, tmp_path):
+    classify(qtbot, window, gradient_bmp(tmp_path / "g.bmp"))
+    imagenet = set(window.bench.model.labels)
+    assert all(window.panels[e].predictions() for e in wb.ENGINES)
+    seen = []
+    window.frame_done.connect(lambda d, q: seen.extend(p.label for run in (d, q) if run is not None for p in run.top))
+
+    with qtbot.waitSignal(window.model_ready, timeout=WAIT):
+        window.load_model(str(tiny_onnx(tmp_path / "tiny.onnx")))
+    for engine in wb.ENGINES:                    # at once: nothing of EfficientNet-Lite0 is left
+        panel = window.panels[engine]
+        assert panel.predictions() == [] and [n.text() for n in panel.names] == [""] * 5
+        assert panel.image.pixmap() is None and panel.latency.text() == "— ms" and not panel.badge.isVisible()
+    assert window.panels["quantized"].subtitle.text() == "not quantized yet"
+    assert window.panels["quantized"].note.text().startswith("preparing")   # and it says what comes
+    assert window.layer_plot.bar_count("dense") == 0 and window.latency_plot.points("dense") == 0
+
+    qtbot.waitUntil(window.ready, timeout=WAIT)
+    # the final model's rerun of the picture replaces (and un-greys) the k-means one's
+    qtbot.waitUntil(lambda: all(window.panels[e].predictions() and not window.panels[e].stale for e in wb.ENGINES),
+                    timeout=WAIT)
+    for engine in wb.ENGINES:
+        shown = [n.text() for n in window.panels[engine].names]
+        assert all(label.startswith("class ") for label in shown) and not set(shown) & imagenet
+    assert seen and all(label.startswith("class ") for label in seen)
+    assert window.panels["quantized"].subtitle.text().startswith(wb.QuantSettings().describe())
+
+
+def slow_settings(codebook):
+    """Every conv layer at K = 64: a minute or more of k-means, time enough to act meanwhile."""
+    codebook.conv.setChecked(True)
+    codebook.conv.dsub.setValue(4)
+    codebook.conv.ksub.setCurrentIndex(codebook.conv.ksub.findData(64))
+    return codebook.settings()
+
+
+def test_a_failed_open_or_model_load_does_not_cancel_a_running_quantization(window, qtbot, tmp_path):
+    classify(qtbot, window, gradient_bmp(tmp_path / "before.bmp"))
+    slow = slow_settings(window.codebook)
+    qtbot.mouseClick(window.codebook.apply, Qt.MouseButton.LeftButton)
+    job = window.tasks["quantize"]
+    qtbot.waitUntil(lambda: window.task_bar.progress.value() > 0, timeout=WAIT)
+    assert window.panels["quantized"].stale                     # the old settings' result, greyed
+    assert "k-means" in window.panels["quantized"].note.text()   # ... and what is being made
+
+    bad_qcnn = tmp_path / "broken.qcnn"
+    bad_qcnn.write_bytes(b"QCNN\x00\r\n\x1a" + b"\x01\x00" + b"garbage" * 10)
+    window.open_model_file(bad_qcnn)
+    qtbot.waitUntil(lambda: "broken.qcnn" in window.error_banner.text(), timeout=WAIT)
+    bad_onnx = tmp_path / "broken.onnx"
+    bad_onnx.write_bytes(b"\x08\x07 definitely not protobuf" * 3)
+    window.load_model(str(bad_onnx))
+    qtbot.waitUntil(lambda: "broken.onnx" in window.error_banner.text(), timeout=WAIT)
+
+    assert window.tasks.get("quantize") is job and not job.cancel_requested and not job.over
+    assert window.model_box.currentData() == "efficientnet-lite0"
+    value = window.task_bar.progress.value()
+    qtbot.waitUntil(lambda: window.task_bar.progress.value() > value, timeout=WAIT)   # still working
+    assert "k-means" in window.panels["quantized"].note.text()
+    qtbot.mouseClick(window.task_bar.cancel, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not window.busy(), timeout=WAIT)
+    assert not wb.cache_path(window.bench.model, slow).exists()
+    assert "keeping the model in use" in window.statusBar().currentMessage()
+
+
+def test_progressive_apply_shows_the_kmeans_model_first_then_the_corrected_one(window, qtbot):
+    corrected = wb.QuantSettings(conv=None, fc=PQSetting(16, 8), error_correction=True, calib_count=4)
+    shown = []
+    window.quantized_ready.connect(lambda q: shown.append((q.settings, window.panels["quantized"].subtitle.text())))
+    paused = []
+
+    def pause_after_kmeans(_q):                  # hold the job process until the k-means model shows
+        os.kill(window.jobs.process.pid, signal.SIGSTOP)
+        paused.append(window.jobs.process.pid)
+
+    window.codebook.set_settings(corrected)
+    qtbot.mouseClick(window.codebook.apply, Qt.MouseButton.LeftButton)
+    job = window.tasks["quantize"]
+    job.partial.connect(pause_after_kmeans)
+    try:
+        qtbot.waitUntil(lambda: bool(paused and shown) and window.pipeline.ready("quantized"), timeout=WAIT)
+        kmeans, text = shown[-1]
+        assert kmeans == wb.QuantSettings(conv=None, fc=PQSetting(16, 8), error_correction=False, calib_count=4)
+        assert window.bench.quantized.settings == kmeans and "k-means only" in text
+        assert "error correction" in window.panels["quantized"].note.text()
+        assert not window.panels["quantized"].stale and window.busy()
+    finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
+    qtbot.waitUntil(window.ready, timeout=WAIT)
+    final, text = shown[-1]
+    assert final == corrected and "k-means" not in text and "error correction" in text
+    assert window.codebook.settings() == corrected and window.codebook.error_correction.isChecked()
+    assert window.panels["quantized"].note.text() == ""
+
+    # both are cached now: applying the corrected settings again adopts them at once, in one step
+    window.codebook.set_settings(FAST)
+    with qtbot.waitSignal(window.quantized_ready, timeout=WAIT):
+        qtbot.mouseClick(window.codebook.apply, Qt.MouseButton.LeftButton)
+    count = len(shown)
+    window.codebook.set_settings(corrected)
+    qtbot.mouseClick(window.codebook.apply, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(window.ready, timeout=WAIT)
+    assert len(shown) == count + 1 and shown[-1][0] == corrected and window.bench.quantized.from_cache
+
+
+def test_cancelling_error_correction_keeps_the_kmeans_model_and_says_so(window, qtbot):
+    corrected = wb.QuantSettings(conv=None, fc=PQSetting(8, 8), error_correction=True, calib_count=4)
+    window.codebook.set_settings(corrected)
+    qtbot.mouseClick(window.codebook.apply, Qt.MouseButton.LeftButton)
+    job = window.tasks["quantize"]
+    job.partial.connect(lambda _q: os.kill(window.jobs.process.pid, signal.SIGSTOP))   # stuck in correction
+    qtbot.waitUntil(lambda: window.bench.quantized.settings.fc == PQSetting(8, 8), timeout=WAIT)
+    qtbot.mouseClick(window.task_bar.cancel, Qt.MouseButton.LeftButton)     # a stopped job: killed after a grace
+    qtbot.waitUntil(lambda: not window.busy(), timeout=WAIT)
+    kmeans = window.bench.quantized.settings
+    assert kmeans.fc == PQSetting(8, 8) and not kmeans.error_correction
+    assert "error correction cancelled" in window.panels["quantized"].subtitle.text()
+    assert "k-means model" in window.statusBar().currentMessage()
+    assert window.codebook.settings() == kmeans and not window.codebook.error_correction.isChecked()
+    classify(qtbot, window, wb.sample_images()[0])          # and the job process is there for the next one
+    window.codebook.fc.ksub.setCurrentIndex(window.codebook.fc.ksub.findData(4))
+    with qtbot.waitSignal(window.quantized_ready, timeout=WAIT):
+        qtbot.mouseClick(window.codebook.apply, Qt.MouseButton.LeftButton)
+
+
+def test_cancel_without_a_quantized_model_does_not_claim_to_keep_one(qtbot):
+    w = MainWindow(quantize=False)
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(lambda: w.bench.model is not None and w.pipeline.ready("dense"), timeout=WAIT)
+    assert w.panels["quantized"].note.text() == "not quantized yet: choose codebooks and press Apply"
+    slow_settings(w.codebook)
+    qtbot.mouseClick(w.codebook.apply, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(w.task_bar.cancel, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: not w.busy(), timeout=WAIT)
+    message = w.statusBar().currentMessage()
+    assert "no quantized model yet" in message and "keeping" not in message
+    assert w.bench.quantized is None
+
+
+# ---------------------------------------------------------------------- layout, focus, menus, files
+
+def test_the_window_fits_a_1280x720_screen_even_while_evaluating(window, qtbot, tmp_path):
+    hint = window.minimumSizeHint()
+    assert hint.width() <= 1280 and hint.height() <= 720 - 64        # room for a title bar and a panel
+    rows = ["file,class_index"] + [f"e{i}.bmp,{i}" for i in range(3)]
+    for i in range(3):
+        gradient_bmp(tmp_path / f"e{i}.bmp")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    window.resize(1280, 656)
+    window.codebook.eval_folder.setText(str(tmp_path))
+    qtbot.mouseClick(window.codebook.evaluate, Qt.MouseButton.LeftButton)
+    assert window.eval_bar.isVisible()
+    QApplication.processEvents()
+    assert window.width() == 1280 and window.height() == 656
+    codebook, viewport = window.codebook, window.side.viewport()
+    assert codebook.width() <= viewport.width()                         # nothing cut off at the right
+    for button in (codebook.apply, codebook.revert, codebook.evaluate, window.eval_bar.cancel):
+        left = button.mapTo(codebook, QPoint(0, 0)).x()
+        assert left >= 0 and left + button.width() <= codebook.width(), button.text()
+    for panel in window.panels.values():
+        assert panel.image.width() >= MIN_IMAGE_SIDE and panel.width() >= panel.minimumSizeHint().width()
+    qtbot.waitUntil(lambda: not window.busy(), timeout=WAIT)
+
+
+def test_after_apply_the_focus_is_on_the_results_so_ctrl_v_pastes(window, qtbot):
+    window.activateWindow()
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=WAIT)
+    codebook = window.codebook
+    codebook.fc.ksub.setCurrentIndex(codebook.fc.ksub.findData(8))
+    codebook.apply.setFocus()
+    with qtbot.waitSignal(window.quantized_ready, timeout=WAIT):
+        qtbot.keyClick(codebook.apply, Qt.Key.Key_Space)               # as a keyboard user presses it
+    assert QApplication.focusWidget() is window.results_area
+    threads = codebook.threads.value()
+    qtbot.keyClick(QApplication.focusWidget(), Qt.Key.Key_3)           # a stray digit changes nothing
+    assert codebook.threads.value() == threads
+    image = QImage(64, 48, QImage.Format.Format_RGB32)
+    image.fill(Qt.GlobalColor.darkYellow)
+    QGuiApplication.clipboard().setImage(image)
+    with qtbot.waitSignal(window.frame_done, timeout=WAIT, check_params_cb=both) as signal:
+        qtbot.keyClick(QApplication.focusWidget(), Qt.Key.Key_V, Qt.KeyboardModifier.ControlModifier)
+    assert signal.args[0].frame == "pasted image"
+
+
+def test_help_menu_has_getting_started_and_about(window):
+    menus = {a.text().replace("&", ""): a.menu() for a in window.menuBar().actions()}
+    assert [a.text() for a in menus["Help"].actions()] == ["Getting started", "About qcnn", "About Qt"]
+    box = window.show_about()
+    assert "CVPR 2016" in box.text() and "EfficientNet-Lite0" in box.text() and box.isVisible()
+    box.close()
+    box = window.show_help()
+    assert "Ctrl+V" in box.text() and "Apply" in box.text()
+    box.close()
+
+
+def test_the_open_dialog_lists_every_supported_format_first():
+    first = FILE_FILTERS.split(";;")[0]
+    assert all(f"*{ext}" in first for ext in (".bmp", ".jpg", ".jpeg", ".png", ".tif", ".webp", ".gif"))
+
+
+def test_save_adds_the_extension_and_the_file_reopens_described_truly(window, qtbot, tmp_path):
+    saved = window.save_model_file(tmp_path / "mine")
+    assert saved == tmp_path / "mine.qcnn" and saved.is_file()
+    window.codebook.error_correction.setChecked(True)       # whatever the controls say before
+    with qtbot.waitSignal(window.quantized_ready, timeout=WAIT):
+        window.open_model_file(saved)
+    subtitle = window.panels["quantized"].subtitle.text()
+    assert FAST.describe() in subtitle and "error correction" not in subtitle and "mine.qcnn" in subtitle
+    assert window.codebook.settings() == FAST and not window.codebook.error_correction.isChecked()
+
+
+def test_a_file_from_qcnn_quantize_reopens_described_truly(window, qtbot, tmp_path):
+    import json
+
+    from qcnn import cli
+    config = wb.to_config(window.bench.model, wb.QuantSettings(conv=None, fc=PQSetting(8, 16), error_correction=False))
+    (tmp_path / "cfg.json").write_text(json.dumps(config.to_dict()))
+    out = tmp_path / "cli.qcnn"
+    assert cli.main(["quantize", "--model", "efficientnet-lite0", "--config", str(tmp_path / "cfg.json"),
+                     "--no-error-correction", "-o", str(out)]) == 0
+    with qtbot.waitSignal(window.quantized_ready, timeout=WAIT):
+        window.open_model_file(out)
+    subtitle = window.panels["quantized"].subtitle.text()
+    assert "fc C_s'=8 K=16" in subtitle and "error correction" not in subtitle
+    assert not window.codebook.error_correction.isChecked()
+
+
+def test_the_mouse_wheel_scrolls_the_side_panel_without_changing_a_setting(window, qtbot):
+    from PySide6.QtCore import QPointF
+    from PySide6.QtGui import QWheelEvent
+    codebook = window.codebook
+    before = codebook.settings()
+    window.resize(1280, 656)
+    for box in (codebook.calib_source, codebook.conv.dsub, codebook.fc.ksub, codebook.calib_count):
+        assert not box.hasFocus()
+        centre = QPointF(box.rect().center())
+        wheel = QWheelEvent(centre, QPointF(box.mapToGlobal(box.rect().center())), QPoint(0, -120), QPoint(0, -120),
+                            Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier, Qt.ScrollPhase.NoScrollPhase, False)
+        QApplication.sendEvent(box, wheel)
+    assert codebook.settings() == before and codebook.calib_source.currentIndex() == 0
+    assert window.side.verticalScrollBar().value() > 0                  # the panel scrolled instead

@@ -17,6 +17,7 @@ class Banner(QWidget):
                            f" border-radius: 4px; }} QLabel {{ color: {fg}; }}")
         self.label = QLabel("")
         self.label.setWordWrap(True)
+        self.label.setTextFormat(Qt.TextFormat.RichText)     # callers escape what they show
         self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(8, 4, 4, 4)
@@ -37,5 +38,7 @@ class Banner(QWidget):
         return self.label.text() if self.isVisible() else ""
 
     def clear(self) -> None:
+        if self.isHidden() and not self.label.text():
+            return
         self.label.setText("")
         self.setVisible(False)

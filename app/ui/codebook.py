@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QEvent, QObject, Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QAbstractScrollArea,
+    QAbstractSpinBox,
+    QApplication,
     QCheckBox,
     QComboBox,
     QFileDialog,
@@ -30,6 +33,27 @@ from qcnn.workbench import QuantSettings, sample_images
 
 K_CHOICES = (2, 4, 8, 16, 32, 64, 128, 256)
 LAYER_MODES = ("default", "custom", "dense")
+
+
+class WheelGuard(QObject):
+    """The mouse wheel over a combo or spin box that has no keyboard focus scrolls the side panel
+    instead of changing the box: scrolling through the panel must not change settings (it did,
+    and a calibration box scrolled to "choose a folder…" opened a dialog)."""
+
+    def eventFilter(self, obj, event) -> bool:
+        if event.type() == QEvent.Type.Wheel and isinstance(obj, (QComboBox, QAbstractSpinBox)) and not obj.hasFocus():
+            area = obj.parentWidget()
+            while area is not None and not isinstance(area, QAbstractScrollArea):
+                area = area.parentWidget()
+            if area is not None:
+                QApplication.sendEvent(area.verticalScrollBar(), event)
+            return True
+        return False
+
+    def guard(self, root: QWidget) -> None:
+        for box in root.findChildren(QComboBox) + root.findChildren(QAbstractSpinBox):
+            box.setFocusPolicy(Qt.FocusPolicy.StrongFocus)      # not WheelFocus
+            box.installEventFilter(self)
 
 
 def _same_codebooks(a: QuantSettings, b: QuantSettings) -> bool:
@@ -243,6 +267,8 @@ class CodebookPanel(QWidget):
         buttons.addStretch(1)
         buttons.addWidget(self.apply)
         q.addLayout(buttons)
+        self.quantize_progress = QVBoxLayout()     # the window puts the quantization's progress here
+        q.addLayout(self.quantize_progress)
 
         run = QGroupBox("Engine")
         r = QFormLayout(run)
@@ -260,6 +286,8 @@ class CodebookPanel(QWidget):
         el.addWidget(self.eval_limit, 1)
         el.addWidget(self.evaluate)
         e.addLayout(el)
+        self.eval_progress = QVBoxLayout()         # and the evaluation's here
+        e.addLayout(self.eval_progress)
         e.addWidget(self.eval_result)
 
         layout = QVBoxLayout(self)
@@ -268,6 +296,8 @@ class CodebookPanel(QWidget):
         layout.addWidget(ev)
         layout.addStretch(1)
 
+        self.wheel_guard = WheelGuard(self)
+        self.wheel_guard.guard(self)
         for w in (self.conv, self.fc, self.layer_table):
             w.changed.connect(self._mark)
         self.error_correction.toggled.connect(self._mark)
@@ -276,6 +306,7 @@ class CodebookPanel(QWidget):
     # ---- model-dependent content
     def set_layers(self, layers) -> None:
         self.layer_table.set_layers(layers)
+        self.wheel_guard.guard(self.layer_table)
         kinds = {layer.kind for layer in layers}
         self.conv.setEnabled("conv" in kinds)
         self.fc.setEnabled("fc" in kinds)
@@ -343,15 +374,18 @@ class CodebookPanel(QWidget):
         self._mark()
 
     def set_busy(self, busy: bool) -> None:
-        """While the quantized engine is being rebuilt: no second Apply, no kernel switch (a
-        kernel switch would replace the running task and so cancel it)."""
+        """While the quantized model is being rebuilt: no second Apply (Cancel first).  The kernel
+        stays free: it changes how the model in use runs, and the next one runs with it."""
         self.apply.setEnabled(not busy)
-        self.kernel.setEnabled(not busy)
         self.preset.setEnabled(not busy and bool(self._presets))
+
+    def preset_of(self, settings: QuantSettings) -> str | None:
+        """The name of the preset with these codebooks, if any."""
+        return next((name for name, s in self._presets.items() if _same_codebooks(s, settings)), None)
 
     def _mark(self) -> None:
         current = self.settings()
-        match = next((name for name, s in self._presets.items() if _same_codebooks(s, current)), None)
+        match = self.preset_of(current)
         self.preset.blockSignals(True)
         self.preset.setCurrentIndex(max(0, self.preset.findData(match)) if match else 0)
         self.preset.blockSignals(False)

@@ -50,6 +50,7 @@ class FootprintView(QWidget):
         self.table.setAlternatingRowColors(True)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.setMinimumHeight(8 * self.table.verticalHeader().defaultSectionSize())
 
         self.note = QLabel("Quantize the model to see its footprint.")
         self.note.setStyleSheet("color: palette(mid);")

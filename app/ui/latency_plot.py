@@ -6,7 +6,7 @@ from collections import deque
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QScrollArea, QSizePolicy
+from PySide6.QtWidgets import QGraphicsItem, QScrollArea, QSizePolicy
 
 from .style import ENGINE_COLORS, ENGINE_TITLES
 
@@ -18,13 +18,36 @@ def _setup(plot: pg.PlotWidget) -> None:
     plot.showGrid(x=True, y=True, alpha=0.25)
     plot.setMenuEnabled(False)
     for name in ("left", "bottom"):
-        plot.getAxis(name).setTextPen("#444")
-        plot.getAxis(name).setPen("#999")
+        axis = plot.getAxis(name)
+        axis.setTextPen("#444")
+        axis.setPen("#999")
+        # Kept as a pixmap between range changes: with the grid, an axis spans the whole plot,
+        # so each new curve or bar would otherwise replay its labels and lines (~8 ms a time).
+        axis.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+        axis.enableAutoSIPrefix(False)      # values are ms already: no "mms" below 1 ms
 
 
 def legend_html() -> str:
     """The engines' colours as text, for the plots' titles (a pyqtgraph legend would hide bars)."""
     return "  ".join(f"<span style='color:{c}'>&#9632;</span> {ENGINE_TITLES[e]}" for e, c in ENGINE_COLORS.items())
+
+
+NICE = (1, 1.5, 2, 3, 4, 5, 6, 8, 10)
+
+
+def nice_above(v: float) -> float:
+    """The smallest of 1, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, ... that is >= v."""
+    if v <= 0:
+        return 1.0
+    scale = 10.0 ** np.floor(np.log10(v))
+    return next(m * scale for m in NICE if m * scale >= v * (1 - 1e-9))
+
+
+def _hysteresis(current: float, wanted: float) -> float:
+    """A round upper bound for `wanted` that stays put while `wanted` moves within it."""
+    if current and wanted <= current and wanted > 0.55 * current:
+        return current
+    return nice_above(wanted)
 
 
 class LatencyPlot(pg.PlotWidget):
@@ -34,16 +57,18 @@ class LatencyPlot(pg.PlotWidget):
         super().__init__(parent)
         _setup(self)
         self.setLabel("left", "latency", units="ms")
-        self.setLabel("bottom", "frame")
+        self.setLabel("bottom", "frames before the newest")
         self.keep = keep
         self.frame = 0
+        self._ranges = None
+        self._y_top = 0.0
         self.data = {e: (deque(maxlen=keep), deque(maxlen=keep)) for e in ENGINE_COLORS}
         # Markers only while there are few points: per-point symbols are pyqtgraph's costliest
         # drawing, and a stream adds many.
         self.curves = {e: self.plot([], [], name=ENGINE_TITLES[e], pen=pg.mkPen(c, width=2), symbol="o",
                                     symbolSize=5, symbolBrush=c, symbolPen=None, skipFiniteCheck=True)
                        for e, c in ENGINE_COLORS.items()}
-        self.setMinimumHeight(160)
+        self.setMinimumHeight(110)
 
     MARKERS_UP_TO = 40
 
@@ -59,24 +84,34 @@ class LatencyPlot(pg.PlotWidget):
             self.redraw()
 
     def redraw(self) -> None:
-        lo, hi, top = None, 0, 1.0
+        """The curves, x in frames before the newest one.  The axes' ranges move in round steps
+        only (nice_above), because every range change makes pyqtgraph lay out and paint its axes
+        again in Python: 30-80 ms per plot here, while new data alone costs a few."""
+        top, count = 0.0, 0
         for engine, (xs, ys) in self.data.items():
             curve = self.curves[engine]
             curve.setSymbol("o" if len(xs) <= self.MARKERS_UP_TO else None)
-            curve.setData(np.fromiter(xs, float, len(xs)), np.fromiter(ys, float, len(ys)))
-            if xs:
-                lo = xs[0] if lo is None else min(lo, xs[0])
-                hi = max(hi, xs[-1])
+            curve.setData(np.fromiter(xs, float, len(xs)) - self.frame, np.fromiter(ys, float, len(ys)))
+            if ys:
                 top = max(top, max(ys))
-        # Ranges set here, once, rather than by pyqtgraph's auto-range, which repaints twice.
-        self.setXRange(lo if lo is not None else 0, max(hi, (lo or 0) + 10), padding=0.02)
-        self.setYRange(0, top * 1.1, padding=0)
+                count = max(count, self.frame - xs[0] + 1)
+        # Few steps (each re-lays out the x axis, 20-40 ms): 10 frames for a few stills, up to the whole window.
+        span = next(v for v in (10, 20, 50, 100, self.keep) if v >= min(count, self.keep))
+        self._set_ranges((-span, 0.5), (0, _hysteresis(self._y_top, top * 1.1)))
+
+    def _set_ranges(self, x, y) -> None:
+        if (x, y) != self._ranges:
+            self._ranges = x, y
+            self._y_top = y[1]
+            self.setRange(xRange=x, yRange=y, padding=0)
 
     def points(self, engine: str) -> int:
         return len(self.data[engine][0])
 
     def reset(self) -> None:
         self.frame = 0
+        self._y_top = 0.0
+        self._ranges = None
         for engine, (xs, ys) in self.data.items():
             xs.clear()
             ys.clear()
@@ -102,11 +137,12 @@ class LayerBreakdown(QScrollArea):
             self.plot.addItem(item)
             self.bars[engine] = item
         self.layers: list[str] = []
+        self._x_top = 0.0
         self.setWidget(self.plot)
         self.setWidgetResizable(True)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.plot.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.plot.setMinimumHeight(120)
+        self.plot.setMinimumHeight(110)
 
     def show_runs(self, dense, quantized) -> None:
         """Bars for the weight layers of the given EngineRuns (either may be None); the rest of each
@@ -142,7 +178,18 @@ class LayerBreakdown(QScrollArea):
             self.plot.setMinimumHeight(self.ROW * len(order) + 70)
             self.plot.setYRange(-0.7, len(order) - 0.3, padding=0)
         widest = max((w for times in per.values() for w in times.values()), default=1.0)
-        self.plot.setXRange(0, widest * 1.05, padding=0)
+        x_top = _hysteresis(self._x_top, widest * 1.05)
+        if x_top != self._x_top:             # round steps: see LatencyPlot.redraw
+            self._x_top = x_top
+            self.plot.setXRange(0, x_top, padding=0)
+
+    def reset(self) -> None:
+        """No bars: a new model's layers arrive with its first frame."""
+        self.layers = []
+        self._x_top = 0.0
+        for item in self.bars.values():
+            item.setOpts(x0=[], y=[], width=[], height=0.38)
+        self.plot.getAxis("left").setTicks([[]])
 
     def bar_count(self, engine: str) -> int:
         opts = self.bars[engine].opts

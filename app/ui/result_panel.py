@@ -1,13 +1,71 @@
 """One engine's result: the picture as classified, its top-5 with bars, latency and agreement."""
 from __future__ import annotations
 
-from PySide6.QtCore import QRectF, Qt
+from PySide6.QtCore import QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QPainter, QPixmap
 from PySide6.QtWidgets import QFrame, QGridLayout, QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
 
-from .style import AGREE_COLOR, DISAGREE_COLOR, ENGINE_COLORS, ENGINE_TITLES
+from .style import AGREE_COLOR, DISAGREE_COLOR, ENGINE_COLORS, ENGINE_TITLES, NOTE_COLOR
 
-IMAGE_SIDE = 208
+IMAGE_SIDE = 208          # the picture's side when there is room; it shrinks to MIN_IMAGE_SIDE
+MIN_IMAGE_SIDE = 112
+STALE_OPACITY = 0.35
+
+
+class Picture(QWidget):
+    """The crop the network saw, scaled to fit a square (greyed while the panel is stale)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._pixmap: QPixmap | None = None
+        self._scaled: QPixmap | None = None
+        self._text = "no picture yet"
+        self.setMinimumSize(MIN_IMAGE_SIDE, MIN_IMAGE_SIDE)
+        self.setMaximumSize(IMAGE_SIDE, IMAGE_SIDE)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
+
+    def sizeHint(self) -> QSize:
+        return QSize(IMAGE_SIDE, IMAGE_SIDE)
+
+    def hasHeightForWidth(self) -> bool:
+        return True
+
+    def heightForWidth(self, w: int) -> int:
+        return w
+
+    def pixmap(self) -> QPixmap | None:
+        return self._pixmap
+
+    def text(self) -> str:
+        return self._text if self._pixmap is None else ""
+
+    def set_pixmap(self, pixmap: QPixmap | None) -> None:
+        self._pixmap = pixmap
+        self._scaled = None
+        self.update()
+
+    def clear(self, text: str) -> None:
+        self._pixmap, self._scaled, self._text = None, None, text
+        self.update()
+
+    def paintEvent(self, _event) -> None:
+        p = QPainter(self)
+        side = min(self.width(), self.height())
+        box = QRectF((self.width() - side) / 2, 0, side, side)
+        p.fillRect(box, self.palette().alternateBase())
+        if not self.isEnabled():
+            p.setOpacity(STALE_OPACITY)
+        if self._pixmap is None or self._pixmap.isNull():
+            p.setPen(self.palette().color(self.palette().ColorRole.PlaceholderText))
+            p.drawText(box.adjusted(6, 6, -6, -6), Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap,
+                       self._text)
+            return
+        if self._scaled is None or max(self._scaled.width(), self._scaled.height()) != int(side):
+            # Scaled once per picture and size, not in every paint (a video repaints it per frame).
+            self._scaled = self._pixmap.scaled(int(side), int(side), Qt.AspectRatioMode.KeepAspectRatio,
+                                               Qt.TransformationMode.SmoothTransformation)
+        s = self._scaled
+        p.drawPixmap(int(box.x() + (side - s.width()) / 2), int(box.y() + (side - s.height()) / 2), s)
 
 
 class ProbabilityBar(QWidget):
@@ -33,8 +91,23 @@ class ProbabilityBar(QWidget):
         p.setBrush(self.palette().alternateBase())
         p.drawRoundedRect(r, 3, 3)
         if self.value > 0:
-            p.setBrush(self.color)
+            p.setBrush(self.color if self.isEnabled() else self.palette().color(self.palette().ColorRole.Mid))
             p.drawRoundedRect(QRectF(r.x(), r.y(), max(3.0, r.width() * self.value), r.height()), 3, 3)
+
+
+class ElidedLabel(QLabel):
+    """A one-line label that ends in "…" when its text is wider than the label (text() stays whole)."""
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(self.minimumWidth(), super().minimumSizeHint().height())
+
+    def paintEvent(self, _event) -> None:
+        p = QPainter(self)
+        if not self.isEnabled():
+            p.setPen(self.palette().color(self.palette().ColorRole.PlaceholderText))
+        rect = self.contentsRect()
+        text = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, rect.width())
+        p.drawText(rect, int(self.alignment()) | Qt.AlignmentFlag.AlignVCenter, text)
 
 
 class Badge(QLabel):
@@ -47,6 +120,8 @@ class Badge(QLabel):
         self.set_state(None)
 
     def set_state(self, agree: bool | None) -> None:
+        if agree == self.state and self.text() != "" and agree is not None:
+            return                      # unchanged: a style sheet change per video frame costs
         self.state = agree
         if agree is None:
             self.setText("")
@@ -91,12 +166,14 @@ class ResultPanel(QFrame):
         self.subtitle.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         self.badge = Badge()
 
-        self.image = QLabel("no picture yet")
-        self.image.setObjectName("image")
-        self.image.setFixedSize(IMAGE_SIDE, IMAGE_SIDE)
-        self.image.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.image.setStyleSheet("QLabel#image { background: palette(alternate-base); color: palette(mid); }")
+        self.note = QLabel("")
+        self.note.setObjectName("note")
+        # One line, always there: what is being prepared for this panel, if anything.
+        self.note.setFixedHeight(self.note.fontMetrics().height() + 2)
+        self.note.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.note.setStyleSheet(f"QLabel#note {{ color: {NOTE_COLOR}; }}")
 
+        self.image = Picture()
         self.latency = QLabel("— ms")
         lf = QFont(self.latency.font())
         lf.setPointSizeF(lf.pointSizeF() * 1.6)
@@ -114,15 +191,16 @@ class ResultPanel(QFrame):
 
         self.names, self.bars, self.percents = [], [], []
         grid = QGridLayout()
-        grid.setHorizontalSpacing(8)
+        grid.setHorizontalSpacing(6)
         grid.setVerticalSpacing(4)
         for i in range(self.ROWS):
-            name = QLabel("")
-            name.setMinimumWidth(96)
+            name = ElidedLabel("")
+            name.setMinimumWidth(72)
+            name.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
             bar = ProbabilityBar(color)
             pct = QLabel("")
             pct.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-            pct.setMinimumWidth(48)
+            pct.setMinimumWidth(pct.fontMetrics().horizontalAdvance("100.0 %") + 2)
             grid.addWidget(QLabel(f"{i + 1}."), i, 0)
             grid.addWidget(name, i, 1)
             grid.addWidget(bar, i, 2)
@@ -130,7 +208,8 @@ class ResultPanel(QFrame):
             self.names.append(name)
             self.bars.append(bar)
             self.percents.append(pct)
-        grid.setColumnStretch(2, 1)
+        grid.setColumnStretch(1, 3)
+        grid.setColumnStretch(2, 2)
 
         head = QHBoxLayout()
         head.addWidget(self.title)
@@ -142,15 +221,20 @@ class ResultPanel(QFrame):
         right.addStretch(1)
         right.addWidget(self.latency)
 
-        body = QHBoxLayout()
+        # Everything that shows a result: greyed as a whole while it is stale.
+        self.body = QWidget()
+        body = QHBoxLayout(self.body)
+        body.setContentsMargins(0, 0, 0, 0)
         body.addWidget(self.image, 0, Qt.AlignmentFlag.AlignTop)
         body.addLayout(right, 1)
 
         layout = QVBoxLayout(self)
         layout.addLayout(head)
         layout.addWidget(self.subtitle)
-        layout.addLayout(body)
+        layout.addWidget(self.note)
+        layout.addWidget(self.body, 1)
         layout.addWidget(self.status)
+        self.stale = False
 
     # ---- filling in
     def set_subtitle(self, text: str) -> None:
@@ -160,15 +244,30 @@ class ResultPanel(QFrame):
     def set_status(self, text: str) -> None:
         self.status.setText(text)
 
+    def set_note(self, text: str) -> None:
+        """What is being prepared for this panel ("" when nothing)."""
+        self.note.setText(text)
+        self.note.setToolTip(text)
+
+    def set_placeholder(self, text: str) -> None:
+        """What the picture's place says while there is no result."""
+        if self.run is None and self.image.text() != text:
+            self.image.clear(text)
+
+    def set_stale(self, stale: bool) -> None:
+        """Grey out what is shown: it no longer belongs to the current model, settings or frame."""
+        self.stale = stale
+        self.body.setEnabled(not stale)
+        self.badge.setEnabled(not stale)
+
     def show_run(self, run, pixmap: QPixmap | None) -> None:
         self.run = run
         if pixmap is not None:
-            self.image.setPixmap(pixmap.scaled(IMAGE_SIDE, IMAGE_SIDE, Qt.AspectRatioMode.KeepAspectRatio,
-                                               Qt.TransformationMode.SmoothTransformation))
+            self.image.set_pixmap(pixmap)
         for i in range(self.ROWS):
             if i < len(run.top):
                 p = run.top[i]
-                self.names[i].setText(_elide(p.label, 28))
+                self.names[i].setText(p.label)
                 self.names[i].setToolTip(f"{p.label} [class {p.index}]")
                 self.bars[i].set_value(p.prob)
                 self.percents[i].setText(f"{100 * p.prob:.1f} %")
@@ -178,17 +277,21 @@ class ResultPanel(QFrame):
                 self.percents[i].setText("")
         self.latency.setText(f"{run.latency_ms:.1f} ms")
         self.status.setText(f"{run.frame}")
+        self.set_stale(False)
 
     def clear(self, text: str = "") -> None:
+        """Show nothing (`text` in the picture's place): what was shown belongs to another model."""
         self.run = None
-        self.image.clear()
-        self.image.setText(text or "no picture yet")
+        self.image.clear(text or "no picture yet")
         for i in range(self.ROWS):
             self.names[i].setText("")
+            self.names[i].setToolTip("")
             self.bars[i].set_value(0)
             self.percents[i].setText("")
         self.latency.setText("— ms")
+        self.status.setText("")
         self.badge.set_state(None)
+        self.set_stale(False)
 
     def predictions(self) -> list[tuple[str, float]]:
         """(label, probability) rows shown now (for tests and the screenshot check)."""
@@ -197,5 +300,3 @@ class ResultPanel(QFrame):
         return [(p.label, p.prob) for p in self.run.top]
 
 
-def _elide(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"

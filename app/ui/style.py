@@ -7,3 +7,4 @@ WARN_BG = "#fff3cd"
 WARN_FG = "#7a5200"
 ERROR_BG = "#fde2e1"
 ERROR_FG = "#8a1c13"
+NOTE_COLOR = "#9a5a00"          # what is being prepared (a panel's note line)
