@@ -10,7 +10,7 @@ import numpy as np
 
 from ._kernels import ffi, lib
 
-ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512", 3: "avx512vnni"}
+ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512", 3: "avx512vnni", 4: "neon", 5: "neondot"}   # qcnn.h
 _ACT = {None: 0, "relu": 1, "relu6": 2}
 PANEL = lib.qc_pw_panel()      # output channels per packed weight panel
 _INT_MAX = 2**31 - 1
@@ -26,7 +26,8 @@ def best_isa() -> str:
 
 
 def set_isa(name: str) -> str:
-    """Force a SIMD variant ("scalar", "avx2", "avx512", "avx512vnni"); capped at what the CPU supports."""
+    """Force a SIMD variant ("scalar", "avx2", "avx512", "avx512vnni" on x86; "neon", "neondot" on 64-bit
+    ARM); capped at what the CPU supports, and scalar for the other architecture's names."""
     code = {v: k for k, v in ISA_NAMES.items()}[name]
     return ISA_NAMES[lib.qc_set_isa(code)]
 

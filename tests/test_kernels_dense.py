@@ -1,6 +1,7 @@
 """Dense C kernels (qcnn/csrc/depthwise.c, pointwise.c): each against a float64 numpy reference on odd
 shapes, each SIMD variant against the scalar reference, and the wrappers' argument checks."""
 import itertools
+import platform
 
 import numpy as np
 import pytest
@@ -10,8 +11,8 @@ from qcnn import layers as L
 
 ACTS = [None, "relu", "relu6"]
 # Variants this CPU can run (set_isa caps at the best one); the scalar reference always runs.
-ISAS = [name for name in ("scalar", "avx2", "avx512")
-        if K.ISA_NAMES[min({v: k for k, v in K.ISA_NAMES.items()}[name], K.lib.qc_isa_best())] == name]
+ISAS = [name for name in ("scalar", "avx2", "avx512", "neon") if K.set_isa(name) == name]
+K.set_isa(K.best_isa())
 SIMD_ISAS = [i for i in ISAS if i != "scalar"]
 
 
@@ -122,6 +123,7 @@ def test_depthwise_simd_matches_scalar(isa, variant):
 # ---- pointwise (GEMM) ---------------------------------------------------------------------------
 
 PW_SHAPES = list(itertools.product([1, 5, 13, 49], [1, 3, 16, 33], [1, 7, 16, 17, 33, 70]))
+PW_SIMD_SHAPES = [(37, 40, 70), (12, 16, 96), (50, 27, 32), (7, 200, 33), (25, 5, 129)]
 
 
 @pytest.mark.parametrize("variant", ISAS)
@@ -138,7 +140,7 @@ def test_pointwise_matches_numpy(isa, variant):
 
 @pytest.mark.parametrize("variant", SIMD_ISAS)
 def test_pointwise_simd_matches_scalar(isa, variant):
-    for m, k, n in [(37, 40, 70), (12, 16, 96), (50, 27, 32), (7, 200, 33), (25, 5, 129)]:
+    for m, k, n in PW_SIMD_SHAPES:
         a, w, b = rand(m, k), rand(k, n, seed=1), rand(n, seed=2)
         packed = K.pack_weights(w)
         for act in ACTS:
@@ -265,10 +267,12 @@ def test_blas_rule():
 # ---- ISA control --------------------------------------------------------------------------------
 
 def test_set_isa_caps_and_restores(isa):
-    order = list(K.ISA_NAMES.values())
+    x86, arm = ["scalar", "avx2", "avx512", "avx512vnni"], ["scalar", "neon", "neondot"]
     best = K.best_isa()
-    assert isa("avx512") == order[min(order.index("avx512"), order.index(best))]
-    assert isa("avx512vnni") == best
+    order, other = (arm, x86) if best in arm[1:] or platform.machine() in ("aarch64", "arm64") else (x86, arm)
+    assert isa(order[2]) == order[min(2, order.index(best))]
+    assert isa(order[-1]) == best
+    assert isa(other[1]) == "scalar"                     # the other architecture's levels: scalar
     assert isa("scalar") == "scalar" and K.isa() == "scalar"
 
 

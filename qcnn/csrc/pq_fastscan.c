@@ -187,8 +187,8 @@ QC_AVX2 static void tables16_avx2(const float *xg, int cin_g, int M, int dsub, c
 
 void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int dsub, const float *cbt,
                      int shared_scale, float *T, uint8_t *Q, float *scale, float *offset_sum) {
-    static const tables16_fn builds[QC_ISA_COUNT] = QC_VARIANTS(tables16_scalar, tables16_avx2, tables16_avx512);
-    static const quant_fn quants[QC_ISA_COUNT] = QC_VARIANTS(quant_scalar, quant_avx2, quant_avx512);
+    static const tables16_fn builds[QC_ISA_COUNT] = QC_VARIANTS(tables16_scalar, tables16_avx2, tables16_avx512, tables16_scalar);
+    static const quant_fn quants[QC_ISA_COUNT] = QC_VARIANTS(quant_scalar, quant_avx2, quant_avx512, quant_scalar);
     const tables16_fn build = builds[qc_isa()];
     const quant_fn quant = quants[qc_isa()];
     const int Mp = 4 * quads_of(M), cin_g = cin / groups;
@@ -592,7 +592,7 @@ void qc_pq_conv_fastscan(const uint8_t *Q, const float *scale, const float *offs
                          int groups, int M, const uint8_t *packed, int kh, int kw, int sh, int sw,
                          int pt, int pl, int cout, const float *bias, float *y, int oh, int ow, int act,
                          int layout) {
-    static const blocks_fn variants[QC_ISA_COUNT] = QC_VARIANTS(blocks_scalar, blocks_avx2, blocks_avx512);
+    static const blocks_fn variants[QC_ISA_COUNT] = QC_VARIANTS(blocks_scalar, blocks_avx2, blocks_avx512, blocks_scalar);
 #if QC_HAVE_X86
     const int vnni = qc_isa() >= QC_ISA_AVX512VNNI;
     const blocks_fn dot = vnni ? dot_vnni : dot_scalar;
