@@ -693,34 +693,49 @@ QC_INLINE void store_neon(const uint32_t sum[QC_FS_BLOCK], const fs_out *o) {
     }
 }
 
-/* One quad of one block: 64 lookups (two halves of 16 channels, four subspaces). */
-#define FSN_STEP(c, A)                                                                              \
-    do {                                                                                            \
-        for (int h_ = 0; h_ < 4; h_++) {                                                            \
-            uint8x16_t c0_, c1_;                                                                    \
-            if (nibbles) {                                                                          \
-                const uint8x16_t b_ = vld1q_u8((c) + 16 * h_);                                      \
-                c0_ = vandq_u8(b_, vdupq_n_u8(15));                                                 \
-                c1_ = vshrq_n_u8(b_, 4);                                                            \
-            } else {                                                                                \
-                c0_ = vld1q_u8((c) + 16 * h_);                                                      \
-                c1_ = vld1q_u8((c) + 64 + 16 * h_);                                                 \
-            }                                                                                       \
-            const uint8x16_t r0_ = vqtbl1q_u8(l.val[h_], c0_), r1_ = vqtbl1q_u8(l.val[h_], c1_);    \
-            A[0] = vaddw_u8(A[0], vget_low_u8(r0_));                                                \
-            A[1] = vaddw_high_u8(A[1], r0_);                                                        \
-            A[2] = vaddw_u8(A[2], vget_low_u8(r1_));                                                \
-            A[3] = vaddw_high_u8(A[3], r1_);                                                        \
-        }                                                                                           \
+/* Subspace h of one quad of one block: table T, 32 lookups (16 channels of each half) into the
+ * 16-bit sums A0, A1 (channels 0-15) and A2, A3 (16-31). */
+#define FSN_SUB(T, c, A0, A1, A2, A3)                                                              \
+    do {                                                                                           \
+        uint8x16_t c0_, c1_;                                                                       \
+        if (nibbles) {                                                                             \
+            const uint8x16_t b_ = vld1q_u8(c);                                                     \
+            c0_ = vandq_u8(b_, vdupq_n_u8(15));                                                    \
+            c1_ = vshrq_n_u8(b_, 4);                                                               \
+        } else {                                                                                   \
+            c0_ = vld1q_u8(c);                                                                     \
+            c1_ = vld1q_u8((c) + 64);                                                              \
+        }                                                                                          \
+        const uint8x16_t r0_ = vqtbl1q_u8(T, c0_), r1_ = vqtbl1q_u8(T, c1_);                       \
+        A0 = vaddw_u8(A0, vget_low_u8(r0_));                                                       \
+        A1 = vaddw_high_u8(A1, r0_);                                                               \
+        A2 = vaddw_u8(A2, vget_low_u8(r1_));                                                       \
+        A3 = vaddw_high_u8(A3, r1_);                                                               \
+    } while (0)
+
+/* One quad of one block: 128 lookups (two halves of 16 channels, four subspaces).  The sums are
+ * named variables, not arrays: GCC stored arrays of them to the stack after every quad. */
+#define FSN_STEP(c, A0, A1, A2, A3)                                                                \
+    do {                                                                                           \
+        FSN_SUB(l.val[0], (c), A0, A1, A2, A3);                                                    \
+        FSN_SUB(l.val[1], (c) + 16, A0, A1, A2, A3);                                               \
+        FSN_SUB(l.val[2], (c) + 32, A0, A1, A2, A3);                                               \
+        FSN_SUB(l.val[3], (c) + 48, A0, A1, A2, A3);                                               \
+    } while (0)
+
+#define FSN_WIDEN(sum, A0, A1, A2, A3)                                                             \
+    do {                                                                                           \
+        widen_neon(sum, A0, A1);                                                                   \
+        widen_neon((sum) + 16, A2, A3);                                                            \
+        A0 = A1 = A2 = A3 = vdupq_n_u16(0);                                                        \
     } while (0)
 
 QC_INLINE void blocks_neon_n(const uint8_t *Q, int groups, int quads, const uint8_t *codes, size_t tap_stride,
                              const int nibbles, const int nb, int g, const fs_taps *tp, const fs_out *out) {
-    uint32_t sum[FS_NB][QC_FS_BLOCK];
+    uint32_t sum[2][QC_FS_BLOCK];
     memset(sum, 0, sizeof sum);
-    uint16x8_t acc[FS_NB][4];
-    for (int b = 0; b < nb; b++)
-        for (int i = 0; i < 4; i++) acc[b][i] = vdupq_n_u16(0);
+    const uint16x8_t z = vdupq_n_u16(0);
+    uint16x8_t a0 = z, a1 = z, a2 = z, a3 = z, b0 = z, b1 = z, b2 = z, b3 = z;
     const size_t qb = quad_bytes(nibbles ? QC_FS_NIBBLES : QC_FS_BYTES), bstride = (size_t)quads * qb;
     int pending = 0;
     for (int k = 0; k < tp->n; k++) {
@@ -728,69 +743,81 @@ QC_INLINE void blocks_neon_n(const uint8_t *Q, int groups, int quads, const uint
         const uint8_t *cd = codes + (size_t)tp->tap[k] * tap_stride;
         for (int u = 0; u < quads; u++) {
             const uint8x16x4_t l = vld1q_u8_x4(lut + (size_t)u * 64);
-            for (int b = 0; b < nb; b++) FSN_STEP(cd + b * bstride + (size_t)u * qb, acc[b]);
+            FSN_STEP(cd + (size_t)u * qb, a0, a1, a2, a3);
+            if (nb == 2) FSN_STEP(cd + bstride + (size_t)u * qb, b0, b1, b2, b3);
             if (++pending == FS_FLUSH_NEON) {
-                for (int b = 0; b < nb; b++) {
-                    widen_neon(sum[b], acc[b][0], acc[b][1]);
-                    widen_neon(sum[b] + 16, acc[b][2], acc[b][3]);
-                    for (int i = 0; i < 4; i++) acc[b][i] = vdupq_n_u16(0);
-                }
+                FSN_WIDEN(sum[0], a0, a1, a2, a3);
+                if (nb == 2) FSN_WIDEN(sum[1], b0, b1, b2, b3);
                 pending = 0;
             }
         }
     }
-    for (int b = 0; b < nb; b++) {
-        widen_neon(sum[b], acc[b][0], acc[b][1]);
-        widen_neon(sum[b] + 16, acc[b][2], acc[b][3]);
-        store_neon(sum[b], out + b);
+    FSN_WIDEN(sum[0], a0, a1, a2, a3);
+    store_neon(sum[0], out);
+    if (nb == 2) {
+        FSN_WIDEN(sum[1], b0, b1, b2, b3);
+        store_neon(sum[1], out + 1);
     }
 }
 
+/* Blocks in pairs, as on AVX2: with four per pass, GCC's early loads of the codes took the sums
+ * out of the 32 registers (stores in the loop). */
 static void blocks_neon(const uint8_t *Q, int groups, int quads, const uint8_t *codes, size_t tap_stride,
                         int nibbles, int nb, int g, const fs_taps *tp, const fs_out *out) {
-#define FSN_CALL(NB, NIB) blocks_neon_n(Q, groups, quads, codes, tap_stride, NIB, NB, g, tp, out)
-    FS_SPECIALISE(nb, nibbles, FSN_CALL);
-#undef FSN_CALL
+    const size_t bstride = (size_t)quads * quad_bytes(nibbles ? QC_FS_NIBBLES : QC_FS_BYTES);
+    for (int b = 0; b < nb; b += 2) {
+        const uint8_t *c = codes + b * bstride;
+        if (nibbles)
+            nb - b >= 2 ? blocks_neon_n(Q, groups, quads, c, tap_stride, 1, 2, g, tp, out + b)
+                        : blocks_neon_n(Q, groups, quads, c, tap_stride, 1, 1, g, tp, out + b);
+        else
+            nb - b >= 2 ? blocks_neon_n(Q, groups, quads, c, tap_stride, 0, 2, g, tp, out + b)
+                        : blocks_neon_n(Q, groups, quads, c, tap_stride, 0, 1, g, tp, out + b);
+    }
 }
 
 /* The dot layout with the ARMv8.2 dot products: one vqtbl4q_u8 looks 16 code bytes up in the
  * quad's four tables at once (the index carries the subspace), one udot against ones adds each
  * channel's four bytes into its 32-bit sum: two instructions per 16 lookups, no widening.  A block
- * is eight sums of four channels, in channel order; two blocks per pass fill the registers. */
-QC_DOTPROD QC_INLINE void dot_neondot_n(const uint8_t *Q, int groups, int quads, const uint8_t *codes,
-                                        size_t tap_stride, const int nb, int g, const fs_taps *tp,
-                                        const fs_out *out) {
-    const uint8x16_t ones = vdupq_n_u8(1);
-    uint32x4_t acc[2][8];
-    for (int b = 0; b < nb; b++)
-        for (int i = 0; i < 8; i++) acc[b][i] = vdupq_n_u32(0);
-    const size_t bs = (size_t)quads * 128;
-    for (int k = 0; k < tp->n; k++) {
-        const uint8_t *lut = Q + (tp->pix[k] * groups + g) * quads * 64;
-        const uint8_t *cd = codes + (size_t)tp->tap[k] * tap_stride;
-        for (int u = 0; u < quads; u++) {
-            const uint8x16x4_t l = vld1q_u8_x4(lut + (size_t)u * 64);
-            for (int b = 0; b < nb; b++)
-                for (int i = 0; i < 8; i++)
-                    acc[b][i] = qc_udot(acc[b][i], vqtbl4q_u8(l, vld1q_u8(cd + b * bs + (size_t)u * 128 + 16 * i)), ones);
-        }
-    }
-    for (int b = 0; b < nb; b++) {
-        uint32_t sum[QC_FS_BLOCK];
-        for (int i = 0; i < 8; i++) vst1q_u32(sum + 4 * i, acc[b][i]);
-        store_neon(sum, out + b);
-    }
-}
+ * is eight sums of four channels, in channel order, one block per pass: with two, the 16 sums, 16
+ * code vectors GCC loads ahead and the table took more than the 32 registers (spills in the loop).
+ * The sums are named variables: as an array GCC kept them on the stack, a store per udot. */
+#define FSND_STEP(c, A0, A1, A2, A3, A4, A5, A6, A7)                                                 \
+    do {                                                                                             \
+        A0 = qc_udot(A0, vqtbl4q_u8(l, vld1q_u8((c))), ones);                                        \
+        A1 = qc_udot(A1, vqtbl4q_u8(l, vld1q_u8((c) + 16)), ones);                                   \
+        A2 = qc_udot(A2, vqtbl4q_u8(l, vld1q_u8((c) + 32)), ones);                                   \
+        A3 = qc_udot(A3, vqtbl4q_u8(l, vld1q_u8((c) + 48)), ones);                                   \
+        A4 = qc_udot(A4, vqtbl4q_u8(l, vld1q_u8((c) + 64)), ones);                                   \
+        A5 = qc_udot(A5, vqtbl4q_u8(l, vld1q_u8((c) + 80)), ones);                                   \
+        A6 = qc_udot(A6, vqtbl4q_u8(l, vld1q_u8((c) + 96)), ones);                                   \
+        A7 = qc_udot(A7, vqtbl4q_u8(l, vld1q_u8((c) + 112)), ones);                                  \
+    } while (0)
+#define FSND_STORE(o, A0, A1, A2, A3, A4, A5, A6, A7)                                                \
+    do {                                                                                             \
+        uint32_t sum_[QC_FS_BLOCK];                                                                  \
+        vst1q_u32(sum_, A0), vst1q_u32(sum_ + 4, A1), vst1q_u32(sum_ + 8, A2), vst1q_u32(sum_ + 12, A3);     \
+        vst1q_u32(sum_ + 16, A4), vst1q_u32(sum_ + 20, A5), vst1q_u32(sum_ + 24, A6), vst1q_u32(sum_ + 28, A7); \
+        store_neon(sum_, o);                                                                         \
+    } while (0)
 
 QC_DOTPROD static void dot_neondot(const uint8_t *Q, int groups, int quads, const uint8_t *codes, size_t tap_stride,
                                    int unused, int nb, int g, const fs_taps *tp, const fs_out *out) {
     (void)unused;
-    for (int b = 0; b < nb; b += 2) {
-        const uint8_t *c = codes + (size_t)b * quads * 128;
-        if (nb - b >= 2)
-            dot_neondot_n(Q, groups, quads, c, tap_stride, 2, g, tp, out + b);
-        else
-            dot_neondot_n(Q, groups, quads, c, tap_stride, 1, g, tp, out + b);
+    const uint8x16_t ones = vdupq_n_u8(1);
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *codes_b = codes + (size_t)b * quads * 128;
+        const uint32x4_t z = vdupq_n_u32(0);
+        uint32x4_t a0 = z, a1 = z, a2 = z, a3 = z, a4 = z, a5 = z, a6 = z, a7 = z;
+        for (int k = 0; k < tp->n; k++) {
+            const uint8_t *lut = Q + (tp->pix[k] * groups + g) * quads * 64;
+            const uint8_t *cd = codes_b + (size_t)tp->tap[k] * tap_stride;
+            for (int u = 0; u < quads; u++) {
+                const uint8x16x4_t l = vld1q_u8_x4(lut + (size_t)u * 64);
+                FSND_STEP(cd + (size_t)u * 128, a0, a1, a2, a3, a4, a5, a6, a7);
+            }
+        }
+        FSND_STORE(out + b, a0, a1, a2, a3, a4, a5, a6, a7);
     }
 }
 #endif

@@ -366,17 +366,19 @@ static void check_pq(int isa) {
     report(&tf, isa, 0);
 }
 
-/* Fast-scan lookups on tables of large bytes (192..255): the integer sums reach what the 16-bit
- * accumulators of the SIMD variants can hold between their widening flushes, on the Python tests'
- * longest sums (25 taps x 96 channels; 2100 FC inputs) and longer ones. */
+/* Fast-scan lookups on tables of large bytes (192..255, and all 255): the integer sums reach what
+ * the 16-bit accumulators of the SIMD variants can hold between their widening flushes, on the
+ * Python tests' longest sums (25 taps x 96 channels; 2100 FC inputs) and longer ones. */
 static void check_fastscan_limits(int isa) {
     tally t = {"fastscan_large_sums", 0, 0, 0, 0};
     static const int SHAPES[][6] = {  /* fc, cin, cout, k, dsub, map side */
         {0, 96, 64, 5, 4, 6}, {1, 2100, 40, 1, 4, 1}, {1, 4096, 70, 1, 4, 1}, {0, 256, 40, 3, 2, 3}, {1, 8192, 33, 1, 2, 1}};
-    for (int i = 0; i < COUNT(SHAPES); i++) {
-        const int cin = SHAPES[i][1], cout = SHAPES[i][2], k = SHAPES[i][3], dsub = SHAPES[i][4], side = SHAPES[i][5];
+    for (int i = 0; i < 2 * COUNT(SHAPES); i++) {
+        const int lowest = i < COUNT(SHAPES) ? 192 : 255;
+        const int *sh = SHAPES[i % COUNT(SHAPES)];
+        const int cin = sh[1], cout = sh[2], k = sh[3], dsub = sh[4], side = sh[5];
         const int M = (cin + dsub - 1) / dsub, Mp = 4 * ((M + 3) / 4), npix = side * side, pad0 = k / 2;
-        uint8_t *Q = randu8((size_t)npix * Mp * 16, 192, 256), *codes = randu8((size_t)k * k * M * cout, 0, 16);
+        uint8_t *Q = randu8((size_t)npix * Mp * 16, lowest, 256), *codes = randu8((size_t)k * k * M * cout, 0, 16);
         float *scale = fill(npix, 0.01f), *osum = fill(npix, -1.f), *bias = randf(cout, 1.f);
         const size_t ny = (size_t)npix * cout;
         float *ref = malloc(ny * 4), *got = malloc(ny * 4);
@@ -388,7 +390,7 @@ static void check_fastscan_limits(int isa) {
                  qc_pq_conv_fastscan(Q, scale, osum, side, side, 1, M, packed, k, k, 1, 1, pad0, pad0, cout, bias, got,
                                      side, side, QC_ACT_NONE, layout));
             char what[64];
-            snprintf(what, sizeof what, "%d taps x %d subspaces, layout %d", k * k, M, layout);
+            snprintf(what, sizeof what, "%d taps x %d subspaces, bytes >= %d, layout %d", k * k, M, lowest, layout);
             compare(&t, ref, got, ny, 0, what);
             free(packed);
         }
