@@ -380,10 +380,10 @@ QC_INLINE void dw128_border(const dw_args *a, const float *const *rows, float *y
     const int ix = ox * SW - a->pl;
     const int j0 = ix < 0 ? -ix : 0, j1 = ix + KW > a->w ? a->w - ix : KW;
     float32x4_t acc = B;
-#pragma GCC unroll 8
+QC_UNROLL
     for (int i = 0; i < KH; i++) {
         if (!FULL && !rows[i]) continue;
-#pragma GCC unroll 8
+QC_UNROLL
         for (int j = 0; j < KW; j++)
             if (j >= j0 && j < j1)  /* index formed as an integer first: ix may be negative */
                 acc = vfmaq_f32(acc, vld1q_f32(&rows[i][(ptrdiff_t)(ix + j) * (ptrdiff_t)c + (ptrdiff_t)cb]),
@@ -399,7 +399,7 @@ QC_INLINE void dw128_fixed(const dw_args *a, const float *const *rows, float *yr
     const int pl = a->pl, act = a->act;
     for (size_t cb = 0; cb + 4 <= c; cb += 4) {
         float32x4_t W[DW_MAXK * DW_MAXK];
-#pragma GCC unroll 32
+QC_UNROLL
         for (int t = 0; t < KH * KW; t++)
             W[t] = vld1q_f32(a->wt + (size_t)t * c + cb);
         const float32x4_t B = a->bias ? vld1q_f32(a->bias + cb) : vdupq_n_f32(0.f);
@@ -409,33 +409,33 @@ QC_INLINE void dw128_fixed(const dw_args *a, const float *const *rows, float *yr
         for (; ox + Q <= hi; ox += Q) {
             const size_t col = (size_t)(ox * SW - pl) * c + cb;
             float32x4_t acc[DW_MAXQ];
-#pragma GCC unroll 8
+QC_UNROLL
             for (int q = 0; q < Q; q++) acc[q] = B;
-#pragma GCC unroll 8
+QC_UNROLL
             for (int i = 0; i < KH; i++) {
                 if (!FULL && !rows[i]) continue;
                 const float *r = rows[i] + col;
-#pragma GCC unroll 32
+QC_UNROLL
                 for (int t = 0; t < (Q - 1) * SW + KW; t++) {
                     const float32x4_t v = vld1q_f32(r + (size_t)t * c);
-#pragma GCC unroll 8
+QC_UNROLL
                     for (int q = 0; q < Q; q++) {
                         const int j = t - q * SW;
                         if (j >= 0 && j < KW) acc[q] = vfmaq_f32(acc[q], v, W[i * KW + j]);
                     }
                 }
             }
-#pragma GCC unroll 8
+QC_UNROLL
             for (int q = 0; q < Q; q++)
                 vst1q_f32(yr + (size_t)(ox + q) * c + cb, qc_act128(acc[q], act));
         }
         for (; ox < hi; ox++) {
             const size_t col = (size_t)(ox * SW - pl) * c + cb;
             float32x4_t acc = B;
-#pragma GCC unroll 8
+QC_UNROLL
             for (int i = 0; i < KH; i++) {
                 if (!FULL && !rows[i]) continue;
-#pragma GCC unroll 8
+QC_UNROLL
                 for (int j = 0; j < KW; j++)
                     acc = vfmaq_f32(acc, vld1q_f32(rows[i] + col + (size_t)j * c), W[i * KW + j]);
             }

@@ -269,27 +269,27 @@ QC_INLINE void pw128_kernel(const pw_args *g, const float *a, float *c, int p, i
             }
         }
     }
-#pragma GCC unroll 8
+QC_UNROLL
     for (int r = 0; r < MR; r++)
-#pragma GCC unroll 4
+QC_UNROLL
         for (int v = 0; v < NV; v++) acc[r][v] = bias[v];
     for (int kk = 0; kk < g->k; kk++) {
         __builtin_prefetch((const void *)((uintptr_t)(b + (size_t)kk * PANEL) + PW_PREFETCH));
         float32x4_t w[4];
-#pragma GCC unroll 4
+QC_UNROLL
         for (int v = 0; v < NV; v++) w[v] = vld1q_f32(b + (size_t)kk * PANEL + 4 * v);
         const float *ak = a + (IMPLICIT ? (size_t)koff[kk] : (size_t)kk);
-#pragma GCC unroll 8
+QC_UNROLL
         for (int r = 0; r < MR; r++) {
             const float32x4_t av = vld1q_dup_f32(ak + (size_t)r * lda);
-#pragma GCC unroll 4
+QC_UNROLL
             for (int v = 0; v < NV; v++) acc[r][v] = vfmaq_f32(acc[r][v], av, w[v]);
         }
     }
-#pragma GCC unroll 8
+QC_UNROLL
     for (int r = 0; r < MR; r++) {
         float *cr = c + (size_t)r * ldc;
-#pragma GCC unroll 4
+QC_UNROLL
         for (int v = 0; v < NV; v++) {
             const float32x4_t out = qc_act128(acc[r][v], act);
             if (hc >= 4 * v + 4) {

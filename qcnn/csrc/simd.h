@@ -57,6 +57,15 @@ static inline __attribute__((always_inline)) uint32x4_t qc_udot(uint32x4_t acc, 
  * sizes unroll and small arrays of vectors stay in registers. */
 #define QC_INLINE static inline __attribute__((always_inline))
 
+/* Unrolls a loop over such a compile-time size completely.  Clang reads "#pragma GCC unroll N" as
+ * an unroll count and then kept the arrays of vectors of the NEON kernels in memory (clang 14 and
+ * 16: a store per multiply-add); its own pragma unrolls them fully and they stay in registers. */
+#if defined(__clang__)
+#define QC_UNROLL _Pragma("clang loop unroll(full)")
+#else
+#define QC_UNROLL _Pragma("GCC unroll 32")
+#endif
+
 static inline float qc_act(float v, int act) {
     if (act == QC_ACT_RELU) return v > 0.f ? v : 0.f;
     if (act == QC_ACT_RELU6) return v > 0.f ? (v < 6.f ? v : 6.f) : 0.f;
