@@ -10,7 +10,8 @@ from cffi import FFI
 
 CSRC = Path("qcnn") / "csrc"
 HEADERS = ["qcnn.h", "pq.h"]                       # dense kernels; product-quantized layers
-SOURCES = ["isa.c", "depthwise.c", "pointwise.c", "dense_ops.c", "pq_tables.c", "pq_exact.c", "pq_fastscan.c"]
+SOURCES = ["isa.c", "depthwise.c", "pointwise.c", "dense_ops.c", "pq_tables.c", "pq_exact.c", "pq_fastscan.c",
+           "winograd.c"]
 
 
 def declarations(header: Path) -> str:

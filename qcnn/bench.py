@@ -16,6 +16,7 @@ from . import kernels
 from .graph import Graph
 from .imageio import ImageLoadError, image_files, load_image
 from .models import Model
+from .peers import best as best_peers, summary as peer_summary
 from .pq.cost import cost_report
 from .pq.engine import kernel_map
 from .pq.layer import PQLayer
@@ -207,23 +208,28 @@ class BenchReport:
     skipped: dict[str, str] = field(default_factory=dict)
     images: str = "synthetic"
     simd: str = field(default_factory=kernels.isa)     # the C kernels' variant in use
+    cpu_simd: str = field(default_factory=kernels.cpu_isa)   # the best one this CPU has
+    uncapped: list[str] = field(default_factory=list)        # peers that ignore the ISA cap (qcnn.peers)
 
     def to_json(self) -> dict:
         t = self.test
         out = {"model": self.model, "setting": self.setting, "kernel": self.kernel, "simd": self.simd,
+               "cpu_simd": self.cpu_simd,
                "images": self.images,
                "runs": t.runs, "images_per_run": t.per_run,
                "dense_ms": t.mean("dense"), "quant_ms": t.mean("quantized"), "speedup": t.speedup(),
                "peers": {n: {"ms": t.mean(n), "quant_speedup_over_peer": t.mean(n) / t.mean("quantized")}
                          for n in t.engines if n not in ("dense", "quantized")},
-               "skipped_peers": self.skipped, "peak_memory_bytes": self.memory,
+               "skipped_peers": self.skipped, "uncapped_peers": self.uncapped,
+               **best_peers({n: t.mean(n) for n in t.engines}), "peak_memory_bytes": self.memory,
                "layers": [{**vars(l), "measured": l.measured} for l in self.layers]}
         return out
 
     def format(self) -> str:
         t = self.test
         peers = [n for n in t.engines if n not in ("dense", "quantized")]
-        lines = [f"{self.model}: quantized with {self.setting}, kernel {self.kernel} ({self.simd}); batch 1, "
+        simd = self.simd if self.simd == self.cpu_simd else f"{self.simd}, capped: the CPU has {self.cpu_simd}"
+        lines = [f"{self.model}: quantized with {self.setting}, kernel {self.kernel} ({simd}); batch 1, "
                  f"one thread, {t.per_run} images per run ({self.images})", ""]
         head = f"{'run':>4}  {'dense ms':>9}  {'quantized ms':>12}  {'speed-up':>8}" + "".join(f"  {p:>18}" for p in peers)
         lines.append(head)
@@ -236,6 +242,7 @@ class BenchReport:
             lines.append(f"quantized vs {p}: {t.mean(p) / t.mean('quantized'):.2f}x faster")
         for p, why in self.skipped.items():
             lines.append(f"{p}: skipped ({why})")
+        lines += peer_summary({n: t.mean(n) for n in t.engines}, self.uncapped, self.simd, self.cpu_simd)
         lines += ["", "per layer (median of single-image forward passes, ms):",
                   f"{'layer':<14} {'kernel':<9} {'dense':>8} {'quant':>8} {'tables':>8} {'lookups':>8} "
                   f"{'theory':>7} {'measured':>8}"]

@@ -64,10 +64,13 @@ def _config(args, model):
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"{args.config}: {exc}") from exc
         return QuantConfig.from_dict(data.get("config", data))    # a search report holds "config"
-    if not args.preset:
-        raise ValueError(f"give --preset ({', '.join(preset_names(model.name)) or 'none for this model'}) "
-                         f"or --config FILE")
-    config = preset(model.name, args.preset)
+    if not args.preset and preset_names(model.name):
+        raise ValueError(f"give --preset ({', '.join(preset_names(model.name))}) or --config FILE")
+    if args.preset:
+        config = preset(model.name, args.preset)
+    else:                                   # a model without presets: the app's default settings
+        from .workbench import QuantSettings, to_config
+        config = to_config(model, QuantSettings())
     if getattr(args, "no_error_correction", False):
         config.error_correction = False
     return config
@@ -89,7 +92,7 @@ def _quantized(args, model):
                                        calib_count=getattr(args, "calib_count", settings.calib_count))
         bench.set_model(model)
         quantized = bench.quantize(settings, progress=_progress_bar(not getattr(args, "json", False)))
-        source = f"preset {args.preset}" if args.preset else f"config {args.config}"
+        source = f"preset {args.preset}" if args.preset else f"config {args.config}" if args.config else "default settings"
         source += " (cached)" if quantized.from_cache else f" (quantized in {quantized.seconds:.1f} s)"
     bench.kernel = args.kernel
     bench.adopt(quantized, with_kernel(quantized.graph, args.kernel, (bench.model.input_size,) * 2))
@@ -108,9 +111,9 @@ def cmd_cost(args) -> int:
     kernels = {n.name: impl_for(n.layer, args.kernel) for n in planned if isinstance(n.layer, PQLayer)}
     report = cost_report(planned, (model.input_size,) * 2, dense_graph=model.graph, kernels=kernels)
     if args.json:
-        print(json.dumps({"model": model.name, "setting": args.preset or args.config, **report.to_json()}, indent=1))
+        print(json.dumps({"model": model.name, "setting": args.preset or args.config or "default", **report.to_json()}, indent=1))
     else:
-        print(f"{model.description}\nsetting: {args.preset or args.config}\n")
+        print(f"{model.description}\nsetting: {args.preset or args.config or 'default'}\n")
         print(format_table(report))
     return 0
 
@@ -180,22 +183,28 @@ def cmd_eval(args) -> int:
 
 def cmd_bench(args) -> int:
     from . import bench as B
+    if args.isa:       # before quantizing: `auto` times the kernels of the variant that will run
+        from .kernels import set_isa
+        set_isa(args.isa)
     model = _model(args.model) if not str(args.model).endswith(".qcnn") else None
     wb, source = _quantized(args, model)
     model = wb.model
     inputs = B.bench_inputs(model, args.images, max(args.images_per_run, 16))
     engines = {"dense": wb.dense_graph.forward, "quantized": wb.quant_graph.forward}
     skipped = {}
+    uncapped = []
     if args.peers:
-        peers, skipped = B.onnxruntime_engines(wb.dense_graph, (model.input_size,) * 2, inputs[:16])
-        engines.update(peers)
+        from .peers import peer_engines
+        found = peer_engines(wb.dense_graph, (model.input_size,) * 2, inputs[:16], threads=args.threads)
+        engines.update(found.engines)
+        skipped, uncapped = found.skipped, found.uncapped
     bar = _progress_bar(not args.json)
     test = B.speed_test(engines, inputs, runs=args.runs, per_run=args.images_per_run,
                         progress=lambda i, n: bar("speed test", i / n))
     layers = B.layer_breakdown(wb.dense_graph, wb.quant_graph, inputs, repeats=args.layer_repeats)
     memory = {"dense": B.peak_memory(wb.dense_graph, inputs[0]), "quantized": B.peak_memory(wb.quant_graph, inputs[0])}
     report = B.BenchReport(model.name, source, args.kernel, test, layers, memory, skipped,
-                           str(args.images) if args.images else "synthetic inputs")
+                           str(args.images) if args.images else "synthetic inputs", uncapped=uncapped)
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
     else:
@@ -218,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("classify", help="top-k labels for images")
     c.add_argument("images", nargs="+", metavar="IMAGE")
-    c.add_argument("--model", default="efficientnet-lite0", help="efficientnet-lite0 | alexnet | PATH.onnx")
+    c.add_argument("--model", default="efficientnet-lite0", help="efficientnet-lite0 | resnet18 | resnet50 | alexnet | PATH.onnx")
     c.add_argument("--top", type=int, default=5)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_classify)
@@ -264,7 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runs", type=int, default=5)
     b.add_argument("--images-per-run", type=int, default=100)
     b.add_argument("--layer-repeats", type=int, default=20, help="images for the per-layer breakdown")
-    b.add_argument("--peers", action="store_true", help="also time onnxruntime fp32 and int8 (static QDQ)")
+    b.add_argument("--peers", action="store_true", help="also time the installed peers (qcnn.peers: "
+                   "onnxruntime, OpenVINO, MNN, ncnn), each checked against the dense output first")
+    b.add_argument("--isa", choices=("scalar", "avx2", "avx512", "avx512vnni", "neon", "neondot"),
+                   help="cap the C kernels' SIMD variant (as QCNN_ISA=...), e.g. avx2 for the common CPU")
     b.add_argument("--json", action="store_true")
     quant_options(b)
     b.set_defaults(func=cmd_bench)

@@ -125,6 +125,13 @@ class Conv2D(Layer):
         # store); None where BLAS is the faster choice (kernels.gemm_prefers_blas).
         self._packed = [] if self.depthwise else [
             None if kernels.gemm_prefers_blas(*m.shape) else kernels.pack_weights(m) for m in self._mats]
+        # 3x3 stride-1 convolutions: Winograd's F(2x2, 3x3) where it pays (kernels.winograd_pays).
+        self._winograd = [kernels.winograd_weights(self.weight[..., g * cg:(g + 1) * cg])
+                          for g in range(self.groups)] if (
+            not self.depthwise and self.kernel == (3, 3) and self.stride == (1, 1)
+            and kernels.winograd_pays(cin_g, cg)) else None
+        if self._winograd is not None:    # the GEMM operands would serve only without SIMD (then BLAS)
+            self._packed = [None] * self.groups
 
     @property
     def in_channels(self) -> int:
@@ -170,8 +177,19 @@ class Conv2D(Layer):
             if (sh, sw) != (1, 1):
                 x = np.ascontiguousarray(x[:, :(oh - 1) * sh + 1:sh, :(ow - 1) * sw + 1:sw])
             return self._grouped_gemm(x.reshape(n * oh * ow, c), None, n, oh, ow)
+        if self._winograd is not None and kernels.has_simd():
+            return self._winograd_conv(pad_nhwc(x, pads), n, oh, ow)
         # Others read their patches straight from the padded input (implicit GEMM, no im2col).
         return self._grouped_gemm(None, pad_nhwc(x, pads), n, oh, ow)
+
+    def _winograd_conv(self, xp, n, oh, ow):
+        cin_g, cout_g = self.weight.shape[2], self.out_channels // self.groups
+        y = kernels.empty_aligned((n * oh * ow, self.out_channels))
+        for g, weights in enumerate(self._winograd):
+            bias = None if self.bias is None else self.bias[g * cout_g:(g + 1) * cout_g]
+            kernels.winograd(xp, weights, (oh, ow), bias, self.activation, (g * cin_g, cin_g),
+                             out=y if self.groups == 1 else y[:, g * cout_g:(g + 1) * cout_g])
+        return y.reshape(n, oh, ow, -1)
 
     def _grouped_gemm(self, rows, xp, n, oh, ow):
         """One GEMM per group, into its column slice of the output: of the (N*OH*OW, C_in) pixel

@@ -43,6 +43,8 @@ from .pq.quantize import quantizable_layers as quantizable_names
 
 BUILTIN_MODELS = {
     "efficientnet-lite0": "EfficientNet-Lite0 (ImageNet)",
+    "resnet18": "ResNet-18 (ImageNet)",
+    "resnet50": "ResNet-50 (ImageNet)",
     "alexnet": "AlexNet — speed test only (random weights)",
 }
 ENGINES = ("dense", "quantized")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The C kernels' extra checks, run by CI after the test suite:
 #   1. the portable scalar fallback (SIMD disabled by QCNN_DISABLE_SIMD=1) passes the kernel tests;
-#   2. an AddressSanitizer + UndefinedBehaviorSanitizer build of the extension passes them too.
+#   2. capped at AVX2 (QCNN_ISA=avx2, the common CPU), the layers choose and pass as there;
+#   3. an AddressSanitizer + UndefinedBehaviorSanitizer build of the extension passes them too.
 # The sanitizer build goes into a temporary copy of the package, never over the installed one.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -10,6 +11,9 @@ tests=(tests/test_kernels_pq.py tests/test_kernels_dense.py tests/test_layers.py
 
 echo "== kernel tests, scalar fallback (QCNN_DISABLE_SIMD=1)"
 (cd "$repo" && QCNN_DISABLE_SIMD=1 "$py" -m pytest -q -p no:cacheprovider "${tests[@]}")
+
+echo "== kernel tests, capped at AVX2 (QCNN_ISA=avx2)"
+(cd "$repo" && QCNN_ISA=avx2 "$py" -m pytest -q -p no:cacheprovider "${tests[@]}")
 
 echo "== kernel tests, ASan + UBSan build"
 tmp="$(mktemp -d)"

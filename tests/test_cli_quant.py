@@ -82,6 +82,22 @@ def test_bench_prints_the_paper_table_and_json(tiny, capsys):
     assert "dense ms" in text and "quantized ms" in text and "avg" in text and "tables" in text
 
 
+def test_bench_isa_caps_the_kernels_and_says_so(tiny, capsys):
+    from qcnn import kernels
+    path, cfg, _, _ = tiny
+    before = kernels.isa()
+    try:
+        out = run_json(capsys, "bench", "--model", path, "--config", cfg, "--runs", "1", "--images-per-run", "2",
+                       "--layer-repeats", "1", "--isa", "scalar", "--json")
+        assert out["simd"] == "scalar" and out["cpu_simd"] == kernels.cpu_isa()
+        assert main(["bench", "--model", str(path), "--config", str(cfg), "--runs", "1", "--images-per-run", "2",
+                     "--layer-repeats", "1", "--isa", "scalar"]) == 0
+        head = capsys.readouterr().out.splitlines()[0]
+        assert "(scalar" in head and (kernels.cpu_isa() == "scalar" or f"the CPU has {kernels.cpu_isa()}" in head)
+    finally:
+        kernels.set_isa(before)
+
+
 def test_search_passes_its_own_options_through(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["search", "--help"])

@@ -13,6 +13,10 @@ ACTS = [None, "relu", "relu6"]
 # Variants this CPU can run (set_isa caps at the best one); the scalar reference always runs.
 ISAS = [name for name in ("scalar", "avx2", "avx512", "neon") if K.set_isa(name) == name]
 K.set_isa(K.best_isa())
+# This architecture's levels in order, and the other's (which cap to scalar here).
+X86_LEVELS, ARM_LEVELS = ["scalar", "avx2", "avx512", "avx512vnni"], ["scalar", "neon", "neondot"]
+LEVELS, OTHER_LEVELS = ((ARM_LEVELS, X86_LEVELS) if platform.machine() in ("aarch64", "arm64")
+                        else (X86_LEVELS, ARM_LEVELS))
 SIMD_ISAS = [i for i in ISAS if i != "scalar"]
 
 
@@ -223,6 +227,94 @@ def test_conv_gemm_one_group_into_slice():
     assert (out[:, :2] == 0).all() and (out[:, 8:] == 0).all()
 
 
+# ---- Winograd F(2x2, 3x3) -----------------------------------------------------------------------
+
+WINOGRAD_CASES = [  # (h, w), cin, cout, pads
+    ((13, 13), 16, 24, (1, 1, 1, 1)),     # AlexNet conv3-5's odd map: a half tile at the bottom/right
+    ((8, 6), 19, 33, (1, 1, 1, 1)),       # channels that fill no vector; even map
+    ((1, 1), 8, 9, (1, 1, 1, 1)),         # one pixel: a single, mostly-empty tile
+    ((7, 5), 17, 40, (0, 0, 0, 0)),       # no padding: 5x3 output
+    ((3, 40), 5, 16, (2, 0, 1, 1)),       # asymmetric padding, a long row
+    ((40, 30), 4, 7, (1, 1, 1, 1)),       # 300 tiles: more than one chunk
+]
+
+
+def winograd_case(n_case):
+    hw, cin, cout, pads = WINOGRAD_CASES[n_case]
+    x, w, b = rand(2, *hw, cin, seed=n_case), rand(3, 3, cin, cout, seed=n_case + 1), rand(cout, seed=n_case + 2)
+    oh = out_size(hw[0], 3, 1, pads[0], pads[1])
+    ow = out_size(hw[1], 3, 1, pads[2], pads[3])
+    return x, w, b, pads, (oh, ow)
+
+
+@pytest.mark.parametrize("variant", ISAS)
+def test_winograd_matches_numpy(isa, variant):
+    isa(variant)
+    for n_case in range(len(WINOGRAD_CASES)):
+        x, w, b, pads, out_hw = winograd_case(n_case)
+        act = ACTS[n_case % 3]
+        bias = None if n_case == 2 else b
+        want, _ = ref_conv(x, w, bias, (1, 1), pads, act)
+        got = K.winograd(L.pad_nhwc(x, pads), K.winograd_weights(w), out_hw, bias, act)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"{variant} case {n_case}")
+
+
+@pytest.mark.parametrize("variant", SIMD_ISAS)
+def test_winograd_simd_matches_scalar(isa, variant):
+    """The transforms add in the same order in every variant; only the GEMMs' sums differ."""
+    for n_case in range(len(WINOGRAD_CASES)):
+        x, w, b, pads, out_hw = winograd_case(n_case)
+        xp, ww = L.pad_nhwc(x, pads), K.winograd_weights(w)
+        for act in ACTS:
+            isa("scalar")
+            ref = K.winograd(xp, ww, out_hw, b, act)
+            isa(variant)
+            np.testing.assert_allclose(K.winograd(xp, ww, out_hw, b, act), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_winograd_one_group_into_slice():
+    x = rand(1, 6, 7, 10)
+    w = rand(3, 3, 4, 6, seed=1)               # group of input channels [3, 7)
+    out = np.zeros((1 * 4 * 5, 9), np.float32)
+    K.winograd(x, K.winograd_weights(w), (4, 5), None, None, (3, 4), out=out[:, 2:8])
+    want, _ = ref_conv(x[..., 3:7], w, None, (1, 1), (0, 0, 0, 0), None)
+    np.testing.assert_allclose(out[:, 2:8], want, rtol=1e-4, atol=1e-4)
+    assert (out[:, :2] == 0).all() and (out[:, 8:] == 0).all()
+
+
+def test_winograd_rejects_bad_arguments():
+    x, ww = rand(1, 6, 6, 4), K.winograd_weights(rand(3, 3, 4, 5))
+    K.winograd(x, ww, (4, 4))
+    with pytest.raises(ValueError):
+        K.winograd(x, K.pack_weights(rand(36, 5)), (4, 4))                  # not Winograd weights
+    with pytest.raises(ValueError):
+        K.winograd(x, ww, (5, 4))                                           # window past the input
+    with pytest.raises(ValueError):
+        K.winograd(x, ww, (4, 4), channels=(1, 4))                          # past the channels
+    with pytest.raises(ValueError):
+        K.winograd(x, ww, (4, 4), channels=(0, 3))                          # not the weights' C_in
+    with pytest.raises(ValueError):
+        K.winograd(x, ww, (4, 4), rand(4))                                  # bias size
+    with pytest.raises(ValueError):
+        K.winograd_weights(rand(5, 5, 4, 5))
+
+
+@pytest.mark.parametrize("variant", ISAS)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv2d_takes_winograd_where_it_pays(isa, variant, groups):
+    isa(variant)
+    x, w, b = rand(2, 9, 8, 32), rand(3, 3, 32 // groups, 40, seed=1), rand(40, seed=2)
+    layer = L.Conv2D(w, b, (1, 1), "same", groups, "relu")
+    assert layer._winograd is not None and len(layer._winograd) == groups
+    assert L.Conv2D(rand(3, 3, 3, 40), b, (1, 1), "same")._winograd is None       # 3 channels in
+    assert L.Conv2D(w, b, (2, 2), "same", groups)._winograd is None               # strided
+    cin_g, cout_g = 32 // groups, 40 // groups
+    want = np.concatenate([ref_conv(x[..., g * cin_g:(g + 1) * cin_g], w[..., g * cout_g:(g + 1) * cout_g],
+                                    b[g * cout_g:(g + 1) * cout_g], (1, 1), (1, 1, 1, 1), "relu")[0]
+                           for g in range(groups)], axis=1)
+    np.testing.assert_allclose(layer(x), want.reshape(2, 9, 8, 40), rtol=1e-4, atol=1e-4)
+
+
 # ---- through the Conv2D layer -------------------------------------------------------------------
 
 @pytest.mark.parametrize("variant", ISAS)
@@ -267,13 +359,36 @@ def test_blas_rule():
 # ---- ISA control --------------------------------------------------------------------------------
 
 def test_set_isa_caps_and_restores(isa):
-    x86, arm = ["scalar", "avx2", "avx512", "avx512vnni"], ["scalar", "neon", "neondot"]
     best = K.best_isa()
-    order, other = (arm, x86) if best in arm[1:] or platform.machine() in ("aarch64", "arm64") else (x86, arm)
-    assert isa(order[2]) == order[min(2, order.index(best))]
-    assert isa(order[-1]) == best
-    assert isa(other[1]) == "scalar"                     # the other architecture's levels: scalar
+    assert isa(LEVELS[2]) == LEVELS[min(2, LEVELS.index(best))]
+    assert isa(LEVELS[-1]) == best
+    assert isa(OTHER_LEVELS[1]) == "scalar"
     assert isa("scalar") == "scalar" and K.isa() == "scalar"
+    with pytest.raises(ValueError, match="unknown instruction set"):
+        isa("sse2")
+
+
+@pytest.mark.parametrize("cap", [*X86_LEVELS, *ARM_LEVELS[1:]])
+def test_isa_environment_variable_caps_every_variant(cap):
+    """QCNN_ISA caps the variant a fresh process starts with and the ones set_isa can reach; the
+    other architecture's names cap to scalar."""
+    import os
+    import subprocess
+    import sys
+    want = LEVELS[min(LEVELS.index(cap), LEVELS.index(K.cpu_isa()))] if cap in LEVELS else "scalar"
+    code = f"from qcnn import kernels as K; print(K.isa(), K.best_isa(), K.set_isa({LEVELS[-1]!r}), K.cpu_isa())"
+    env = {**os.environ, "QCNN_ISA": cap}       # (QCNN_DISABLE_SIMD, if set, caps both processes alike)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == [want, want, want, K.cpu_isa()]
+
+
+def test_unknown_isa_in_the_environment_is_refused_by_name():
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "QCNN_ISA": "avx3"}
+    r = subprocess.run([sys.executable, "-c", "import qcnn.kernels"], env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "QCNN_ISA='avx3'" in r.stderr and "avx512vnni" in r.stderr
 
 
 # ---- wrapper validation -------------------------------------------------------------------------

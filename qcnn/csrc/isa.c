@@ -61,20 +61,39 @@ int qc_isa_best(void) {
     return QC_ISA_SCALAR;
 }
 
+/* The strongest level of this architecture that is at most both `isa` and `limit` (a level of this
+ * architecture); a level of another architecture (or nonsense) gives scalar. */
+static int capped(int isa, int limit) {
+    int want = -1, top = 0;
+    for (int i = 0; i < NLEVELS; i++) {
+        if (levels[i] == isa) want = i;
+        if (levels[i] == limit) top = i;
+    }
+    return want < 0 ? QC_ISA_SCALAR : levels[want < top ? want : top];
+}
+
+/* QCNN_ISA=scalar|avx2|avx512|avx512vnni (x86), scalar|neon|neondot (ARM) caps the variants, so that
+ * one machine can measure and test the paths of the CPUs below it (most users have AVX2 only).  An
+ * unknown name caps at scalar: qcnn/kernels.py refuses it with a message before any kernel runs. */
+int qc_isa_cap(void) {
+    static const char *names[QC_ISA_COUNT] = {"scalar", "avx2", "avx512", "avx512vnni", "neon", "neondot"};
+    int best = qc_isa_best();
+    const char *cap = getenv("QCNN_ISA");
+    if (!cap || !*cap)
+        return best;
+    for (int i = 0; i < QC_ISA_COUNT; i++)
+        if (strcmp(cap, names[i]) == 0)
+            return capped(i, best);
+    return QC_ISA_SCALAR;
+}
+
 int qc_isa(void) {
     if (current < 0)
-        current = qc_isa_best();
+        current = qc_isa_cap();
     return current;
 }
 
-/* The strongest level of this architecture that is at most both the request and the best the CPU
- * has; a request naming another architecture's level (or nonsense) gives scalar. */
 int qc_set_isa(int isa) {
-    int best = qc_isa_best(), want = -1, top = 0;
-    for (int i = 0; i < NLEVELS; i++) {
-        if (levels[i] == isa) want = i;
-        if (levels[i] == best) top = i;
-    }
-    current = want < 0 ? QC_ISA_SCALAR : levels[want < top ? want : top];
+    current = capped(isa, qc_isa_cap());
     return current;
 }

@@ -20,8 +20,9 @@ enum { QC_ISA_SCALAR = 0, QC_ISA_AVX2 = 1, QC_ISA_AVX512 = 2, QC_ISA_AVX512VNNI 
 enum { QC_ACT_NONE = 0, QC_ACT_RELU = 1, QC_ACT_RELU6 = 2 };
 
 int qc_isa_best(void);          /* best variant this CPU supports, QCNN_DISABLE_SIMD=1 forces scalar */
+int qc_isa_cap(void);           /* qc_isa_best capped by QCNN_ISA (a level's name, as in isa.c) */
 int qc_isa(void);               /* variant in use */
-int qc_set_isa(int isa);        /* force a variant (capped at qc_isa_best); returns the one in use */
+int qc_set_isa(int isa);        /* force a variant (capped at qc_isa_cap); returns the one in use */
 
 /* Depthwise convolution, NHWC.  x: (n, h, w, c); wt: (kh, kw, c); bias: (c) or NULL;
  * y: (n, oh, ow, c).  Zero padding pt/pl before, implied after. */
@@ -44,6 +45,13 @@ void qc_pointwise_f32(const float *a, int m, int k, int lda, const float *bp, in
  * y: (n * oh * ow) rows of ldy floats, columns [0, cout) written.  Returns 0, or -1 when out of memory. */
 int qc_conv_gemm_f32(const float *xp, int n, int hp, int wp, int c, int c0, int cc, int kh, int kw, int sh, int sw,
                      const float *bp, int cout, const float *bias, float *y, int ldy, int oh, int ow, int act);
+
+/* A 3x3 stride-1 convolution of an already padded input by Winograd's F(2x2, 3x3) (winograd.c), for
+ * the group of input channels [c0, c0 + cc): up holds the 16 transformed weight matrices (cc, cout),
+ * each packed as for qc_pointwise_f32, one after the other; otherwise as qc_conv_gemm_f32 with
+ * kh = kw = 3, sh = sw = 1.  Returns 0, or -1 when out of memory. */
+int qc_winograd_f32(const float *xp, int n, int hp, int wp, int c, int c0, int cc, const float *up, int cout,
+                    const float *bias, float *y, int ldy, int oh, int ow, int act);
 
 /* Cross-channel LRN (Caffe / ONNX): y = x / (k + scale * sum of x^2 over channels
  * [ch - (size-1)/2, ch + size/2] clipped to [0, c))^beta, scale = alpha / size.  x, y: (npix, c). */

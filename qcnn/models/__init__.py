@@ -68,7 +68,7 @@ class Model:
         return Classification(self.top_k(probs, top), latency, probs)
 
 
-BUILTIN = ("efficientnet-lite0", "alexnet")
+BUILTIN = ("efficientnet-lite0", "resnet18", "resnet50", "alexnet")
 
 
 def load_model(spec: str | os.PathLike) -> Model:
@@ -77,6 +77,9 @@ def load_model(spec: str | os.PathLike) -> Model:
     if spec == "efficientnet-lite0":
         from .efficientnet_lite import efficientnet_lite0
         return efficientnet_lite0()
+    if spec in ("resnet18", "resnet50"):
+        from .resnet import resnet
+        return resnet(spec)
     if spec == "alexnet":
         from .alexnet import alexnet
         return alexnet()

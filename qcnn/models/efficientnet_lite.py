@@ -6,7 +6,6 @@ batch norm eps 1e-3 folded into the convolutions at load.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +13,15 @@ import numpy as np
 from ..graph import Graph, Node
 from ..layers import Add, Conv2D, Dense, Flatten, GlobalAvgPool, fold_batch_norm
 from ..labels import imagenet_labels
-from ..paths import cache_dir
 from ..preprocess import Preprocess
 from . import Model
 from .torch_pickle import load_legacy_state_dict
+from .weights_cache import cached_conversion
 
 BN_EPS = 1e-3
 # (repeats, first stride) of the seven stages; kernel sizes and widths are read from the weights.
 STAGES = ((1, 1), (2, 2), (2, 2), (3, 2), (3, 1), (4, 2), (1, 1))
+CONVERTER_VERSION = 1      # of _fold's output: bump when it changes
 PREPROCESS = Preprocess(resize=256, crop=224, mean=(127.0,) * 3, std=(128.0,) * 3, resample="bicubic")
 
 
@@ -35,21 +35,11 @@ def weights_path() -> Path:
 
 
 def folded_weights(path: Path) -> tuple[dict[str, np.ndarray], str]:
-    """BN-folded NHWC weights, cached as .npz keyed by the checkpoint's sha256."""
+    """BN-folded NHWC weights, cached (qcnn.models.weights_cache) by the checkpoint's sha256."""
     raw = path.read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
-    cached = cache_dir() / f"efficientnet-lite0-{digest[:16]}.npz"
-    try:
-        with np.load(cached, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}, digest
-    except (OSError, ValueError, EOFError):
-        pass  # absent or damaged: rebuild
-    arrays = _fold(load_legacy_state_dict(raw))
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, cached)
-    return arrays, digest
+    return cached_conversion("efficientnet-lite0", digest, CONVERTER_VERSION,
+                             lambda: _fold(load_legacy_state_dict(raw, str(path)))), digest
 
 
 def _fold(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

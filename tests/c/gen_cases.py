@@ -47,6 +47,10 @@ def main(out: str) -> None:
         conv.append((h, w, cin, cout, kh, kw, sh, sw, *p, out_size(h, kh, sh, p[0], p[1]),
                      out_size(w, kw, sw, p[2], p[3])))
     parts.append(rows("CONV_CASES", "h, w, cin, cout, kh, kw, sh, sw, pt, pb, pl, pr, oh, ow", conv))
+    wg = []
+    for (h, w), cin, cout, p in dense.WINOGRAD_CASES:
+        wg.append((h, w, cin, cout, *p, out_size(h, 3, 1, p[0], p[1]), out_size(w, 3, 1, p[2], p[3])))
+    parts.append(rows("WINOGRAD_CASES", "h, w, cin, cout, pt, pb, pl, pr, oh, ow", wg))
     lrn = parametrized(dense.test_lrn_matches_numpy_layer, "c,size,beta")
     parts.append(rows("LRN_CASES", "c, size, beta * 1000", [(c, size, round(beta * 1000)) for c, size, beta in lrn]))
     pool = []

@@ -235,6 +235,52 @@ static void check_conv_gemm(int isa) {
     report(&t, isa, 1);
 }
 
+/* (3, 3, cin, cout) weights as qcnn.kernels.winograd_weights makes them: U[e] = (G g G^T)[e] for the
+ * 16 frequencies e, each (cin, cout) matrix packed, one after the other. */
+static float *winograd_weights(const float *w, int cin, int cout) {
+    static const double G[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+    const size_t panel = (size_t)(cout + QC_PW_PANEL - 1) / QC_PW_PANEL * cin * QC_PW_PANEL;
+    float *up = malloc(16 * panel * sizeof(float)), *u = malloc((size_t)cin * cout * sizeof(float));
+    for (int e = 0; e < 16; e++) {
+        for (int k = 0; k < cin; k++)
+            for (int n = 0; n < cout; n++) {
+                double s = 0;
+                for (int i = 0; i < 3; i++)
+                    for (int j = 0; j < 3; j++)
+                        s += G[e / 4][i] * w[((size_t)(i * 3 + j) * cin + k) * cout + n] * G[e % 4][j];
+                u[(size_t)k * cout + n] = (float)s;
+            }
+        float *p = pack(u, cin, cout);
+        memcpy(up + e * panel, p, panel * sizeof(float));
+        free(p);
+    }
+    free(u);
+    return up;
+}
+
+static void check_winograd(int isa) {
+    tally t = {"winograd", 0, 0, 0, 0};
+    for (int i = 0; i < COUNT(WINOGRAD_CASES); i++) {
+        const int *q = WINOGRAD_CASES[i];
+        const int h = q[0], w = q[1], cin = q[2], cout = q[3], pt = q[4], pb = q[5], pl = q[6], pr = q[7];
+        const int oh = q[8], ow = q[9], n = 2, hp = h + pt + pb, wp = w + pl + pr;
+        float *x = randf((size_t)n * h * w * cin, 1.f), *wt = randf((size_t)9 * cin * cout, 1.f), *b = randf(cout, 1.f);
+        float *xp = pad(x, n, h, w, cin, pt, pb, pl, pr), *up = winograd_weights(wt, cin, cout);
+        const size_t ny = (size_t)n * oh * ow * cout;
+        float *ref = malloc(ny * 4), *got = malloc(ny * 4);
+        for (int a = 0; a < 6; a++) {
+            const float *bias = a < 3 ? b : NULL;
+            BOTH(isa, qc_winograd_f32(xp, n, hp, wp, cin, 0, cin, up, cout, bias, ref, cout, oh, ow, ACTS[a % 3]),
+                 qc_winograd_f32(xp, n, hp, wp, cin, 0, cin, up, cout, bias, got, cout, oh, ow, ACTS[a % 3]));
+            char what[80];
+            snprintf(what, sizeof what, "%dx%d %d->%d act%d%s", h, w, cin, cout, a % 3, bias ? "" : " no bias");
+            compare(&t, ref, got, ny, 1e-5, what);
+        }
+        free(x), free(wt), free(b), free(xp), free(up), free(ref), free(got);
+    }
+    report(&t, isa, 1);
+}
+
 static void check_lrn(int isa) {
     tally t = {"lrn", 0, 0, 0, 0};
     static const float KS[3] = {2.f, 1.f, 0.f};
@@ -418,6 +464,7 @@ int main(int argc, char **argv) {
         check_depthwise(isa);
         check_pointwise(isa);
         check_conv_gemm(isa);
+        check_winograd(isa);
         check_lrn(isa);
         check_pool(isa);
         check_pq(isa);
