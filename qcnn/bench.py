@@ -3,6 +3,8 @@ over `per_run` images, `runs` runs, dense and quantized (and optional peers) int
 image in one process, so that a noisy machine slows them alike.  Then a per-layer breakdown."""
 from __future__ import annotations
 
+import logging
+import math
 import time
 import tracemalloc
 from dataclasses import dataclass, field
@@ -16,12 +18,32 @@ from . import kernels
 from .graph import Graph
 from .imageio import ImageLoadError, image_files, load_image
 from .models import Model
+from .paths import SAMPLES
 from .peers import best as best_peers, summary as peer_summary
 from .pq.cost import cost_report
 from .pq.engine import kernel_map
 from .pq.layer import PQLayer
 
 Engine = Callable[[np.ndarray], np.ndarray]
+
+#: The labelled ImageNet sample the project keeps beside the repository (README: "../shared").
+SHARED_SAMPLE = Path("..") / "shared" / "imagenet-sample-500"
+
+
+def default_images() -> Path:
+    """What `qcnn bench` times when no folder is given: the shared ImageNet sample when it is beside
+    the repository (or beside the current directory), else the bundled photos."""
+    for base in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        if (base / SHARED_SAMPLE).is_dir():
+            return (base / SHARED_SAMPLE).resolve()
+    return SAMPLES
+
+
+def ratio_words(ratio: float) -> str:
+    """A time ratio other/ours in words: 1.52 -> "1.52x faster", 0.66 -> "1.52x slower"."""
+    if not ratio > 0 or not math.isfinite(ratio):
+        return "not measured"
+    return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
 
 
 def bench_inputs(model: Model, images: str | Path | None, count: int, seed: int = 0) -> list[np.ndarray]:
@@ -156,10 +178,13 @@ def onnxruntime_engines(graph: Graph, input_hw: tuple[int, int], calib: list[np.
 
     proto = graph_to_onnx(graph, input_hw)
 
+    ort.set_default_logger_severity(3)         # its warnings are not ours to show: errors only
+
     def session(model_bytes):
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
         so.inter_op_num_threads = 1
+        so.log_severity_level = 3
         sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         return lambda x: sess.run(None, {name: x.transpose(0, 3, 1, 2)})[0]
@@ -186,12 +211,22 @@ def _quantize_static(proto, calib: list[np.ndarray]) -> bytes:
         def get_next(self):
             return next(self.items, None)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "dense.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(proto.SerializeToString())
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        return dst.read_bytes()
+    # The quantization tool warns through the root logger (and would configure it on the way): its
+    # advice is about its own use, not the user's.  Keep it off the terminal, leave logging as it was.
+    root, quiet = logging.getLogger(), logging.NullHandler()
+    level = root.level
+    root.addHandler(quiet)
+    root.setLevel(logging.ERROR)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            src, dst = Path(tmp) / "dense.onnx", Path(tmp) / "int8.onnx"
+            src.write_bytes(proto.SerializeToString())
+            quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            return dst.read_bytes()
+    finally:
+        root.setLevel(level)
+        root.removeHandler(quiet)
 
 
 # ----------------------------------------------------------------------------- report
@@ -238,8 +273,9 @@ class BenchReport:
                          + "".join(f"  {r[p]:15.2f} ms" for p in peers))
         lines.append(f"{'avg':>4}  {t.mean('dense'):9.2f}  {t.mean('quantized'):12.2f}  {t.speedup():7.2f}x"
                      + "".join(f"  {t.mean(p):15.2f} ms" for p in peers))
+        lines.append(f"quantized vs dense: {ratio_words(t.speedup())}")
         for p in peers:
-            lines.append(f"quantized vs {p}: {t.mean(p) / t.mean('quantized'):.2f}x faster")
+            lines.append(f"quantized vs {p}: {ratio_words(t.mean(p) / t.mean('quantized'))}")
         for p, why in self.skipped.items():
             lines.append(f"{p}: skipped ({why})")
         lines += peer_summary({n: t.mean(n) for n in t.engines}, self.uncapped, self.simd, self.cpu_simd)

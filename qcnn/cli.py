@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import os
 import sys
 import time
 
@@ -11,6 +13,36 @@ from .imageio import ImageLoadError, load_image
 from .threads import set_num_threads
 
 KERNELS = ("reference", "exact", "fastscan", "reconstructed", "auto")
+
+
+def _positive_int(text: str, most: int = 10**9) -> int:
+    """argparse type: an integer from 1 to `most` (a count of threads, runs, images...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:20]!r}") from None
+    if not 1 <= value <= most:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {most:,}, got {text[:20]}")
+    return value
+
+
+def _threads(text: str) -> int:
+    return _positive_int(text, 1024)
+
+
+def _finite(value):
+    """`value` with every non-finite float (NaN weights make NaN scores) as None: strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _print_json(value) -> None:
+    print(json.dumps(_finite(value), indent=1, allow_nan=False))
 
 
 def _model(spec: str):
@@ -39,17 +71,42 @@ def cmd_classify(args) -> int:
             for rank, p in enumerate(r.top, 1):
                 print(f"  {rank}. {p.prob * 100:6.2f}%  {p.label}  [{p.index}]")
     if args.json:
-        json.dump(results, sys.stdout, indent=1)
-        print()
+        _print_json(results)
     return 1 if failed else 0
 
 
 def _progress_bar(enabled: bool):
-    """A one-line progress bar on stderr (only on a terminal)."""
+    """Progress on stderr: a one-line bar on a terminal; when stderr is a pipe or a file, a plain
+    line at every tenth of the way (or every 10 s), so logs show the work moving."""
+    state = {"tenth": -1, "time": 0.0, "bar": False}
+
     def show(text: str, fraction: float):
-        if enabled and sys.stderr.isatty():
+        if not enabled:
+            return
+        if sys.stderr.isatty():
             bar = "#" * int(fraction * 30)
             print(f"\r[{bar:<30}] {fraction * 100:5.1f}%  {text[:40]:<40}", end="", file=sys.stderr, flush=True)
+            state["bar"] = True
+            return
+        tenth, now = int(fraction * 10), time.monotonic()
+        if tenth > state["tenth"] or now - state["time"] >= 10:
+            print(f"{fraction * 100:5.1f}%  {text}", file=sys.stderr, flush=True)
+            state.update(tenth=tenth, time=now)
+
+    def finish():
+        """Clear a terminal bar, so what is printed next starts on a clean line."""
+        if state["bar"]:
+            print("\r" + " " * 80 + "\r", end="", file=sys.stderr, flush=True)
+            state["bar"] = False
+
+    def note(text: str):
+        """A line of its own (a new phase of the work); the next fraction starts a new count."""
+        finish()
+        if enabled:
+            print(text, file=sys.stderr, flush=True)
+        state.update(tenth=-1, time=time.monotonic())
+
+    show.finish, show.note = finish, note
     return show
 
 
@@ -58,12 +115,14 @@ def _config(args, model):
     from .pq.presets import preset, preset_names
     from .pq.quantize import QuantConfig
     if getattr(args, "config", None):
+        from .files import read_json
+        data = read_json(args.config, "config")          # regular files only; errors name the file
         try:
-            with open(args.config, encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{args.config}: {exc}") from exc
-        return QuantConfig.from_dict(data.get("config", data))    # a search report holds "config"
+            return QuantConfig.from_dict(data.get("config", data) if isinstance(data, dict) else data)
+        except KeyError as exc:                                            # a search report holds "config"
+            raise ValueError(f"config {args.config}: a setting lacks {exc.args[0]!r}") from None
+        except (TypeError, AttributeError, ValueError) as exc:
+            raise ValueError(f"config {args.config}: {exc}") from None
     if not args.preset and preset_names(model.name):
         raise ValueError(f"give --preset ({', '.join(preset_names(model.name))}) or --config FILE")
     if args.preset:
@@ -106,12 +165,13 @@ def cmd_cost(args) -> int:
     if str(args.model).endswith(".qcnn"):
         raise ValueError("cost takes a model and a preset or config; for a saved file use `qcnn eval`")
     model = _model(args.model)
+    _default_preset(args, model)
     config = _config(args, model)
     planned = planned_graph(model.graph, config.layers)
     kernels = {n.name: impl_for(n.layer, args.kernel) for n in planned if isinstance(n.layer, PQLayer)}
     report = cost_report(planned, (model.input_size,) * 2, dense_graph=model.graph, kernels=kernels)
     if args.json:
-        print(json.dumps({"model": model.name, "setting": args.preset or args.config or "default", **report.to_json()}, indent=1))
+        _print_json({"model": model.name, "setting": args.preset or args.config or "default", **report.to_json()})
     else:
         print(f"{model.description}\nsetting: {args.preset or args.config or 'default'}\n")
         print(format_table(report))
@@ -122,6 +182,7 @@ def cmd_quantize(args) -> int:
     from .pq.modelfile import save_model
     from .pq.quantize import Cancelled, calibration_batch, quantize_model
     model = _model(args.model)
+    _default_preset(args, model)
     config = _config(args, model)
     calib = None
     if config.error_correction:
@@ -131,13 +192,15 @@ def cmd_quantize(args) -> int:
     try:
         graph = quantize_model(model, config, calib, progress=lambda layer, step, f: bar(f"{layer} {step}", f))
     except (KeyboardInterrupt, Cancelled):
-        print("\ncancelled: nothing written", file=sys.stderr)
+        bar.finish()
+        print("cancelled: nothing written", file=sys.stderr)
         return 130
+    bar.finish()
     seconds = time.perf_counter() - t0
     metadata = {"config": config.to_dict(), "calibration": args.calib or "bundled samples",
                 "calibration_count": 0 if calib is None else len(calib), "quantize_seconds": seconds}
     size = save_model(args.output, model, graph, metadata)
-    print(f"\n{args.output}: {size} bytes, quantized in {seconds:.1f} s", file=sys.stderr)
+    print(f"{args.output}: {size} bytes, quantized in {seconds:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -151,11 +214,10 @@ def cmd_eval(args) -> int:
         bench, source = Workbench(model), None
     model = bench.model
 
-    def progress(i, n):
-        if not args.json and sys.stderr.isatty():
-            print(f"\r{i}/{n}", end="", file=sys.stderr, flush=True)
-
-    ev = bench.evaluate(args.labels, args.images, progress=progress, limit=args.limit)
+    bar = _progress_bar(True)
+    ev = bench.evaluate(args.labels, args.images, progress=lambda i, n: bar(f"{i}/{n} images", i / n),
+                        limit=args.limit)
+    bar.finish()
     out = {"model": model.name, "images": ev.images, "skipped": ev.skipped}
     for name, score in ev.scores.items():
         key = "dense" if name == "dense" else "quant"
@@ -167,9 +229,9 @@ def cmd_eval(args) -> int:
         out["quantized_with"] = source
         out["kernel"] = args.kernel
     if args.json:
-        print(json.dumps(out, indent=1))
+        _print_json(out)
         return 0
-    print(f"\n{model.name} on {ev.images} images ({len(ev.skipped)} unreadable)")
+    print(f"{model.name} on {ev.images} images ({len(ev.skipped)} unreadable)")
     for name, score in ev.scores.items():
         print(f"  {name:>9}: top-1 {score.top1 * 100:5.1f}%  top-5 {score.top5 * 100:5.1f}%  "
               f"median {score.median_ms:.1f} ms/image")
@@ -181,34 +243,54 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _default_preset(args, model) -> None:
+    """--preset defaults to the model's DEFAULT_PRESET when neither it nor --config is given."""
+    if model is not None and not args.preset and not args.config:
+        from .pq.presets import DEFAULT_PRESET
+        args.preset = DEFAULT_PRESET.get(model.name)
+
+
 def cmd_bench(args) -> int:
     from . import bench as B
     if args.isa:       # before quantizing: `auto` times the kernels of the variant that will run
         from .kernels import set_isa
         set_isa(args.isa)
     model = _model(args.model) if not str(args.model).endswith(".qcnn") else None
+    _default_preset(args, model)
+    bar = _progress_bar(True)
+    bar.note(f"bench: {args.model}, preset {args.preset}" if args.preset else f"bench: {args.model}")
+    if model is not None and model.speed_test_only and not args.config and not args.error_correction \
+            and not args.no_error_correction:
+        # Random weights: error correction would cost minutes and change nothing a speed test measures.
+        args.no_error_correction = True
+        bar.note(f"error correction off: {model.name} has random weights, so it would change nothing this "
+                 f"test measures (--error-correction to have it anyway)")
+    images = None if args.synthetic else args.images or B.default_images()
     wb, source = _quantized(args, model)
     model = wb.model
-    inputs = B.bench_inputs(model, args.images, max(args.images_per_run, 16))
+    bar.note(f"quantized with {source}; kernel {args.kernel}; images: {images or 'synthetic inputs'}")
+    inputs = B.bench_inputs(model, images, max(args.images_per_run, 16))
     engines = {"dense": wb.dense_graph.forward, "quantized": wb.quant_graph.forward}
     skipped = {}
     uncapped = []
     if args.peers:
+        bar.note("peers: each installed one, checked against the dense output first")
         from .peers import peer_engines
         found = peer_engines(wb.dense_graph, (model.input_size,) * 2, inputs[:16], threads=args.threads)
         engines.update(found.engines)
         skipped, uncapped = found.skipped, found.uncapped
-    bar = _progress_bar(not args.json)
+    bar.note(f"speed test: {args.runs} runs x {args.images_per_run} images, batch 1, one thread")
     test = B.speed_test(engines, inputs, runs=args.runs, per_run=args.images_per_run,
-                        progress=lambda i, n: bar("speed test", i / n))
+                        progress=lambda i, n: bar(f"{i}/{n} images", i / n))
+    bar.note(f"per-layer breakdown: {args.layer_repeats} images")
     layers = B.layer_breakdown(wb.dense_graph, wb.quant_graph, inputs, repeats=args.layer_repeats)
     memory = {"dense": B.peak_memory(wb.dense_graph, inputs[0]), "quantized": B.peak_memory(wb.quant_graph, inputs[0])}
+    bar.finish()
     report = B.BenchReport(model.name, source, args.kernel, test, layers, memory, skipped,
-                           str(args.images) if args.images else "synthetic inputs", uncapped=uncapped)
+                           str(images) if images else "synthetic inputs", uncapped=uncapped)
     if args.json:
-        print(json.dumps(report.to_json(), indent=1))
+        _print_json(report.to_json())
     else:
-        print("\r" + " " * 80 + "\r", end="", file=sys.stderr)
         if model.speed_test_only:
             print(f"note: {model.description}")
         print(report.format())
@@ -220,15 +302,35 @@ def cmd_search(args) -> int:
     return search.main(args.search_args)     # its own options: `qcnn search --help`
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help can end with the presets of every model (read only when help is
+    shown: the presets module imports the quantizer, which takes seconds)."""
+
+    def __init__(self, *args, presets_help: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.presets_help = presets_help
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if self.presets_help:
+            from .pq.presets import DEFAULT_PRESET, PRESETS, preset_names
+            text += "\npresets (--preset NAME; * = the default when neither --preset nor --config is given):\n"
+            for name in PRESETS:
+                text += f"  {name}: " + ", ".join(p + "*" * (DEFAULT_PRESET.get(name) == p)
+                                                 for p in preset_names(name)) + "\n"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qcnn", description="Quantized-CNN: dense vs product-quantized CNN inference")
-    p.add_argument("--threads", type=int, default=1, help="BLAS/kernel threads (default 1, as in the paper)")
+    p = _Parser(prog="qcnn", description="Quantized-CNN: dense vs product-quantized CNN inference",
+                presets_help=True)
+    p.add_argument("--threads", type=_threads, default=1, help="BLAS/kernel threads (default 1, as in the paper)")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("classify", help="top-k labels for images")
     c.add_argument("images", nargs="+", metavar="IMAGE")
     c.add_argument("--model", default="efficientnet-lite0", help="efficientnet-lite0 | resnet18 | resnet50 | alexnet | PATH.onnx")
-    c.add_argument("--top", type=int, default=5)
+    c.add_argument("--top", type=_positive_int, default=5)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_classify)
 
@@ -242,22 +344,23 @@ def build_parser() -> argparse.ArgumentParser:
         if kernel:
             q.add_argument("--kernel", default="auto", choices=KERNELS, help="how PQ layers run (default: auto)")
 
-    e = sub.add_parser("eval", help="top-1/top-5 of the dense and quantized engines on a labelled folder")
+    e = sub.add_parser("eval", help="top-1/top-5 of the dense and quantized engines on a labelled folder",
+                       presets_help=True)
     e.add_argument("--model", default="efficientnet-lite0", help="model name, PATH.onnx or FILE.qcnn")
     e.add_argument("--images", required=True, help="folder of images")
     e.add_argument("--labels", required=True, help="CSV with file,class_index columns")
-    e.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    e.add_argument("--limit", type=_positive_int, default=None, help="evaluate only the first N images")
     e.add_argument("--json", action="store_true")
     quant_options(e)
     e.set_defaults(func=cmd_eval)
 
-    q = sub.add_parser("quantize", help="product-quantize a model and save it as a .qcnn file")
+    q = sub.add_parser("quantize", help="product-quantize a model and save it as a .qcnn file", presets_help=True)
     q.add_argument("--model", default="efficientnet-lite0")
     q.add_argument("-o", "--output", required=True, help="the .qcnn file to write")
     quant_options(q, kernel=False)
     q.set_defaults(func=cmd_quantize)
 
-    c = sub.add_parser("cost", help="cost model: MACs, lookups, storage, memory per layer")
+    c = sub.add_parser("cost", help="cost model: MACs, lookups, storage, memory per layer", presets_help=True)
     c.add_argument("--model", default="efficientnet-lite0")
     c.add_argument("--preset")
     c.add_argument("--config")
@@ -267,12 +370,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_cost)
 
-    b = sub.add_parser("bench", help="the paper's speed test: dense vs quantized, batch 1, one thread")
-    b.add_argument("--model", default="alexnet", help="model name, PATH.onnx or FILE.qcnn")
-    b.add_argument("--images", help="folder of photos (default: synthetic inputs)")
-    b.add_argument("--runs", type=int, default=5)
-    b.add_argument("--images-per-run", type=int, default=100)
-    b.add_argument("--layer-repeats", type=int, default=20, help="images for the per-layer breakdown")
+    b = sub.add_parser("bench", help="the paper's speed test: dense vs quantized, batch 1, one thread",
+                       description="The paper's speed test.  With no options: AlexNet, its default preset "
+                                   "(fast4) without error correction, on ../shared/imagenet-sample-500 when "
+                                   "present, else the bundled photos.", presets_help=True)
+    b.add_argument("--model", default="alexnet", help="model name, PATH.onnx or FILE.qcnn (default: alexnet)")
+    b.add_argument("--images", help="folder of photos (default: ../shared/imagenet-sample-500 when present, "
+                                    "else the bundled photos)")
+    b.add_argument("--synthetic", action="store_true", help="random inputs instead of photos")
+    b.add_argument("--error-correction", action="store_true",
+                   help="error correction for a speed-test-only model too (off by default: its weights are "
+                        "random, so it would cost minutes and change nothing the test measures)")
+    b.add_argument("--runs", type=_positive_int, default=5)
+    b.add_argument("--images-per-run", type=_positive_int, default=100)
+    b.add_argument("--layer-repeats", type=_positive_int, default=20, help="images for the per-layer breakdown")
     b.add_argument("--peers", action="store_true", help="also time the installed peers (qcnn.peers: "
                    "onnxruntime, OpenVINO, MNN, ncnn), each checked against the dense output first")
     b.add_argument("--isa", choices=("scalar", "avx2", "avx512", "avx512vnni", "neon", "neondot"),
@@ -298,9 +409,25 @@ def main(argv: list[str] | None = None) -> int:
     set_num_threads(args.threads)
     try:
         return args.func(args)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except KeyboardInterrupt:
+        print("\nqcnn: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("qcnn: error: not enough memory", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"qcnn: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError, ImageLoadError) as exc:
         print(f"qcnn: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:          # a bug: say so plainly; QCNN_DEBUG=1 shows the traceback
+        if os.environ.get("QCNN_DEBUG"):
+            raise
+        print(f"qcnn: internal error (please report it with the command line): {exc}\n"
+              f"      set QCNN_DEBUG=1 to see where it happened", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -56,6 +56,9 @@ def evaluate(model: Model, labels_csv: str | Path, images_dir: str | Path | None
         labels.append(label)
         if progress:
             progress(i + 1, len(rows))
+    if not labels:
+        raise ValueError(f"{labels_csv}: none of the {len(rows)} images it lists could be read"
+                         + (f" ({skipped[0]})" if skipped else ""))
     y = np.asarray(labels)
     scores, stacked = {}, {}
     for name in engines:

@@ -1,7 +1,13 @@
-"""Robust image loading: any file Pillow understands -> a fully loaded RGB image.
+"""Robust image loading: a photo in one of the formats of :data:`FORMATS` -> a fully loaded RGB image.
 
-Every failure (missing file, not an image, truncated data, too many pixels, ...)
-is reported as :class:`ImageLoadError`, naming the file and the reason.
+Every failure (missing file, not a regular file, not an image, a format not on the list,
+truncated data, too many pixels, ...) is reported as :class:`ImageLoadError`, naming the file and
+the reason.
+
+Only the formats of :data:`FORMATS` are ever tried: Pillow would otherwise hand, say, an EPS file
+named ``.jpg`` to Ghostscript, an interpreter that runs whatever the file says (one endless loop
+and the caller hangs).  The list is the photo formats users have, whose Pillow decoders are plain
+parsers: BMP/DIB, PNG, JPEG (with its multi-picture MPO variant), TIFF, WebP, GIF and PPM/PGM/PBM.
 
 BMP is decoded by Pillow except for the variants it rejects or mis-reads, which
 are decoded here with numpy:
@@ -28,15 +34,20 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageLoadError", "load_image", "image_files"]
+from .files import NotARegularFile, open_regular
+
+__all__ = ["MAX_PIXELS", "FORMATS", "IMAGE_EXTENSIONS", "ImageLoadError", "load_image", "image_files"]
 
 #: Images with more pixels than this are refused before their pixels are decoded.
 #: Pillow's own limit (``PIL.Image.MAX_IMAGE_PIXELS``) applies as well.
 MAX_PIXELS = 100_000_000
 
-#: Suffixes (lower case) that :func:`image_files` picks up.
+#: Pillow format names tried when decoding; anything else is refused unopened.
+FORMATS = ("BMP", "DIB", "PNG", "JPEG", "TIFF", "WEBP", "GIF", "PPM")   # JPEG includes MPO
+
+#: Suffixes (lower case) that :func:`image_files` picks up: those of :data:`FORMATS`.
 IMAGE_EXTENSIONS = frozenset(
-    {".bmp", ".dib", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm"}
+    {".bmp", ".dib", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pbm", ".pnm"}
 )
 
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, BinaryIO]
@@ -69,9 +80,13 @@ def load_image(source: Source) -> Image.Image:
     if isinstance(source, (str, os.PathLike)):
         name = os.fsdecode(source)
         try:
-            fp = open(source, "rb")
+            fp = open_regular(source)      # a FIFO would block here forever, a device never end
         except FileNotFoundError:
             raise ImageLoadError(name, "file not found") from None
+        except NotARegularFile as exc:
+            raise ImageLoadError(name, exc.strerror) from None
+        except ValueError:                   # a NUL byte in the name (from a labels file, say)
+            raise ImageLoadError(name, "the file name contains a NUL byte") from None
         except OSError as exc:
             # Windows reports a directory as PermissionError, POSIX as IsADirectoryError.
             reason = (
@@ -95,6 +110,12 @@ def image_files(folder: str | os.PathLike[str]) -> list[Path]:
 
 # --------------------------------------------------------------------------- decoding
 
+_FORMAT_NAMES = "BMP, PNG, JPEG, TIFF, WebP, GIF, PPM"
+
+# Pillow warns (UserWarning) about damage it reads past, e.g. "Corrupt EXIF data": the file is
+# either decoded or refused with an ImageLoadError, so the warning would only be noise on stderr.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+
 # warnings.catch_warnings() swaps process-wide state; serialise our own use of it.
 _warnings_lock = threading.Lock()
 
@@ -105,13 +126,13 @@ def _decode(fp: BinaryIO, name: str) -> Image.Image:
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        raise ImageLoadError(name, "not a recognised image format") from None
+        raise ImageLoadError(name, f"not a recognised image format (supported: {_FORMAT_NAMES})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageLoadError(name, f"image too large: {exc}") from None
     except MemoryError:
         raise ImageLoadError(name, "not enough memory to decode the image") from None
     except Exception as exc:  # Pillow plugins raise all sorts of types for bad data
-        detail = str(exc) or type(exc).__name__
+        detail = str(exc) or "no details"
         kind = (
             "unsupported image variant"
             if "unsupported" in detail.lower()
@@ -140,7 +161,7 @@ def _decode_unchecked(fp: BinaryIO, name: str) -> Image.Image:
 
     with _warnings_lock, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image = Image.open(fp)
+        image = Image.open(fp, formats=FORMATS)
     with image:
         _check_size(*image.size, name)  # before any pixel is decoded
         image.load()

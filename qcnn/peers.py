@@ -235,12 +235,13 @@ def best(means: dict[str, float]) -> dict:
 
 def summary(means: dict[str, float], uncapped: list[str] = (), isa: str = "", cpu: str = "") -> list[str]:
     """The report's closing lines on the peers (see best)."""
+    from .bench import ratio_words      # "0.66x faster" would mean slower
     b = best(means)
     if not b:
         return []
     lines = [f"best peer: {b['best_peer']} {b['best_peer_ms']:.2f} ms; quantized "
-             f"{b['quant_speedup_over_best_peer']:.2f}x faster than it, "
-             f"{means['dense'] / means['quantized']:.2f}x faster than dense"]
+             f"{ratio_words(b['quant_speedup_over_best_peer'])} than it, "
+             f"{ratio_words(means['dense'] / means['quantized'])} than dense"]
     if "best_fp32_peer" in b:
         ratio = b["dense_time_over_best_fp32"]
         lines.append(f"best fp32 peer: {b['best_fp32_peer']} {b['best_fp32_peer_ms']:.2f} ms; dense takes "

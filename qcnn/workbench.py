@@ -36,7 +36,7 @@ from .pq import engine
 from .pq.layer import PQLayer, PQSetting
 from .evaluate import evaluate
 from .pq.cost import cost_report
-from .pq.modelfile import ModelFileError, load_model_file, save_model
+from .pq.modelfile import ModelFileError, load_model_file, pairing_problem, save_model
 from .pq.quantize import Cancelled   # also what quantize_model raises: one class to catch
 from .pq.quantize import QuantConfig, calibration_batch, quantize_model, reconstructed
 from .pq.quantize import quantizable_layers as quantizable_names
@@ -537,12 +537,15 @@ class Workbench:
             except Exception:
                 candidate = None                    # moved or changed: rebuild from the codebooks
             if candidate is not None and model_key(candidate) == identity:
-                dense_model = candidate
-                break
+                mismatch = pairing_problem(loaded, candidate)     # the metadata may name any model
+                if not mismatch:
+                    dense_model = candidate
+                    break
+                note = f"the file names {candidate.name}, but {mismatch}: "
         if dense_model is None:
             dense_model = Model(loaded.name, reconstructed(loaded.graph), loaded.preprocess, loaded.labels,
                                 loaded.description, loaded.speed_test_only, dict(loaded.identity))
-            note = "dense weights rebuilt from the codebooks (the original network is not available)"
+            note = (note or "the original network is not available: ") + "dense weights rebuilt from the codebooks"
         settings = (QuantSettings.from_dict(metadata["settings"]) if isinstance(metadata.get("settings"), dict)
                     else settings_of_graph(loaded.graph))
         path = Path(path)

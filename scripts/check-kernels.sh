@@ -2,12 +2,19 @@
 # The C kernels' extra checks, run by CI after the test suite:
 #   1. the portable scalar fallback (SIMD disabled by QCNN_DISABLE_SIMD=1) passes the kernel tests;
 #   2. capped at AVX2 (QCNN_ISA=avx2, the common CPU), the layers choose and pass as there;
-#   3. an AddressSanitizer + UndefinedBehaviorSanitizer build of the extension passes them too.
+#   3. an AddressSanitizer + UndefinedBehaviorSanitizer build of the extension passes them too;
+#   4. under that build, the fuzzers of everything that feeds the kernels from untrusted input: the
+#      .qcnn loader (each file that loads then runs through every kernel), random conv/pooling
+#      geometry against the work/memory budget and the pooling definition, and the ONNX importer
+#      and restricted unpickler fuzzers where the suite has them (any test named *fuzz*), with
+#      QCNN_FUZZ_EXAMPLES examples each and a hard time limit.
 # The sanitizer build goes into a temporary copy of the package, never over the installed one.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 py="${PYTHON:-$repo/.venv/bin/python}"
 tests=(tests/test_kernels_pq.py tests/test_kernels_dense.py tests/test_layers.py)
+fuzz_examples="${QCNN_FUZZ_EXAMPLES:-200}"
+fuzz_seconds="${QCNN_FUZZ_SECONDS:-600}"
 
 echo "== kernel tests, scalar fallback (QCNN_DISABLE_SIMD=1)"
 (cd "$repo" && QCNN_DISABLE_SIMD=1 "$py" -m pytest -q -p no:cacheprovider "${tests[@]}")
@@ -24,6 +31,16 @@ rm -f "$tmp"/qcnn/_kernels*.so
 ls "$tmp"/qcnn/_kernels*.so >/dev/null
 # Python itself is not instrumented: the runtimes are preloaded, leak checks (Python's own
 # allocations) are off, any other report fails the run.
-(cd "$tmp" && PYTHONPATH="$tmp" LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)" \
-    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-    "$py" -m pytest -q -p no:cacheprovider "${tests[@]}")
+sanitized() {
+    (cd "$tmp" && PYTHONPATH="$tmp" LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)" \
+        ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 "$@")
+}
+sanitized "$py" -m pytest -q -p no:cacheprovider "${tests[@]}"
+
+echo "== fuzzers, ASan + UBSan build ($fuzz_examples examples each, at most $fuzz_seconds s)"
+fuzz_files=(tests/test_modelfile.py tests/test_hostile.py tests/test_pooling_border.py)
+for f in "$repo"/tests/test_onnx*.py "$repo"/tests/test_models_*.py "$repo"/tests/test_*pickle*.py; do
+    [ -e "$f" ] && fuzz_files+=("tests/$(basename "$f")")
+done
+QCNN_FUZZ_EXAMPLES="$fuzz_examples" sanitized timeout --signal=INT "$fuzz_seconds" "$py" -m pytest -q -p no:cacheprovider \
+    -k "fuzz or budget_bounds or random_geometry or corrupted_bytes_never_crash" "${fuzz_files[@]}"

@@ -1,6 +1,7 @@
 """qcnn.workbench, the app's model layer, without Qt: frames, engines, the quantized-model cache,
 footprints, model files and evaluation.  Fast settings: EfficientNet-Lite0 with only its FC layer
 quantized, no error correction."""
+import dataclasses
 import sys
 import threading
 
@@ -107,7 +108,10 @@ def test_adopt_classify_and_footprint(lite0):
     frame = wb.Frame.from_image(photo(), "p", 1)
     dense, quant = bench.run(frame, "dense"), bench.run(frame, "quantized")
     assert quant.layers[-1].kind == "pq" or any(t.kind == "pq" for t in quant.layers)
-    assert wb.agree(dense, quant) in (True, False)
+    swapped = [dense.top[1], dense.top[0], *dense.top[2:]]          # same top-5, another top-1
+    same, other = dataclasses.replace(quant, top=list(dense.top)), dataclasses.replace(quant, top=swapped)
+    assert wb.agree(dense, same) is True and wb.agree(dense, other) is False
+    assert wb.agree(dense, dataclasses.replace(same, serial=2)) is None and wb.agree(dense, None) is None
     bench.record(dense)
     bench.record(quant)
     assert "fc" in bench.timings.speedups()

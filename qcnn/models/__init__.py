@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from ..budget import check_budget
 from ..graph import Graph
 from ..layers import Softmax, softmax
 from ..preprocess import Preprocess
@@ -38,6 +39,9 @@ class Model:
     identity: dict = field(default_factory=dict)   # what the weights are (name, sha256) for model files
 
     def __post_init__(self):
+        # Every source of models passes here: a graph whose work or memory per image exceeds the
+        # budget (qcnn.budget) is refused before anything runs it.
+        check_budget(self.graph, (self.preprocess.crop, self.preprocess.crop))
         # Whether the graph already ends in a softmax (ONNX models often do).
         self.outputs_probs = isinstance(self.graph[self.graph.output].layer, Softmax)
 
@@ -84,6 +88,8 @@ def load_model(spec: str | os.PathLike) -> Model:
         from .alexnet import alexnet
         return alexnet()
     if spec.lower().endswith(".onnx") or os.path.exists(spec):
+        if os.path.exists(spec) and not os.path.isfile(spec):     # a FIFO would block the reader forever
+            raise ValueError(f"model {spec}: not a regular file")
         from .onnx_import import load_onnx
         return load_onnx(spec)
     raise ValueError(f"unknown model {spec!r}: use one of {', '.join(BUILTIN)} or a path to an .onnx file")

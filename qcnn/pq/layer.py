@@ -28,8 +28,8 @@ class PQSetting:
     def __post_init__(self):
         if not (2 <= self.ksub <= 256):
             raise ValueError(f"codebook size K must be 2..256, got {self.ksub}")
-        if self.dsub < 1:
-            raise ValueError(f"subspace width C_s' must be >= 1, got {self.dsub}")
+        if not 1 <= self.dsub <= 65536:       # wider is no layer's width: a typo that would allocate GBs
+            raise ValueError(f"subspace width C_s' must be 1..65536, got {self.dsub}")
 
     @property
     def bits(self) -> int:
@@ -82,8 +82,10 @@ class PQLayer(Layer):
             raise ValueError("PQ layer: bad kind or activation")
         if self.impl not in ("reference", "exact", "fastscan", "reconstructed"):
             raise ValueError(f"PQ layer: unknown implementation {self.impl!r}")
-        if self.kind_of == "fc" and (kh, kw, g) != (1, 1, 1):
-            raise ValueError("PQ layer: FC layers are 1x1 with one group")
+        if self.kind_of == "fc" and ((kh, kw, g) != (1, 1, 1) or tuple(self.stride) != (1, 1)
+                                     or self.pads not in ((0, 0, 0, 0), [0, 0, 0, 0])):
+            # The C kernels would run a padded "FC" as a convolution: 4x the outputs for pads of 1.
+            raise ValueError("PQ layer: FC layers are 1x1 with one group, stride 1 and no padding")
 
     # geometry, named as on Conv2D/Dense
     @property

@@ -32,31 +32,47 @@ Why SHA-256 rather than CRC32: 28 more bytes and ~2 ms per MB on load buy a chec
 corruption gets past, and a digest that can double as the file's identity.  It is not a signature:
 whoever can edit the file can recompute it, so loading still validates everything else.
 
-Loading reads the file once and validates before building anything: magic, version, sizes,
-checksum, the header's schema (every type, every value's range, unique node names, inputs that
-exist), every array's dtype, shape, place and exact length, every code < K, then builds the
-layers (PQLayer.validate), the Graph (wiring) and checks every layer fits the tensor it reads.
+Metadata keys this package writes and reads have a schema too (`METADATA`: settings, config,
+model_identity, source, ...); other keys are the caller's own, any JSON.
+
+Loading reads the file once (regular files only: a FIFO would block forever) and validates before
+building anything: magic, version, sizes, checksum, the header's schema (every type, every value's
+range, unique node names, inputs that exist, pooling pads smaller than the window), the metadata's
+schema, every array's dtype, shape, place, exact length and finite values, every code < K, then
+builds the layers (PQLayer.validate), the Graph (wiring) and the Model, which checks every layer
+fits the tensor it reads and that the work and memory per image stay within qcnn.budget's limits.
 Any failure is a ModelFileError; no allocation exceeds a small multiple of the file's size.
+
+Saving runs the same checks on what it is about to write (so it never writes a file the reader
+refuses), then writes a temporary file beside the target and renames it over the target: the
+target is always the old file or the complete new one.  A failed or interrupted save removes its
+temporary; one killed outright cannot, so each temporary names its process and the next save of
+that file removes those whose process is gone.  (O_TMPFILE would avoid the name altogether, but
+linking it into place through /proc is refused on some kernels.)
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
 import os
+import re
+import secrets
 import struct
-import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from .. import layers as L
+from ..budget import BudgetError
+from ..files import NotARegularFile, open_regular
 from ..graph import Graph, Node
 from ..models import Model
 from ..preprocess import Preprocess
-from .cost import infer_shapes
 from .layer import PQLayer, PQSetting
 
 MAGIC = b"QCNN\x00\r\n\x1a"
@@ -65,7 +81,6 @@ _PREFIX = struct.Struct("<8sHI")          # magic, version, header length
 _DIGEST = 32
 MAX_HEADER = 4 * 2**20
 _CHUNK = 2**20                            # codes (un)packed per step: bounds the temporaries
-MAX_TENSOR = 2**30                        # elements in any activation at batch 1 (4 GiB)
 
 
 class ModelFileError(ValueError):
@@ -267,6 +282,65 @@ def _field(what: str, check, v):
         raise _Invalid(f"{what}: {exc}") from None
 
 
+def _optional(check):
+    return lambda v: None if v is None else check(v)
+
+
+def _pq_setting(v) -> dict | None:
+    if v is None:
+        return None
+    _object(v, "setting", {"dsub", "ksub"})
+    return {"dsub": _field("dsub", _count, v["dsub"]), "ksub": _field("ksub", _int(2, 256), v["ksub"])}
+
+
+def _settings_by_layer(v) -> dict:
+    for name, setting in _dict(v, "layers").items():
+        _field(f"layer {name!r:.40}", _pq_setting, setting)
+    return v
+
+
+def _fields(**checks):
+    """An object whose listed keys, where present, pass their checks (others are left alone)."""
+    def check(v):
+        _dict(v, "value")
+        for key, field_check in checks.items():
+            if key in v:
+                _field(key, field_check, v[key])
+        return v
+    return check
+
+
+def _nonnegative(v) -> float:
+    if _real(v) < 0:
+        raise _Invalid(f"expected a number >= 0, got {v!r:.40}")
+    return v
+
+
+_seed = _int(-2**63, 2**64)
+#: Metadata keys qcnn writes and reads, and their schema: checked on load and on save, so the
+#: readers (the workbench, eval, bench, the app) get the types they expect.  Other keys: any JSON.
+METADATA: dict[str, Callable[[Any], Any]] = {
+    "settings": _fields(conv=_pq_setting, fc=_pq_setting, per_layer=_settings_by_layer, error_correction=_bool,
+                        calib_folder=_optional(_str), calib_count=_int(0, 2**31), seed=_seed),
+    "config": _fields(layers=_settings_by_layer, error_correction=_bool, iterations=_int(0, 2**31), seed=_seed,
+                      max_rows=_int(1, 2**62), kmeans_init=_int(1, 2**31), shrinkage=_real),
+    "model_identity": _fields(name=_str),
+    "source": _str,
+    "cache_key": _str,
+    "app": _str,
+    "calibration_count": _int(0, 2**62),
+    "quantize_seconds": _nonnegative,
+}
+
+
+def _check_metadata(v) -> dict:
+    metadata = _dict(v, "metadata")
+    for key, check in METADATA.items():
+        if key in metadata:
+            _field(f"metadata {key}", check, metadata[key])
+    return metadata
+
+
 # --------------------------------------------------------------------------- saving
 
 def _json_value(v):
@@ -353,42 +427,29 @@ def save_model(path: str | os.PathLike, model: Model, graph: Graph | None = None
     """Write `graph` (default: model.graph, usually a quantized graph) as a model file.
 
     `model` supplies name, description, identity, preprocessing and labels; `metadata` is any
-    JSON object to keep with it.  The file is written to a temporary file in the same directory
-    and renamed over `path`, so `path` is either the old file or the complete new one.
+    JSON object to keep with it (the keys of METADATA must follow its schema).  What would be
+    written is first checked as the reader checks it; then it is written atomically (module
+    docstring), so `path` is either the old file or the complete new one.
     Returns the file's size in bytes."""
     path = os.fspath(path)
     graph = model.graph if graph is None else graph
     try:
         header, blobs = _serialise(model, graph, metadata, float16_codebooks)
+        _check_as_reader(header, blobs)
+    except _Invalid as exc:
+        raise ModelFileError(path, f"cannot save: the file would not load: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise ModelFileError(path, f"cannot save: {exc}") from exc
     directory = os.path.dirname(os.path.abspath(path))
     try:
         mode = os.stat(path).st_mode & 0o7777     # replacing a file keeps its permissions
     except OSError:
-        mode = 0o644     # mkstemp's 0600 would hide the file from other users
+        mode = 0o644     # a private temporary's 0600 would hide the file from other users
+    _remove_stale_temporaries(directory, os.path.basename(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+        size = _write_atomically(path, directory, mode, (_PREFIX.pack(MAGIC, VERSION, len(header)), header, *blobs))
     except OSError as exc:
         raise ModelFileError(path, f"cannot write: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            digest = hashlib.sha256()
-            for chunk in (_PREFIX.pack(MAGIC, VERSION, len(header)), header, *blobs):
-                f.write(chunk)
-                digest.update(chunk)
-            f.write(digest.digest())
-            f.flush()
-            os.fsync(f.fileno())
-            size = f.tell()
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException as exc:     # including KeyboardInterrupt: never leave the temporary behind
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise ModelFileError(path, f"cannot write: {exc.strerror or exc}") from exc
-        raise
     with contextlib.suppress(OSError):   # make the rename itself durable; not possible everywhere
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
@@ -398,14 +459,94 @@ def save_model(path: str | os.PathLike, model: Model, graph: Graph | None = None
     return size
 
 
+def _check_as_reader(header: bytes, blobs: list[np.ndarray]) -> None:
+    """Everything load_model_file checks, on the header and arrays about to be written."""
+    by_offset, offset = {}, 0
+    for blob in blobs:
+        by_offset[offset] = blob
+        offset += blob.size
+
+    def fetch(start: int, length: int) -> np.ndarray:
+        blob = by_offset.get(start)
+        if blob is None or blob.size != length:
+            raise _Invalid(f"array bytes at offset {start} do not match the table")
+        return blob
+
+    parsed = _parse_json(header)
+    _build(parsed, _read_arrays(parsed.get("arrays"), fetch, offset))
+
+
+def _temporary_name(directory: str, base: str) -> str:
+    # The writer's process id in the name tells a later save whether the writer is still alive.
+    return os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _write_atomically(path: str, directory: str, mode: int, chunks) -> int:
+    tmp = _temporary_name(directory, os.path.basename(path))
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+        with os.fdopen(fd, "wb") as f:
+            digest = hashlib.sha256()
+            for chunk in chunks:
+                f.write(chunk)
+                digest.update(chunk)
+            f.write(digest.digest())
+            f.flush()
+            os.fsync(f.fileno())
+            size = f.tell()
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:     # including KeyboardInterrupt: never leave the temporary behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return size
+
+
+_STALE_AFTER = 24 * 3600          # seconds: temporaries without a process id (older versions)
+
+
+def _remove_stale_temporaries(directory: str, base: str) -> None:
+    """Remove temporaries of `base` left by saves that were killed (their process is gone)."""
+    pattern = re.compile(rf"\.{re.escape(base)}\.(?:(\d+)\.)?[0-9a-z_]+\.tmp")
+    with contextlib.suppress(OSError):
+        names = os.listdir(directory)
+        for name in names:
+            match = pattern.fullmatch(name)
+            if match is None:
+                continue
+            full = os.path.join(directory, name)
+            with contextlib.suppress(OSError):
+                if match.group(1) is not None:
+                    if _alive(int(match.group(1))):
+                        continue
+                elif time.time() - os.stat(full).st_mtime < _STALE_AFTER:
+                    continue
+                os.unlink(full)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError, ValueError):
+        return True                    # someone else's process, or not knowable: leave it
+    return True
+
+
 # --------------------------------------------------------------------------- loading
 
 def load_model_file(path: str | os.PathLike) -> tuple[Model, dict]:
     """(Model whose graph holds PQLayer nodes for the quantized layers, the saved metadata)."""
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             data = f.read()
+    except NotARegularFile as exc:
+        raise ModelFileError(path, exc.strerror) from None
     except OSError as exc:
         raise ModelFileError(path, f"cannot read: {exc.strerror or exc}") from exc
     try:
@@ -429,7 +570,8 @@ def _parse(data: bytes) -> tuple[Model, dict]:
         raise _Invalid(f"header length {header_len} does not fit the file or exceeds {MAX_HEADER}")
     header = _parse_json(data[_PREFIX.size:_PREFIX.size + header_len])
     base = _PREFIX.size + header_len
-    arrays = _read_arrays(header.get("arrays"), data, base, body - base)
+    arrays = _read_arrays(header.get("arrays"), lambda offset, length: np.frombuffer(data, np.uint8, length, base + offset),
+                          body - base)
     return _build(header, arrays)
 
 
@@ -448,12 +590,14 @@ def _parse_json(raw: bytes) -> dict:
     try:
         header = json.loads(raw.decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as exc:   # RecursionError: hostile nesting depth
-        raise _Invalid(f"header is not valid JSON: {type(exc).__name__}: {str(exc)[:80]}") from None
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:80]
+        raise _Invalid(f"header is not valid JSON: {reason}") from None
     return _object(header, "header", {"model", "preprocess", "labels", "graph", "metadata", "arrays"})
 
 
-def _read_arrays(table, data: bytes, base: int, size: int) -> dict[str, np.ndarray]:
-    """name -> array as stored (packed codes stay packed), after checking every entry."""
+def _read_arrays(table, fetch: Callable[[int, int], np.ndarray], size: int) -> dict[str, tuple]:
+    """name -> (dtype, shape, bits, bytes as stored: packed codes stay packed), after checking every
+    entry; fetch(offset, length) gives an entry's uint8 bytes from the `size`-byte array section."""
     arrays, end = {}, 0
     for i, entry in enumerate(_list(table)):
         what = f"array {i}"
@@ -486,8 +630,7 @@ def _read_arrays(table, data: bytes, base: int, size: int) -> dict[str, np.ndarr
         if offset + length > size:
             raise _Invalid(f"{what}: bytes {offset}..{offset + length} lie outside the array section ({size} bytes)")
         end = offset + length
-        raw = np.frombuffer(data, np.uint8, length, base + offset)
-        arrays[name] = (dtype, shape, entry.get("bits"), raw)
+        arrays[name] = (dtype, shape, entry.get("bits"), fetch(offset, length))
     if end != size:
         raise _Invalid(f"array section is {size} bytes but its arrays take {end}")
     return arrays
@@ -517,7 +660,10 @@ def _take_array(arrays: dict, node: str, role: str, arr: _Arr, pq: dict | None):
             raise _Invalid(f"array {name!r}: code {int(codes.max())} is >= K = {pq['ksub']}")
         return codes.reshape(shape)
     # Copy: the layer gets its own aligned, writeable array, not a view of the file's bytes.
-    return np.frombuffer(raw, np.dtype(dtype).newbyteorder("<")).astype(np.float32).reshape(shape)
+    values = np.frombuffer(raw, np.dtype(dtype).newbyteorder("<")).astype(np.float32).reshape(shape)
+    if not np.isfinite(values).all():
+        raise _Invalid(f"array {name!r}: contains NaN or infinite values")
+    return values
 
 
 def _check_pq_setting(v, node: str) -> dict:
@@ -549,6 +695,11 @@ def _build_node(record, arrays: dict, known: set[str]) -> Node:
         raise _Invalid(f"{what}: reads {unknown_inputs}, which no earlier node computes")
     attrs = _object(record["attrs"], f"{what} attrs", set(spec.attrs))
     kwargs = {a: _field(f"{what} {a}", check, attrs[a]) for a, check in spec.attrs.items()}
+    if kind == "Pool2D" and kwargs["pads"] != "same":
+        kh, kw = kwargs["kernel"]
+        if max(kwargs["pads"][:2]) >= kh or max(kwargs["pads"][2:]) >= kw:
+            # as ONNX and Caffe require: a window lying wholly in the padding averages nothing
+            raise _Invalid(f"{what}: pads {list(kwargs['pads'])} are not smaller than the {kh}x{kw} window")
     pq = None
     if kind == "PQLayer":
         if "pq" not in record:
@@ -584,7 +735,7 @@ def _build(header: dict, arrays: dict) -> tuple[Model, dict]:
     pre = _object(header["preprocess"], "preprocess", set(), set(_PREPROCESS))   # absent keys: defaults
     preprocess = Preprocess(**{k: _field(f"preprocess {k}", _PREPROCESS[k], v) for k, v in pre.items()})
     labels = tuple(_field("labels", _str, s) for s in _list(header["labels"]))
-    metadata = _dict(header["metadata"], "metadata")
+    metadata = _check_metadata(header["metadata"])
 
     g = _object(header["graph"], "graph", {"input", "output", "nodes"})
     input_name = _field("graph input", _str, g["input"])
@@ -601,13 +752,56 @@ def _build(header: dict, arrays: dict) -> tuple[Model, dict]:
         raise _Invalid(f"arrays {sorted(arrays)[:5]} belong to no layer")
     try:
         graph = Graph(nodes, input_name, output)
-        # Every layer must fit what it reads, on the input the preprocessing makes.
-        shapes = infer_shapes(graph, (preprocess.crop, preprocess.crop))
-    except ValueError as exc:
+        # Every layer must fit what it reads, on the input the preprocessing makes, and the work and
+        # memory per image stay within budget (e.g. absurd padding read with an absurd stride).
+        model = Model(name=name, graph=graph, preprocess=preprocess, labels=labels, description=description,
+                      speed_test_only=speed_test_only, identity=identity)
+    except (BudgetError, ValueError) as exc:
         raise _Invalid(f"graph: {exc}") from None
-    biggest = max(shapes, key=lambda n: math.prod(shapes[n]))
-    if math.prod(shapes[biggest]) > MAX_TENSOR:     # e.g. absurd padding: running it would exhaust memory
-        raise _Invalid(f"graph: tensor {biggest!r} would have shape {list(shapes[biggest])}")
-    model = Model(name=name, graph=graph, preprocess=preprocess, labels=labels, description=description,
-                  speed_test_only=speed_test_only, identity=identity)
     return model, metadata
+
+
+# --------------------------------------------------------------------------- pairing
+
+def pairing_problem(quantized: Model, dense: Model) -> str:
+    """Why `quantized` (a loaded file) is not a quantization of `dense` ("" when it is): the same
+    preprocessing, labels and graph wiring, the same layers where nothing was quantized, and PQ
+    layers exactly where `dense` has conv or FC layers of the same geometry.  A file's metadata may
+    name any model; only this says the two networks belong together."""
+    if quantized.preprocess != dense.preprocess:
+        return "its preprocessing differs"
+    if tuple(quantized.labels) != tuple(dense.labels):
+        return "its labels differ"
+    q, d = quantized.graph, dense.graph
+    if (q.input_name, q.output, len(q.nodes)) != (d.input_name, d.output, len(d.nodes)):
+        return "its graph has other inputs, outputs or layers"
+    for a, b in zip(q.nodes, d.nodes):
+        if (a.name, a.inputs) != (b.name, b.inputs):
+            return f"layer {a.name!r} is wired differently"
+        why = _layer_difference(a.layer, b.layer)
+        if why:
+            return f"layer {a.name!r} {why}"
+    return ""
+
+
+def _layer_difference(mine: L.Layer, dense: L.Layer) -> str:
+    if isinstance(mine, PQLayer):
+        geometry = ((mine.kind_of, mine.in_channels, mine.out_channels, mine.kernel, mine.activation)
+                    + ((tuple(mine.stride), mine.pads, mine.groups) if mine.kind_of == "conv" else ()))
+        if isinstance(dense, L.Dense):
+            theirs = ("fc", dense.in_channels, dense.out_channels, (1, 1), dense.activation)
+        elif isinstance(dense, L.Conv2D):
+            theirs = ("conv", dense.in_channels, dense.out_channels, dense.kernel, dense.activation,
+                      tuple(dense.stride), dense.pads, dense.groups)
+        else:
+            return f"is quantized where the model has a {dense.kind} layer"
+        return "" if geometry == theirs else "has another shape"
+    if type(mine) is not type(dense):
+        return f"is a {mine.kind} layer where the model has a {dense.kind} layer"
+    for f in dataclasses.fields(mine):
+        a, b = getattr(mine, f.name), getattr(dense, f.name)
+        same = (np.array_equal(a, b) if isinstance(a, np.ndarray) or isinstance(b, np.ndarray)
+                else a == b or (a != a and b != b))
+        if not same:
+            return f"differs in {f.name}"
+    return ""

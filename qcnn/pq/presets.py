@@ -86,3 +86,8 @@ def preset(model_name: str, name: str) -> QuantConfig:
     if name not in table:
         raise ValueError(f"no preset {name!r} for {model_name}: choose from {', '.join(sorted(table)) or 'none'}")
     return QuantConfig.from_dict(copy.deepcopy(table[name]))
+
+
+#: The preset commands use when none is given: AlexNet's the paper's speed test (fast-scan
+#: layers), EfficientNet-Lite0's the one the app starts with.
+DEFAULT_PRESET = {"alexnet": "fast4", "efficientnet-lite0": "accurate"}

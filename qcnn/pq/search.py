@@ -67,6 +67,39 @@ def agreement(ref_probs: np.ndarray, probs: np.ndarray) -> dict:
             "kl": float(np.mean(kl))}
 
 
+def read_sensitivity(path) -> dict[str, dict[PQSetting, dict]]:
+    """A sensitivity table saved by `--sensitivity` ({layer: {"CxK": {"agree", "keep5", "kl"}}}),
+    checked; FileNotFoundError when there is none yet, ValueError naming the file otherwise."""
+    import os
+
+    from ..files import read_json
+    if not os.path.lexists(path):
+        raise FileNotFoundError(path)
+    raw = read_json(path, "sensitivity table")
+
+    def bad(why: str):
+        raise ValueError(f"sensitivity table {path}: {why} (delete the file to measure it again)")
+
+    if not isinstance(raw, dict):
+        bad("expected an object of layers")
+    table = {}
+    for layer, row in raw.items():
+        if not isinstance(row, dict):
+            bad(f"layer {layer!r:.40}: expected an object of settings")
+        table[layer] = {}
+        for key, metrics in row.items():
+            dsub, _, ksub = key.partition("x")
+            if not (dsub.isdecimal() and ksub.isdecimal() and len(key) < 12):
+                bad(f"layer {layer!r:.40}: setting {key!r:.20} is not C_s'xK")
+            if not (isinstance(metrics, dict) and all(type(metrics.get(m)) in (int, float) for m in ("agree", "keep5", "kl"))):
+                bad(f"layer {layer!r:.40} setting {key}: expected numbers agree, keep5 and kl")
+            try:
+                table[layer][PQSetting(int(dsub), int(ksub))] = metrics
+            except ValueError as exc:
+                bad(f"layer {layer!r:.40}: {exc}")
+    return table
+
+
 def _last_use(graph: Graph) -> dict[str, int]:
     last = {}
     for i, node in enumerate(graph.nodes):
@@ -300,9 +333,7 @@ def main(argv=None) -> int:
     if args.sensitivity:
         # One table for both objectives: every setting of either ladder that saves MACs or bits.
         try:
-            with open(args.sensitivity) as f:
-                raw = json.load(f)
-            sens = {n: {PQSetting(*map(int, k.split("x"))): m for k, m in o.items()} for n, o in raw.items()}
+            sens = read_sensitivity(args.sensitivity)
         except FileNotFoundError:
             costs = SettingCosts(model.graph, calib.shape[1:3])
             ladders = [ladder] if args.ladder else LADDERS.values()
