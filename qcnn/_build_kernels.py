@@ -25,7 +25,10 @@ def declarations(header: Path) -> str:
     return "\n".join(lines)
 
 
-flags = ["-O3", "-std=c11", "-fno-math-errno"]
+# No -march: each SIMD variant carries its own target attribute (qcnn/csrc/simd.h) and the build runs
+# on any x86-64 or AArch64 CPU.  -ffp-contract=off: the variants are bit-identical because they round
+# alike, so the compiler may not fuse a * b + c by itself (GCC's default in ISO C mode, not clang's).
+flags = ["-O3", "-std=c11", "-fno-math-errno", "-ffp-contract=off"]
 link = []
 if os.environ.get("QCNN_SANITIZE"):
     flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-O1"]

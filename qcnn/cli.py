@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--layer-repeats", type=_positive_int, default=20, help="images for the per-layer breakdown")
     b.add_argument("--peers", action="store_true", help="also time the installed peers (qcnn.peers: "
                    "onnxruntime, OpenVINO, MNN, ncnn), each checked against the dense output first")
-    b.add_argument("--isa", choices=("scalar", "avx2", "avx512", "avx512vnni"),
+    b.add_argument("--isa", choices=("scalar", "avx2", "avx512", "avx512vnni", "neon", "neondot"),
                    help="cap the C kernels' SIMD variant (as QCNN_ISA=...), e.g. avx2 for the common CPU")
     b.add_argument("--json", action="store_true")
     quant_options(b)

@@ -10,7 +10,7 @@ import numpy as np
 
 from ._kernels import ffi, lib
 
-ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512", 3: "avx512vnni"}
+ISA_NAMES = {0: "scalar", 1: "avx2", 2: "avx512", 3: "avx512vnni", 4: "neon", 5: "neondot"}   # qcnn.h
 _ACT = {None: 0, "relu": 1, "relu6": 2}
 PANEL = lib.qc_pw_panel()      # output channels per packed weight panel
 _INT_MAX = 2**31 - 1
@@ -46,7 +46,8 @@ def cpu_isa() -> str:
 
 
 def set_isa(name: str) -> str:
-    """Force a SIMD variant ("scalar", "avx2", "avx512", "avx512vnni"); capped at best_isa()."""
+    """Force a SIMD variant ("scalar", "avx2", "avx512", "avx512vnni" on x86; "neon", "neondot" on 64-bit
+    ARM); capped at best_isa(), and scalar for the other architecture's names."""
     codes = {v: k for k, v in ISA_NAMES.items()}
     if name not in codes:
         raise ValueError(f"unknown instruction set {name!r}; use one of {', '.join(codes)}")

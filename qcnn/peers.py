@@ -89,7 +89,7 @@ def _nchw(x: np.ndarray) -> np.ndarray:
 
 def _openvino(src: Path, calib: list[np.ndarray], threads: int) -> dict[str, Engine]:
     cap = kernels.isa()
-    if cap != kernels.cpu_isa():        # oneDNN reads it once, when OpenVINO's CPU plugin loads
+    if cap != kernels.cpu_isa() and cap in _ONEDNN_ISA:   # (x86 levels) oneDNN reads it once, when the CPU plugin loads
         os.environ.setdefault("ONEDNN_MAX_CPU_ISA", _ONEDNN_ISA[cap])
     import openvino as ov
 

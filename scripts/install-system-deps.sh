@@ -3,6 +3,7 @@
 #
 #   scripts/install-system-deps.sh          install the missing ones (as root)
 #   scripts/install-system-deps.sh --check  list the missing ones, exit 1 if any
+#   ... --arm                               the packages of scripts/check-arm.sh instead (CI)
 #
 # Idempotent: when everything is present it exits at once, without apt-get.
 set -euo pipefail
@@ -25,14 +26,18 @@ PACKAGES=(
     # the cffi C extension, the venv, the Makefile
     gcc python3-dev python3-venv make
 )
+# scripts/check-arm.sh: NEON kernels cross-compiled (gcc, clang) and run under qemu
+ARM_PACKAGES=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross clang qemu-user)
 
 mode=install
-case "${1:-}" in
-    "") ;;
-    --check) mode=check ;;
-    -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "usage: $0 [--check]" >&2; exit 2 ;;
-esac
+for arg in "$@"; do
+    case "$arg" in
+        --check) mode=check ;;
+        --arm) PACKAGES=("${ARM_PACKAGES[@]}") ;;
+        -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "usage: $0 [--check] [--arm]" >&2; exit 2 ;;
+    esac
+done
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -1,6 +1,7 @@
 """Dense C kernels (qcnn/csrc/depthwise.c, pointwise.c): each against a float64 numpy reference on odd
 shapes, each SIMD variant against the scalar reference, and the wrappers' argument checks."""
 import itertools
+import platform
 
 import numpy as np
 import pytest
@@ -10,8 +11,12 @@ from qcnn import layers as L
 
 ACTS = [None, "relu", "relu6"]
 # Variants this CPU can run (set_isa caps at the best one); the scalar reference always runs.
-ISAS = [name for name in ("scalar", "avx2", "avx512")
-        if K.ISA_NAMES[min({v: k for k, v in K.ISA_NAMES.items()}[name], K.lib.qc_isa_cap())] == name]
+ISAS = [name for name in ("scalar", "avx2", "avx512", "neon") if K.set_isa(name) == name]
+K.set_isa(K.best_isa())
+# This architecture's levels in order, and the other's (which cap to scalar here).
+X86_LEVELS, ARM_LEVELS = ["scalar", "avx2", "avx512", "avx512vnni"], ["scalar", "neon", "neondot"]
+LEVELS, OTHER_LEVELS = ((ARM_LEVELS, X86_LEVELS) if platform.machine() in ("aarch64", "arm64")
+                        else (X86_LEVELS, ARM_LEVELS))
 SIMD_ISAS = [i for i in ISAS if i != "scalar"]
 
 
@@ -122,6 +127,7 @@ def test_depthwise_simd_matches_scalar(isa, variant):
 # ---- pointwise (GEMM) ---------------------------------------------------------------------------
 
 PW_SHAPES = list(itertools.product([1, 5, 13, 49], [1, 3, 16, 33], [1, 7, 16, 17, 33, 70]))
+PW_SIMD_SHAPES = [(37, 40, 70), (12, 16, 96), (50, 27, 32), (7, 200, 33), (25, 5, 129)]
 
 
 @pytest.mark.parametrize("variant", ISAS)
@@ -138,7 +144,7 @@ def test_pointwise_matches_numpy(isa, variant):
 
 @pytest.mark.parametrize("variant", SIMD_ISAS)
 def test_pointwise_simd_matches_scalar(isa, variant):
-    for m, k, n in [(37, 40, 70), (12, 16, 96), (50, 27, 32), (7, 200, 33), (25, 5, 129)]:
+    for m, k, n in PW_SIMD_SHAPES:
         a, w, b = rand(m, k), rand(k, n, seed=1), rand(n, seed=2)
         packed = K.pack_weights(w)
         for act in ACTS:
@@ -353,24 +359,24 @@ def test_blas_rule():
 # ---- ISA control --------------------------------------------------------------------------------
 
 def test_set_isa_caps_and_restores(isa):
-    order = list(K.ISA_NAMES.values())
     best = K.best_isa()
-    assert isa("avx512") == order[min(order.index("avx512"), order.index(best))]
-    assert isa("avx512vnni") == best
+    assert isa(LEVELS[2]) == LEVELS[min(2, LEVELS.index(best))]
+    assert isa(LEVELS[-1]) == best
+    assert isa(OTHER_LEVELS[1]) == "scalar"
     assert isa("scalar") == "scalar" and K.isa() == "scalar"
     with pytest.raises(ValueError, match="unknown instruction set"):
         isa("sse2")
 
 
-@pytest.mark.parametrize("cap", ["scalar", "avx2", "avx512", "avx512vnni"])
+@pytest.mark.parametrize("cap", [*X86_LEVELS, *ARM_LEVELS[1:]])
 def test_isa_environment_variable_caps_every_variant(cap):
-    """QCNN_ISA caps the variant a fresh process starts with and the ones set_isa can reach."""
+    """QCNN_ISA caps the variant a fresh process starts with and the ones set_isa can reach; the
+    other architecture's names cap to scalar."""
     import os
     import subprocess
     import sys
-    order = list(K.ISA_NAMES.values())
-    want = order[min(order.index(cap), order.index(K.cpu_isa()))]
-    code = "from qcnn import kernels as K; print(K.isa(), K.best_isa(), K.set_isa('avx512vnni'), K.cpu_isa())"
+    want = LEVELS[min(LEVELS.index(cap), LEVELS.index(K.cpu_isa()))] if cap in LEVELS else "scalar"
+    code = f"from qcnn import kernels as K; print(K.isa(), K.best_isa(), K.set_isa({LEVELS[-1]!r}), K.cpu_isa())"
     env = {**os.environ, "QCNN_ISA": cap}       # (QCNN_DISABLE_SIMD, if set, caps both processes alike)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == [want, want, want, K.cpu_isa()]

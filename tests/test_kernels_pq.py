@@ -25,6 +25,8 @@ CASES = [
     ("conv", 16, 130, 3, 4, 16, 1, (1, 1), "same", (5, 6)),      # 5 blocks of 32: a pass of 4, then 1
     ("conv", 8, 12, 1, 4, 16, 1, (2, 2), (1, 0, 1, 1), (6, 7)),    # padded strided 1x1 (ONNX allows it)
     ("fc", 64, 200, 1, 2, 16, 1, (1, 1), (0, 0, 0, 0), (1, 1)),    # 7 blocks: 4 + 3
+    ("conv", 12, 40, 3, 3, 32, 1, (1, 1), "same", (5, 6)),        # K = 32: two registers of tables
+    ("fc", 96, 50, 1, 2, 64, 1, (1, 1), (0, 0, 0, 0), (1, 1)),     # K = 64: NEON's largest in-register rows
 ]
 
 
@@ -140,7 +142,7 @@ def test_fastscan_repacks_its_codes_when_the_simd_variant_changes():
     for isa in ISAS:
         dense_kernels.set_isa(isa)
         prepared(x)
-        assert prepared.layout == ("dot" if isa == "avx512vnni" else "bytes")
+        assert prepared.layout == ("dot" if isa in ("avx512vnni", "neondot") else "bytes")
     assert K.PreparedPQ(make_layer("fc", 16, 40, 1, 4, 16, 1, (1, 1), (0, 0, 0, 0)), "fastscan").layout == "nibbles"
     with pytest.raises(ValueError, match="unknown fast-scan layout"):
         prepared.pack_codes("packed")

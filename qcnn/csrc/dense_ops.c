@@ -165,8 +165,62 @@ QC_AVX2 static void lrn_avx2(const lrn_args *a) {
 
 #endif  /* QC_HAVE_X86 */
 
+#if QC_HAVE_NEON
+
+/* Four channels of x starting at channel j, zero where j + t falls outside [0, c): NEON has no
+ * masked loads, so the window's edges go through a small buffer. */
+static inline float32x4_t load4_clipped(const float *xp, int j, int c) {
+    if (j >= 0 && j + 4 <= c)
+        return vld1q_f32(xp + j);
+    float v[4];
+    for (int t = 0; t < 4; t++) v[t] = j + t >= 0 && j + t < c ? xp[j + t] : 0.f;
+    return vld1q_f32(v);
+}
+
+/* The AVX2 variant's operations four lanes wide: exact roots and division, bit-identical to the
+ * scalar reference. */
+static void lrn_neon(const lrn_args *a) {
+    const float32x4_t scale = vdupq_n_f32(a->scale), kk = vdupq_n_f32(a->k);
+    const int c = a->c, lo = a->lo, size = a->size;
+    const float beta = a->beta;
+    const float *x = a->x;
+    float *y = a->y;
+    for (size_t p = 0; p < a->npix; p++) {
+        const float *xp = x + p * c;
+        float *yp = y + p * c;
+        for (int ch = 0; ch < c; ch += 4) {
+            float32x4_t s = vdupq_n_f32(0.f);
+            for (int d = 0; d < size; d++) {
+                const float32x4_t v = load4_clipped(xp, ch - lo + d, c);
+                s = vaddq_f32(s, vmulq_f32(v, v));      /* not fused: the layer squares, then adds */
+            }
+            s = vaddq_f32(vmulq_f32(s, scale), kk);
+            const float32x4_t xv = load4_clipped(xp, ch, c);
+            float32x4_t out;
+            if (beta == 0.75f) {
+                const float32x4_t r = vsqrtq_f32(s);
+                out = vdivq_f32(xv, vmulq_f32(r, vsqrtq_f32(r)));
+            } else {
+                float sv[4];
+                vst1q_f32(sv, s);
+                for (int t = 0; t < 4; t++) sv[t] = powf(sv[t], -beta);
+                out = vmulq_f32(xv, vld1q_f32(sv));
+            }
+            if (ch + 4 <= c) {
+                vst1q_f32(yp + ch, out);
+            } else {
+                float o[4];
+                vst1q_f32(o, out);
+                for (int t = 0; ch + t < c; t++) yp[ch + t] = o[t];
+            }
+        }
+    }
+}
+
+#endif  /* QC_HAVE_NEON */
+
 typedef void (*lrn_fn)(const lrn_args *);
-static const lrn_fn LRN[QC_ISA_COUNT] = QC_VARIANTS(lrn_scalar, lrn_avx2, lrn_avx512);
+static const lrn_fn LRN[QC_ISA_COUNT] = QC_VARIANTS(lrn_scalar, lrn_avx2, lrn_avx512, lrn_neon);
 
 void qc_lrn_f32(const float *x, size_t npix, int c, int size, float scale, float beta, float k, float *y) {
     const lrn_args a = {x, y, npix, c, size, (size - 1) / 2, scale, k, beta};
@@ -207,9 +261,10 @@ static pool_win pool_window(const pool_args *a, int oy, int ox) {
 /* Each variant pools one output pixel: xb is its image, yp its channels. */
 typedef void (*pool_px_fn)(const pool_args *a, const float *xb, const pool_win *win, float *yp);
 
-static void pool_scalar(const pool_args *a, const float *xb, const pool_win *win, float *yp) {
+/* Channels [ch0, c) of one pixel; the NEON variant pools its last few channels here too. */
+static void pool_scalar_from(const pool_args *a, const float *xb, const pool_win *win, float *yp, size_t ch0) {
     const size_t c = (size_t)a->c;
-    for (size_t ch = 0; ch < c; ch++) {
+    for (size_t ch = ch0; ch < c; ch++) {
         float acc = a->avg ? 0.f : -INFINITY;
         for (int i = win->i0; i < win->i1; i++)
             for (int j = win->j0; j < win->j1; j++) {
@@ -218,6 +273,10 @@ static void pool_scalar(const pool_args *a, const float *xb, const pool_win *win
             }
         yp[ch] = a->avg ? acc * win->inv : acc;
     }
+}
+
+static void pool_scalar(const pool_args *a, const float *xb, const pool_win *win, float *yp) {
+    pool_scalar_from(a, xb, win, yp, 0);
 }
 
 #if QC_HAVE_X86
@@ -291,7 +350,51 @@ QC_AVX2 static void pool_avx2(const pool_args *a, const float *xb, const pool_wi
 
 #endif  /* QC_HAVE_X86 */
 
-static const pool_px_fn POOL_PX[QC_ISA_COUNT] = QC_VARIANTS(pool_scalar, pool_avx2, pool_avx512);
+#if QC_HAVE_NEON
+
+/* Up to eight vectors of four channels per pass (32 channels), each with its own accumulator, as
+ * the AVX-512 variant; the channels past the last whole vector go to the scalar reference.
+ * vmaxnmq ignores a NaN as the scalar comparison does. */
+QC_INLINE void pool_pass128(const pool_args *a, const float *xb, const pool_win *win, float *yp, size_t ch,
+                            const int nv, const int avg) {
+    const size_t c = (size_t)a->c, w = (size_t)a->w;
+    float32x4_t acc[8];
+    for (int v = 0; v < nv; v++) acc[v] = vdupq_n_f32(avg ? 0.f : -INFINITY);
+    for (int i = win->i0; i < win->i1; i++) {
+        const float *xr = xb + ((size_t)i * w + win->j0) * c + ch;
+        for (int j = win->j0; j < win->j1; j++, xr += c)
+            for (int v = 0; v < nv; v++) {
+                const float32x4_t x = vld1q_f32(xr + 4 * v);
+                acc[v] = avg ? vaddq_f32(acc[v], x) : vmaxnmq_f32(acc[v], x);
+            }
+    }
+    for (int v = 0; v < nv; v++)
+        vst1q_f32(yp + ch + 4 * v, avg ? vmulq_f32(acc[v], vdupq_n_f32(win->inv)) : acc[v]);
+}
+
+static void pool_neon(const pool_args *a, const float *xb, const pool_win *win, float *yp) {
+    const size_t c = (size_t)a->c, whole = c & ~(size_t)3;
+    for (size_t ch = 0; ch < whole; ch += 32) {
+        const size_t vecs = (whole - ch) / 4;
+#define POOL_PASS(NV) (a->avg ? pool_pass128(a, xb, win, yp, ch, NV, 1) : pool_pass128(a, xb, win, yp, ch, NV, 0))
+        switch (vecs >= 8 ? 8 : vecs) {
+        case 1: POOL_PASS(1); break;
+        case 2: POOL_PASS(2); break;
+        case 3: POOL_PASS(3); break;
+        case 4: POOL_PASS(4); break;
+        case 5: POOL_PASS(5); break;
+        case 6: POOL_PASS(6); break;
+        case 7: POOL_PASS(7); break;
+        default: POOL_PASS(8); break;
+        }
+#undef POOL_PASS
+    }
+    pool_scalar_from(a, xb, win, yp, whole);
+}
+
+#endif  /* QC_HAVE_NEON */
+
+static const pool_px_fn POOL_PX[QC_ISA_COUNT] = QC_VARIANTS(pool_scalar, pool_avx2, pool_avx512, pool_neon);
 
 void qc_pool_f32(const float *x, int n, int h, int w, int c, int kh, int kw, int sh, int sw, int pt, int pb,
                  int pl, int pr, int avg, int include_pad, float *y, int oh, int ow) {

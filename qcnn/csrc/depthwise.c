@@ -340,11 +340,150 @@ QC_AVX2 static void dw_row_avx2(const dw_args *a, int b, int oy) {
 
 #endif  /* QC_HAVE_X86 */
 
+#if QC_HAVE_NEON
+
+/* ---- NEON: 4 channels per vector, 32 registers (the AVX-512 scheme, narrower vectors) ---------- */
+
+/* Generic path: one output pixel, channels [cb, c), any kernel size; vectors of 4, then the last
+ * channels one by one as the scalar reference does them (no masked loads on NEON). */
+static void dw128_pixel(const dw_args *a, const float *xb, int oy, int ox, size_t cb, float *yp) {
+    const size_t c = (size_t)a->c;
+    const int iy = oy * a->sh - a->pt, ix = ox * a->sw - a->pl;
+    int i0, i1, j0, j1;
+    tap_range(oy, a->sh, a->pt, a->kh, a->h, &i0, &i1);
+    tap_range(ox, a->sw, a->pl, a->kw, a->w, &j0, &j1);
+    for (; cb + 4 <= c; cb += 4) {
+        float32x4_t acc = a->bias ? vld1q_f32(a->bias + cb) : vdupq_n_f32(0.f);
+        for (int i = i0; i < i1; i++) {
+            const float *xr = xb + ((size_t)(iy + i) * a->w + (size_t)(ix + j0)) * c + cb;
+            const float *wr = a->wt + ((size_t)i * a->kw + j0) * c + cb;
+            for (int j = j0; j < j1; j++, xr += c, wr += c)
+                acc = vfmaq_f32(acc, vld1q_f32(xr), vld1q_f32(wr));
+        }
+        vst1q_f32(yp + cb, qc_act128(acc, a->act));
+    }
+    for (; cb < c; cb++) {
+        float acc = a->bias ? a->bias[cb] : 0.f;
+        for (int i = i0; i < i1; i++)
+            for (int j = j0; j < j1; j++)
+                acc += xb[((size_t)(iy + i) * a->w + (size_t)(ix + j)) * c + cb] *
+                       a->wt[((size_t)i * a->kw + j) * c + cb];
+        yp[cb] = qc_act(acc, a->act);
+    }
+}
+
+/* One border pixel: taps outside the input row are skipped one by one (few pixels per row). */
+QC_INLINE void dw128_border(const dw_args *a, const float *const *rows, float *yr, const float32x4_t *W,
+                            float32x4_t B, size_t cb, int ox, const int KH, const int KW, const int SW,
+                            const int FULL) {
+    const size_t c = (size_t)a->c;
+    const int ix = ox * SW - a->pl;
+    const int j0 = ix < 0 ? -ix : 0, j1 = ix + KW > a->w ? a->w - ix : KW;
+    float32x4_t acc = B;
+QC_UNROLL
+    for (int i = 0; i < KH; i++) {
+        if (!FULL && !rows[i]) continue;
+QC_UNROLL
+        for (int j = 0; j < KW; j++)
+            if (j >= j0 && j < j1)  /* index formed as an integer first: ix may be negative */
+                acc = vfmaq_f32(acc, vld1q_f32(&rows[i][(ptrdiff_t)(ix + j) * (ptrdiff_t)c + (ptrdiff_t)cb]),
+                                W[i * KW + j]);
+    }
+    vst1q_f32(yr + (size_t)ox * c + cb, qc_act128(acc, a->act));
+}
+
+/* Fixed kernel KH x KW, column stride SW, Q outputs per step, as dw512_fixed. */
+QC_INLINE void dw128_fixed(const dw_args *a, const float *const *rows, float *yr, int lo, int hi,
+                           const int KH, const int KW, const int SW, const int Q, const int FULL) {
+    const size_t c = (size_t)a->c;
+    const int pl = a->pl, act = a->act;
+    for (size_t cb = 0; cb + 4 <= c; cb += 4) {
+        float32x4_t W[DW_MAXK * DW_MAXK];
+QC_UNROLL
+        for (int t = 0; t < KH * KW; t++)
+            W[t] = vld1q_f32(a->wt + (size_t)t * c + cb);
+        const float32x4_t B = a->bias ? vld1q_f32(a->bias + cb) : vdupq_n_f32(0.f);
+        int ox = 0;
+        for (; ox < lo; ox++)
+            dw128_border(a, rows, yr, W, B, cb, ox, KH, KW, SW, FULL);
+        for (; ox + Q <= hi; ox += Q) {
+            const size_t col = (size_t)(ox * SW - pl) * c + cb;
+            float32x4_t acc[DW_MAXQ];
+QC_UNROLL
+            for (int q = 0; q < Q; q++) acc[q] = B;
+QC_UNROLL
+            for (int i = 0; i < KH; i++) {
+                if (!FULL && !rows[i]) continue;
+                const float *r = rows[i] + col;
+QC_UNROLL
+                for (int t = 0; t < (Q - 1) * SW + KW; t++) {
+                    const float32x4_t v = vld1q_f32(r + (size_t)t * c);
+QC_UNROLL
+                    for (int q = 0; q < Q; q++) {
+                        const int j = t - q * SW;
+                        if (j >= 0 && j < KW) acc[q] = vfmaq_f32(acc[q], v, W[i * KW + j]);
+                    }
+                }
+            }
+QC_UNROLL
+            for (int q = 0; q < Q; q++)
+                vst1q_f32(yr + (size_t)(ox + q) * c + cb, qc_act128(acc[q], act));
+        }
+        for (; ox < hi; ox++) {
+            const size_t col = (size_t)(ox * SW - pl) * c + cb;
+            float32x4_t acc = B;
+QC_UNROLL
+            for (int i = 0; i < KH; i++) {
+                if (!FULL && !rows[i]) continue;
+QC_UNROLL
+                for (int j = 0; j < KW; j++)
+                    acc = vfmaq_f32(acc, vld1q_f32(rows[i] + col + (size_t)j * c), W[i * KW + j]);
+            }
+            vst1q_f32(yr + (size_t)ox * c + cb, qc_act128(acc, act));
+        }
+        for (; ox < a->ow; ox++)
+            dw128_border(a, rows, yr, W, B, cb, ox, KH, KW, SW, FULL);
+    }
+}
+
+static void dw_row_neon(const dw_args *a, int b, int oy) {
+    const size_t c = (size_t)a->c;
+    const float *xb = a->x + (size_t)b * a->h * a->w * c;
+    float *yr = a->y + ((size_t)b * a->oh + oy) * a->ow * c;
+    int i0, i1, lo, hi;
+    tap_range(oy, a->sh, a->pt, a->kh, a->h, &i0, &i1);
+    interior_cols(a, &lo, &hi);
+    size_t cvec = c & ~(size_t)3;
+    if (a->kh == a->kw && (a->kh == 3 || a->kh == 5) && (a->sw == 1 || a->sw == 2)) {
+        const float *rows[5] = {0};
+        for (int i = i0; i < i1; i++)
+            rows[i] = xb + (size_t)(oy * a->sh - a->pt + i) * a->w * c;
+        const int full = i0 == 0 && i1 == a->kh;
+        /* Q: 4 outputs for 3x3; 2 for 5x5, whose 25 weight vectors leave few spare registers. */
+        if (a->kh == 3 && a->sw == 1) {
+            if (full) dw128_fixed(a, rows, yr, lo, hi, 3, 3, 1, 4, 1); else dw128_fixed(a, rows, yr, lo, hi, 3, 3, 1, 4, 0);
+        } else if (a->kh == 3) {
+            if (full) dw128_fixed(a, rows, yr, lo, hi, 3, 3, 2, 4, 1); else dw128_fixed(a, rows, yr, lo, hi, 3, 3, 2, 4, 0);
+        } else if (a->sw == 1) {
+            if (full) dw128_fixed(a, rows, yr, lo, hi, 5, 5, 1, 2, 1); else dw128_fixed(a, rows, yr, lo, hi, 5, 5, 1, 2, 0);
+        } else {
+            if (full) dw128_fixed(a, rows, yr, lo, hi, 5, 5, 2, 2, 1); else dw128_fixed(a, rows, yr, lo, hi, 5, 5, 2, 2, 0);
+        }
+    } else {
+        cvec = 0;  /* no specialisation: every channel goes through the generic path */
+    }
+    if (cvec < c)
+        for (int ox = 0; ox < a->ow; ox++)
+            dw128_pixel(a, xb, oy, ox, cvec, yr + (size_t)ox * c);
+}
+
+#endif  /* QC_HAVE_NEON */
+
 /* ---- dispatch ---------------------------------------------------------------------------------- */
 
 typedef void (*dw_row_fn)(const dw_args *, int b, int oy);
 
-static const dw_row_fn DW_ROW[QC_ISA_COUNT] = QC_VARIANTS(dw_row_scalar, dw_row_avx2, dw_row_avx512);
+static const dw_row_fn DW_ROW[QC_ISA_COUNT] = QC_VARIANTS(dw_row_scalar, dw_row_avx2, dw_row_avx512, dw_row_neon);
 
 void qc_depthwise_f32(const float *x, int n, int h, int w, int c, const float *wt, const float *bias,
                       int kh, int kw, int sh, int sw, int pt, int pl, float *y, int oh, int ow, int act) {

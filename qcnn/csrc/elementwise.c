@@ -233,6 +233,101 @@ QC_AVX2 static void unary_avx2(const float *x, float *y, size_t n, int kind, flo
 }
 #endif
 
+#if QC_HAVE_NEON
+/* ---- NEON: the same polynomials as the x86 variants, four lanes ------------------------------- */
+QC_INLINE float32x4_t exp128(float32x4_t x) {
+    x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(EXP_LO)), vdupq_n_f32(EXP_HI));
+    const float32x4_t n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(1.44269504088896341f)));
+    float32x4_t r = vfmsq_f32(x, n, vdupq_n_f32(0.693359375f));
+    r = vfmsq_f32(r, n, vdupq_n_f32(-2.12194440e-4f));
+    float32x4_t p = vdupq_n_f32(1.9875691500e-4f);
+    p = vfmaq_f32(vdupq_n_f32(1.3981999507e-3f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(4.1665795894e-2f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.6666665459e-1f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(5.0000001201e-1f), p, r);
+    p = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.f)), p, vmulq_f32(r, r));
+    const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtnq_s32_f32(n), vdupq_n_s32(127)), 23);
+    return vmulq_f32(p, vreinterpretq_f32_s32(e));
+}
+
+QC_INLINE float32x4_t with_sign128(float32x4_t magnitude, float32x4_t v) {
+    const uint32x4_t sign = vandq_u32(vreinterpretq_u32_f32(v), vdupq_n_u32(0x80000000u));
+    return vreinterpretq_f32_u32(vorrq_u32(vreinterpretq_u32_f32(magnitude), sign));
+}
+
+QC_INLINE float32x4_t erf128(float32x4_t v) {
+    const float32x4_t a = vabsq_f32(v), one = vdupq_n_f32(1.f);
+    const float32x4_t t = vdivq_f32(one, vfmaq_f32(one, a, vdupq_n_f32(ERF_P)));
+    float32x4_t p = vfmaq_f32(vdupq_n_f32(ERF_A4), vdupq_n_f32(ERF_A5), t);
+    p = vfmaq_f32(vdupq_n_f32(ERF_A3), p, t);
+    p = vfmaq_f32(vdupq_n_f32(ERF_A2), p, t);
+    p = vfmaq_f32(vdupq_n_f32(ERF_A1), p, t);
+    p = vmulq_f32(p, t);
+    const float32x4_t e = exp128(vnegq_f32(vmulq_f32(a, a)));
+    return with_sign128(vfmsq_f32(one, p, e), v);
+}
+
+QC_INLINE float32x4_t unary128(float32x4_t v, const int kind, float32x4_t alpha, float32x4_t beta) {
+    const float32x4_t zero = vdupq_n_f32(0.f), one = vdupq_n_f32(1.f);
+    switch (kind) {
+    case QC_UNARY_SIGMOID:
+        return vdivq_f32(one, vaddq_f32(one, exp128(vnegq_f32(v))));
+    case QC_UNARY_SILU:
+        return vdivq_f32(v, vaddq_f32(one, exp128(vnegq_f32(v))));
+    case QC_UNARY_HARDSIGMOID:
+        return vminq_f32(vmaxq_f32(vfmaq_f32(beta, alpha, v), zero), one);
+    case QC_UNARY_HARDSWISH: {
+        const float32x4_t g = vfmaq_f32(vdupq_n_f32(0.5f), v, vdupq_n_f32(1.f / 6.f));
+        return vmulq_f32(v, vminq_f32(vmaxq_f32(g, zero), one));
+    }
+    case QC_UNARY_TANH: {
+        const float32x4_t e = exp128(vmulq_f32(vabsq_f32(v), vdupq_n_f32(-2.f)));
+        return with_sign128(vdivq_f32(vsubq_f32(one, e), vaddq_f32(one, e)), v);
+    }
+    case QC_UNARY_GELU: {
+        const float32x4_t h = vmulq_f32(v, vdupq_n_f32(0.5f));
+        return vfmaq_f32(h, h, erf128(vmulq_f32(v, vdupq_n_f32(0.70710678118654752f))));
+    }
+    case QC_UNARY_LEAKYRELU:
+        return vbslq_f32(vcltq_f32(v, zero), vmulq_f32(v, alpha), v);
+    case QC_UNARY_ERF:
+        return erf128(v);
+    case QC_UNARY_ELU:
+        return vbslq_f32(vcltq_f32(v, zero), vmulq_f32(vsubq_f32(exp128(v), one), alpha), v);
+    default:
+        return v;
+    }
+}
+
+QC_INLINE void run128(const float *x, float *y, size_t n, const int kind, float alpha, float beta) {
+    const float32x4_t a = vdupq_n_f32(alpha), b = vdupq_n_f32(beta);
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, unary128(vld1q_f32(x + i), kind, a, b));
+    if (i < n) {                      /* NEON has no masked loads: the tail goes through a buffer */
+        float buf[4] = {0.f, 0.f, 0.f, 0.f};
+        for (size_t j = i; j < n; j++) buf[j - i] = x[j];
+        vst1q_f32(buf, unary128(vld1q_f32(buf), kind, a, b));
+        for (size_t j = i; j < n; j++) y[j] = buf[j - i];
+    }
+}
+
+static void unary_neon(const float *x, float *y, size_t n, int kind, float alpha, float beta) {
+    switch (kind) {       /* one specialised loop per kind: the switch leaves the inner loop */
+    case QC_UNARY_SIGMOID: run128(x, y, n, QC_UNARY_SIGMOID, alpha, beta); break;
+    case QC_UNARY_SILU: run128(x, y, n, QC_UNARY_SILU, alpha, beta); break;
+    case QC_UNARY_HARDSIGMOID: run128(x, y, n, QC_UNARY_HARDSIGMOID, alpha, beta); break;
+    case QC_UNARY_HARDSWISH: run128(x, y, n, QC_UNARY_HARDSWISH, alpha, beta); break;
+    case QC_UNARY_TANH: run128(x, y, n, QC_UNARY_TANH, alpha, beta); break;
+    case QC_UNARY_GELU: run128(x, y, n, QC_UNARY_GELU, alpha, beta); break;
+    case QC_UNARY_LEAKYRELU: run128(x, y, n, QC_UNARY_LEAKYRELU, alpha, beta); break;
+    case QC_UNARY_ERF: run128(x, y, n, QC_UNARY_ERF, alpha, beta); break;
+    case QC_UNARY_ELU: run128(x, y, n, QC_UNARY_ELU, alpha, beta); break;
+    default: unary_scalar(x, y, n, kind, alpha, beta);
+    }
+}
+#endif
+
 /* ---- channel affine ----------------------------------------------------------------------------- */
 typedef void (*affine_fn)(const float *x, float *y, size_t npix, int c, const float *scale, const float *shift,
                           int act);
@@ -283,13 +378,28 @@ QC_AVX2 static void affine_avx2(const float *x, float *y, size_t npix, int c, co
 }
 #endif
 
-static const affine_fn AFFINE[QC_ISA_COUNT] = QC_VARIANTS(affine_scalar, affine_avx2, affine_avx512);
+#if QC_HAVE_NEON
+static void affine_neon(const float *x, float *y, size_t npix, int c, const float *scale, const float *shift,
+                        int act) {
+    for (size_t p = 0; p < npix; p++) {
+        const float *xp = x + p * c;
+        float *yp = y + p * c;
+        int ch = 0;
+        for (; ch + 4 <= c; ch += 4)     /* vfmaq is fused like fmaf: bit-equal to the scalar loop */
+            vst1q_f32(yp + ch, qc_act128(vfmaq_f32(vld1q_f32(shift + ch), vld1q_f32(xp + ch), vld1q_f32(scale + ch)),
+                                         act));
+        for (; ch < c; ch++) yp[ch] = qc_act(fmaf(xp[ch], scale[ch], shift[ch]), act);
+    }
+}
+#endif
+
+static const affine_fn AFFINE[QC_ISA_COUNT] = QC_VARIANTS(affine_scalar, affine_avx2, affine_avx512, affine_neon);
 
 void qc_affine_f32(const float *x, float *y, size_t npix, int c, const float *scale, const float *shift, int act) {
     AFFINE[qc_isa()](x, y, npix, c, scale, shift, act);
 }
 
-static const unary_fn UNARY[QC_ISA_COUNT] = QC_VARIANTS(unary_scalar, unary_avx2, unary_avx512);
+static const unary_fn UNARY[QC_ISA_COUNT] = QC_VARIANTS(unary_scalar, unary_avx2, unary_avx512, unary_neon);
 
 void qc_unary_f32(const float *x, float *y, size_t n, int kind, float alpha, float beta) {
     UNARY[qc_isa()](x, y, n, kind, alpha, beta);

@@ -86,8 +86,6 @@ static void pw_tile_scalar(const pw_args *g, const float *a, int rows, float *c,
     }
 }
 
-#if QC_HAVE_X86
-
 /* Switch on the tile height so each case inlines the kernel with a constant MR:
  * CALL(MR, NV) expands to the kernel call. */
 #define PW_HEIGHTS_6(CALL, NV)                                                                    \
@@ -105,6 +103,8 @@ static void pw_tile_scalar(const pw_args *g, const float *a, int rows, float *c,
     case 10: CALL(10, NV); break;                                                                 \
     case 11: CALL(11, NV); break;                                                                 \
     case 12: CALL(12, NV); break;
+
+#if QC_HAVE_X86
 
 /* ---- AVX-512: MR x (NV * 16) tiles, NV = 2 for a full panel, 1 when at most 16 columns are real */
 
@@ -241,6 +241,96 @@ QC_AVX2 static void pw_tile_avx2(const pw_args *g, const float *a, int rows, flo
 
 #endif  /* QC_HAVE_X86 */
 
+#if QC_HAVE_NEON
+
+/* ---- NEON: MR x (NV * 4) tiles over one half (16 columns) of a panel at a time, the AVX2 tile
+ * shape: 6 x 16 is 24 accumulators, 4 weight vectors and a broadcast in the 32 registers. ---------- */
+
+/* Columns [half * 16, half * 16 + hc) of panel p, hc <= 4 * NV.  The weights are prefetched as on
+ * x86 (distance not tuned on ARM). */
+QC_INLINE void pw128_kernel(const pw_args *g, const float *a, float *c, int p, int half, int hc,
+                            const int MR, const int NV, const int IMPLICIT) {
+    const size_t lda = g->lda, ldc = g->ldc;
+    const int act = g->act;
+    const int *koff = g->koff;
+    const float *b = g->bp + (size_t)p * g->k * PANEL + half * 16;
+    c += (size_t)p * PANEL + half * 16;
+    float32x4_t bias[4], acc[6][4];
+    for (int v = 0; v < NV; v++) {
+        bias[v] = vdupq_n_f32(0.f);
+        if (g->bias) {
+            /* only the real columns: the bias has n entries */
+            float tmp[4] = {0.f, 0.f, 0.f, 0.f};
+            const float *bp = g->bias + (size_t)p * PANEL + half * 16 + 4 * v;
+            if (hc >= 4 * v + 4) bias[v] = vld1q_f32(bp);
+            else {
+                for (int j = 0; j < 3 && j < hc - 4 * v; j++) tmp[j] = bp[j];
+                bias[v] = vld1q_f32(tmp);
+            }
+        }
+    }
+QC_UNROLL
+    for (int r = 0; r < MR; r++)
+QC_UNROLL
+        for (int v = 0; v < NV; v++) acc[r][v] = bias[v];
+    for (int kk = 0; kk < g->k; kk++) {
+        __builtin_prefetch((const void *)((uintptr_t)(b + (size_t)kk * PANEL) + PW_PREFETCH));
+        float32x4_t w[4];
+QC_UNROLL
+        for (int v = 0; v < NV; v++) w[v] = vld1q_f32(b + (size_t)kk * PANEL + 4 * v);
+        const float *ak = a + (IMPLICIT ? (size_t)koff[kk] : (size_t)kk);
+QC_UNROLL
+        for (int r = 0; r < MR; r++) {
+            const float32x4_t av = vld1q_dup_f32(ak + (size_t)r * lda);
+QC_UNROLL
+            for (int v = 0; v < NV; v++) acc[r][v] = vfmaq_f32(acc[r][v], av, w[v]);
+        }
+    }
+QC_UNROLL
+    for (int r = 0; r < MR; r++) {
+        float *cr = c + (size_t)r * ldc;
+QC_UNROLL
+        for (int v = 0; v < NV; v++) {
+            const float32x4_t out = qc_act128(acc[r][v], act);
+            if (hc >= 4 * v + 4) {
+                vst1q_f32(cr + 4 * v, out);
+            } else {              /* the last real columns: no masked stores on NEON */
+                float tmp[4];
+                vst1q_f32(tmp, out);
+                for (int j = 0; j < 3 && j < hc - 4 * v; j++) cr[4 * v + j] = tmp[j];   /* 1..3 of them */
+            }
+        }
+    }
+}
+
+static void pw_tile_neon(const pw_args *g, const float *a, int rows, float *c, int p, int cols) {
+#define CALL128(MR, NV) pw128_kernel(g, a, c, p, half, hc, MR, NV, 0)
+#define CALL128I(MR, NV) pw128_kernel(g, a, c, p, half, hc, MR, NV, 1)
+    for (int half = 0; half * 16 < cols; half++) {
+        const int hc = cols - half * 16 < 16 ? cols - half * 16 : 16;  /* real columns in this half */
+        const int nv = (hc + 3) / 4;
+        if (g->koff) {
+            switch (nv) {
+            case 1: switch (rows) { PW_HEIGHTS_6(CALL128I, 1) default: break; } break;
+            case 2: switch (rows) { PW_HEIGHTS_6(CALL128I, 2) default: break; } break;
+            case 3: switch (rows) { PW_HEIGHTS_6(CALL128I, 3) default: break; } break;
+            default: switch (rows) { PW_HEIGHTS_6(CALL128I, 4) default: break; } break;
+            }
+        } else {
+            switch (nv) {
+            case 1: switch (rows) { PW_HEIGHTS_6(CALL128, 1) default: break; } break;
+            case 2: switch (rows) { PW_HEIGHTS_6(CALL128, 2) default: break; } break;
+            case 3: switch (rows) { PW_HEIGHTS_6(CALL128, 3) default: break; } break;
+            default: switch (rows) { PW_HEIGHTS_6(CALL128, 4) default: break; } break;
+            }
+        }
+    }
+#undef CALL128
+#undef CALL128I
+}
+
+#endif  /* QC_HAVE_NEON */
+
 /* ---- dispatch and blocking --------------------------------------------------------------------- */
 
 static const pw_traits PW[QC_ISA_COUNT] = {
@@ -253,6 +343,13 @@ static const pw_traits PW[QC_ISA_COUNT] = {
     [QC_ISA_AVX2] = {4, pw_tile_scalar},
     [QC_ISA_AVX512] = {4, pw_tile_scalar},
     [QC_ISA_AVX512VNNI] = {4, pw_tile_scalar},
+#endif
+#if QC_HAVE_NEON
+    [QC_ISA_NEON] = {6, pw_tile_neon},
+    [QC_ISA_NEONDOT] = {6, pw_tile_neon},
+#else
+    [QC_ISA_NEON] = {4, pw_tile_scalar},
+    [QC_ISA_NEONDOT] = {4, pw_tile_scalar},
 #endif
 };
 

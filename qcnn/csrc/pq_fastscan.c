@@ -185,10 +185,82 @@ QC_AVX2 static void tables16_avx2(const float *xg, int cin_g, int M, int dsub, c
 }
 #endif
 
+#if QC_HAVE_NEON
+/* q = round((t - lo) * inv) to nearest even (vcvtnq), saturated to 0..255 by the two narrowing
+ * moves, as quant_scalar clamps. */
+static void quant_neon(const float *t, size_t n, float lo, float inv, uint8_t *q) {
+    const float32x4_t vinv = vdupq_n_f32(inv), l = vdupq_n_f32(lo);
+    for (size_t i = 0; i < n; i += 16) {
+        uint16x8_t w[2];
+        for (int j = 0; j < 2; j++) {
+            const int32x4_t a = vcvtnq_s32_f32(vmulq_f32(vsubq_f32(vld1q_f32(t + i + 8 * j), l), vinv));
+            const int32x4_t b = vcvtnq_s32_f32(vmulq_f32(vsubq_f32(vld1q_f32(t + i + 8 * j + 4), l), vinv));
+            w[j] = vcombine_u16(vqmovun_s32(a), vqmovun_s32(b));
+        }
+        vst1q_u8(q + i, vcombine_u8(vqmovn_u16(w[0]), vqmovn_u16(w[1])));
+    }
+}
+
+/* The K = 16 tables of one (pixel, group) and their range in one sweep, as tables16_avx512_d:
+ * a table is four vectors, four subspaces at a time keep sixteen chains in flight, and the fused
+ * multiply-adds run in rows_scalar's order (bit-identical tables). */
+QC_INLINE void tables16_neon_d(const float *xg, int cin_g, int M, const int dsub, const float *cbt_g, float *t,
+                               float *lo, float *hi) {
+    float32x4_t mn = vdupq_n_f32(INFINITY), mx = vdupq_n_f32(-INFINITY);
+    const int full = cin_g / dsub;
+    int m = 0;
+    for (; m + 4 <= full; m += 4) {
+        const float *xs = xg + m * dsub, *cb = cbt_g + (size_t)m * dsub * 16;
+        float32x4_t a[4][4];
+        for (int j = 0; j < 4; j++)
+            for (int v = 0; v < 4; v++) a[j][v] = vdupq_n_f32(0.f);
+        for (int d = 0; d < dsub; d++)
+            for (int j = 0; j < 4; j++) {
+                const float32x4_t xv = vdupq_n_f32(xs[j * dsub + d]);
+                const float *row = cb + (size_t)(j * dsub + d) * 16;
+                for (int v = 0; v < 4; v++) a[j][v] = vfmaq_f32(a[j][v], xv, vld1q_f32(row + 4 * v));
+            }
+        for (int j = 0; j < 4; j++)
+            for (int v = 0; v < 4; v++) {
+                vst1q_f32(t + (size_t)(m + j) * 16 + 4 * v, a[j][v]);
+                mn = vminq_f32(mn, a[j][v]);
+                mx = vmaxq_f32(mx, a[j][v]);
+            }
+    }
+    for (; m < M; m++) {
+        const int rest = cin_g - m * dsub, dm = rest < dsub ? rest : dsub;
+        float32x4_t a[4] = {vdupq_n_f32(0.f), vdupq_n_f32(0.f), vdupq_n_f32(0.f), vdupq_n_f32(0.f)};
+        for (int d = 0; d < dm; d++) {
+            const float32x4_t xv = vdupq_n_f32(xg[m * dsub + d]);
+            const float *row = cbt_g + ((size_t)m * dsub + d) * 16;
+            for (int v = 0; v < 4; v++) a[v] = vfmaq_f32(a[v], xv, vld1q_f32(row + 4 * v));
+        }
+        for (int v = 0; v < 4; v++) {
+            vst1q_f32(t + (size_t)m * 16 + 4 * v, a[v]);
+            mn = vminq_f32(mn, a[v]);
+            mx = vmaxq_f32(mx, a[v]);
+        }
+    }
+    *lo = vminvq_f32(mn);
+    *hi = vmaxvq_f32(mx);
+}
+
+static void tables16_neon(const float *xg, int cin_g, int M, int dsub, const float *cbt_g, float *t, float *lo,
+                          float *hi) {
+    switch (dsub) {
+    case 1: tables16_neon_d(xg, cin_g, M, 1, cbt_g, t, lo, hi); break;
+    case 2: tables16_neon_d(xg, cin_g, M, 2, cbt_g, t, lo, hi); break;
+    case 4: tables16_neon_d(xg, cin_g, M, 4, cbt_g, t, lo, hi); break;
+    case 8: tables16_neon_d(xg, cin_g, M, 8, cbt_g, t, lo, hi); break;
+    default: tables16_neon_d(xg, cin_g, M, dsub, cbt_g, t, lo, hi); break;
+    }
+}
+#endif
+
 void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int dsub, const float *cbt,
                      int shared_scale, float *T, uint8_t *Q, float *scale, float *offset_sum) {
-    static const tables16_fn builds[QC_ISA_COUNT] = QC_VARIANTS(tables16_scalar, tables16_avx2, tables16_avx512);
-    static const quant_fn quants[QC_ISA_COUNT] = QC_VARIANTS(quant_scalar, quant_avx2, quant_avx512);
+    static const tables16_fn builds[QC_ISA_COUNT] = QC_VARIANTS(tables16_scalar, tables16_avx2, tables16_avx512, tables16_neon);
+    static const quant_fn quants[QC_ISA_COUNT] = QC_VARIANTS(quant_scalar, quant_avx2, quant_avx512, quant_neon);
     const tables16_fn build = builds[qc_isa()];
     const quant_fn quant = quants[qc_isa()];
     const int Mp = 4 * quads_of(M), cin_g = cin / groups;
@@ -588,14 +660,179 @@ QC_VNNI static void dot_vnni(const uint8_t *Q, int groups, int quads, const uint
 }
 #endif
 
+#if QC_HAVE_NEON
+/* NEON lookups.  Bytes and nibbles layouts: the quad's four tables are four registers, and
+ * vqtbl1q_u8 looks up 16 codes of subspace h in table h (an index past 15 would give 0, so nibbles
+ * are masked).  The bytes are widened into 16-bit sums with vaddw: per half of a block (16
+ * channels), `lo` takes lanes l = 0..7 and `hi` lanes 8..15, the four subspaces of a quad into the
+ * same sums, so a lane gains at most 4 * 255 per quad and the sums are widened into 32 bits every
+ * FS_FLUSH_NEON = 64 quads (65280 < 65536).  Lane l holds channel perm(l), so lo's even lanes
+ * then hi's are channels 0-7 and their odd lanes 8-15: vuzp1q / vuzp2q put them in order. */
+#define FS_FLUSH_NEON 64
+
+/* sum[0..15] += the 16 channels of one half, from its 16-bit sums lo and hi. */
+QC_INLINE void widen_neon(uint32_t *sum, uint16x8_t lo, uint16x8_t hi) {
+    const uint16x8_t e = vuzp1q_u16(lo, hi), o = vuzp2q_u16(lo, hi);
+    vst1q_u32(sum, vaddw_u16(vld1q_u32(sum), vget_low_u16(e)));
+    vst1q_u32(sum + 4, vaddw_high_u16(vld1q_u32(sum + 4), e));
+    vst1q_u32(sum + 8, vaddw_u16(vld1q_u32(sum + 8), vget_low_u16(o)));
+    vst1q_u32(sum + 12, vaddw_high_u16(vld1q_u32(sum + 12), o));
+}
+
+/* store_scalar's fused multiply-add, four channels at a time; a partial block goes to it. */
+QC_INLINE void store_neon(const uint32_t sum[QC_FS_BLOCK], const fs_out *o) {
+    if (o->n < QC_FS_BLOCK) {
+        store_scalar(sum, o);
+        return;
+    }
+    const float32x4_t s = vdupq_n_f32(o->s), osum = vdupq_n_f32(o->osum);
+    for (int i = 0; i < QC_FS_BLOCK; i += 4) {
+        float32x4_t v = vfmaq_f32(osum, s, vcvtq_f32_u32(vld1q_u32(sum + i)));
+        if (o->bias) v = vaddq_f32(v, vld1q_f32(o->bias + i));
+        vst1q_f32(o->y + i, qc_act128(v, o->act));
+    }
+}
+
+/* Subspace h of one quad of one block: table T, 32 lookups (16 channels of each half) into the
+ * 16-bit sums A0, A1 (channels 0-15) and A2, A3 (16-31). */
+#define FSN_SUB(T, c, A0, A1, A2, A3)                                                              \
+    do {                                                                                           \
+        uint8x16_t c0_, c1_;                                                                       \
+        if (nibbles) {                                                                             \
+            const uint8x16_t b_ = vld1q_u8(c);                                                     \
+            c0_ = vandq_u8(b_, vdupq_n_u8(15));                                                    \
+            c1_ = vshrq_n_u8(b_, 4);                                                               \
+        } else {                                                                                   \
+            c0_ = vld1q_u8(c);                                                                     \
+            c1_ = vld1q_u8((c) + 64);                                                              \
+        }                                                                                          \
+        const uint8x16_t r0_ = vqtbl1q_u8(T, c0_), r1_ = vqtbl1q_u8(T, c1_);                       \
+        A0 = vaddw_u8(A0, vget_low_u8(r0_));                                                       \
+        A1 = vaddw_high_u8(A1, r0_);                                                               \
+        A2 = vaddw_u8(A2, vget_low_u8(r1_));                                                       \
+        A3 = vaddw_high_u8(A3, r1_);                                                               \
+    } while (0)
+
+/* One quad of one block: 128 lookups (two halves of 16 channels, four subspaces).  The sums are
+ * named variables, not arrays: GCC stored arrays of them to the stack after every quad. */
+#define FSN_STEP(c, A0, A1, A2, A3)                                                                \
+    do {                                                                                           \
+        FSN_SUB(l.val[0], (c), A0, A1, A2, A3);                                                    \
+        FSN_SUB(l.val[1], (c) + 16, A0, A1, A2, A3);                                               \
+        FSN_SUB(l.val[2], (c) + 32, A0, A1, A2, A3);                                               \
+        FSN_SUB(l.val[3], (c) + 48, A0, A1, A2, A3);                                               \
+    } while (0)
+
+#define FSN_WIDEN(sum, A0, A1, A2, A3)                                                             \
+    do {                                                                                           \
+        widen_neon(sum, A0, A1);                                                                   \
+        widen_neon((sum) + 16, A2, A3);                                                            \
+        A0 = A1 = A2 = A3 = vdupq_n_u16(0);                                                        \
+    } while (0)
+
+QC_INLINE void blocks_neon_n(const uint8_t *Q, int groups, int quads, const uint8_t *codes, size_t tap_stride,
+                             const int nibbles, const int nb, int g, const fs_taps *tp, const fs_out *out) {
+    uint32_t sum[2][QC_FS_BLOCK];
+    memset(sum, 0, sizeof sum);
+    const uint16x8_t z = vdupq_n_u16(0);
+    uint16x8_t a0 = z, a1 = z, a2 = z, a3 = z, b0 = z, b1 = z, b2 = z, b3 = z;
+    const size_t qb = quad_bytes(nibbles ? QC_FS_NIBBLES : QC_FS_BYTES), bstride = (size_t)quads * qb;
+    int pending = 0;
+    for (int k = 0; k < tp->n; k++) {
+        const uint8_t *lut = Q + (tp->pix[k] * groups + g) * quads * 64;
+        const uint8_t *cd = codes + (size_t)tp->tap[k] * tap_stride;
+        for (int u = 0; u < quads; u++) {
+            const uint8x16x4_t l = vld1q_u8_x4(lut + (size_t)u * 64);
+            FSN_STEP(cd + (size_t)u * qb, a0, a1, a2, a3);
+            if (nb == 2) FSN_STEP(cd + bstride + (size_t)u * qb, b0, b1, b2, b3);
+            if (++pending == FS_FLUSH_NEON) {
+                FSN_WIDEN(sum[0], a0, a1, a2, a3);
+                if (nb == 2) FSN_WIDEN(sum[1], b0, b1, b2, b3);
+                pending = 0;
+            }
+        }
+    }
+    FSN_WIDEN(sum[0], a0, a1, a2, a3);
+    store_neon(sum[0], out);
+    if (nb == 2) {
+        FSN_WIDEN(sum[1], b0, b1, b2, b3);
+        store_neon(sum[1], out + 1);
+    }
+}
+
+/* Blocks in pairs, as on AVX2: with four per pass, GCC's early loads of the codes took the sums
+ * out of the 32 registers (stores in the loop). */
+static void blocks_neon(const uint8_t *Q, int groups, int quads, const uint8_t *codes, size_t tap_stride,
+                        int nibbles, int nb, int g, const fs_taps *tp, const fs_out *out) {
+    const size_t bstride = (size_t)quads * quad_bytes(nibbles ? QC_FS_NIBBLES : QC_FS_BYTES);
+    for (int b = 0; b < nb; b += 2) {
+        const uint8_t *c = codes + b * bstride;
+        if (nibbles)
+            nb - b >= 2 ? blocks_neon_n(Q, groups, quads, c, tap_stride, 1, 2, g, tp, out + b)
+                        : blocks_neon_n(Q, groups, quads, c, tap_stride, 1, 1, g, tp, out + b);
+        else
+            nb - b >= 2 ? blocks_neon_n(Q, groups, quads, c, tap_stride, 0, 2, g, tp, out + b)
+                        : blocks_neon_n(Q, groups, quads, c, tap_stride, 0, 1, g, tp, out + b);
+    }
+}
+
+/* The dot layout with the ARMv8.2 dot products: one vqtbl4q_u8 looks 16 code bytes up in the
+ * quad's four tables at once (the index carries the subspace), one udot against ones adds each
+ * channel's four bytes into its 32-bit sum: two instructions per 16 lookups, no widening.  A block
+ * is eight sums of four channels, in channel order, one block per pass: with two, the 16 sums, 16
+ * code vectors GCC loads ahead and the table took more than the 32 registers (spills in the loop).
+ * The sums are named variables: as an array GCC kept them on the stack, a store per udot. */
+#define FSND_STEP(c, A0, A1, A2, A3, A4, A5, A6, A7)                                                 \
+    do {                                                                                             \
+        A0 = qc_udot(A0, vqtbl4q_u8(l, vld1q_u8((c))), ones);                                        \
+        A1 = qc_udot(A1, vqtbl4q_u8(l, vld1q_u8((c) + 16)), ones);                                   \
+        A2 = qc_udot(A2, vqtbl4q_u8(l, vld1q_u8((c) + 32)), ones);                                   \
+        A3 = qc_udot(A3, vqtbl4q_u8(l, vld1q_u8((c) + 48)), ones);                                   \
+        A4 = qc_udot(A4, vqtbl4q_u8(l, vld1q_u8((c) + 64)), ones);                                   \
+        A5 = qc_udot(A5, vqtbl4q_u8(l, vld1q_u8((c) + 80)), ones);                                   \
+        A6 = qc_udot(A6, vqtbl4q_u8(l, vld1q_u8((c) + 96)), ones);                                   \
+        A7 = qc_udot(A7, vqtbl4q_u8(l, vld1q_u8((c) + 112)), ones);                                  \
+    } while (0)
+#define FSND_STORE(o, A0, A1, A2, A3, A4, A5, A6, A7)                                                \
+    do {                                                                                             \
+        uint32_t sum_[QC_FS_BLOCK];                                                                  \
+        vst1q_u32(sum_, A0), vst1q_u32(sum_ + 4, A1), vst1q_u32(sum_ + 8, A2), vst1q_u32(sum_ + 12, A3);     \
+        vst1q_u32(sum_ + 16, A4), vst1q_u32(sum_ + 20, A5), vst1q_u32(sum_ + 24, A6), vst1q_u32(sum_ + 28, A7); \
+        store_neon(sum_, o);                                                                         \
+    } while (0)
+
+QC_DOTPROD static void dot_neondot(const uint8_t *Q, int groups, int quads, const uint8_t *codes, size_t tap_stride,
+                                   int unused, int nb, int g, const fs_taps *tp, const fs_out *out) {
+    (void)unused;
+    const uint8x16_t ones = vdupq_n_u8(1);
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *codes_b = codes + (size_t)b * quads * 128;
+        const uint32x4_t z = vdupq_n_u32(0);
+        uint32x4_t a0 = z, a1 = z, a2 = z, a3 = z, a4 = z, a5 = z, a6 = z, a7 = z;
+        for (int k = 0; k < tp->n; k++) {
+            const uint8_t *lut = Q + (tp->pix[k] * groups + g) * quads * 64;
+            const uint8_t *cd = codes_b + (size_t)tp->tap[k] * tap_stride;
+            for (int u = 0; u < quads; u++) {
+                const uint8x16x4_t l = vld1q_u8_x4(lut + (size_t)u * 64);
+                FSND_STEP(cd + (size_t)u * 128, a0, a1, a2, a3, a4, a5, a6, a7);
+            }
+        }
+        FSND_STORE(out + b, a0, a1, a2, a3, a4, a5, a6, a7);
+    }
+}
+#endif
+
 void qc_pq_conv_fastscan(const uint8_t *Q, const float *scale, const float *offset_sum, int h, int w,
                          int groups, int M, const uint8_t *packed, int kh, int kw, int sh, int sw,
                          int pt, int pl, int cout, const float *bias, float *y, int oh, int ow, int act,
                          int layout) {
-    static const blocks_fn variants[QC_ISA_COUNT] = QC_VARIANTS(blocks_scalar, blocks_avx2, blocks_avx512);
+    static const blocks_fn variants[QC_ISA_COUNT] = QC_VARIANTS(blocks_scalar, blocks_avx2, blocks_avx512, blocks_neon);
 #if QC_HAVE_X86
     const int vnni = qc_isa() >= QC_ISA_AVX512VNNI;
     const blocks_fn dot = vnni ? dot_vnni : dot_scalar;
+#elif QC_HAVE_NEON
+    const int vnni = 0;
+    const blocks_fn dot = qc_isa() == QC_ISA_NEONDOT ? dot_neondot : dot_scalar;
 #else
     const int vnni = 0;
     const blocks_fn dot = dot_scalar;
@@ -647,6 +884,8 @@ void qc_pq_conv_fastscan(const uint8_t *Q, const float *scale, const float *offs
                         dot_pair(Q, groups, quads, codes, tap_stride, nb, g, &tp, pstep, out, outb);
                         continue;
                     }
+#else
+                    (void)outb;
 #endif
                     blocks(Q, groups, quads, codes, tap_stride, nibbles, nb, g, &tp, out);
                 }

@@ -79,8 +79,46 @@ QC_AVX512 static void rows_avx512(const float *xg, int cin_g, int M, int dsub, i
 }
 #endif
 
+#if QC_HAVE_NEON
+/* Sixteen codewords (four vectors) per pass: four independent chains, one broadcast per channel. */
+static void rows_neon(const float *xg, int cin_g, int M, int dsub, int ksub, const float *cbt_g, float *t) {
+    for (int m = 0; m < M; m++) {
+        const float *xs = xg + m * dsub, *cb = cbt_g + (size_t)m * dsub * ksub;
+        float *tm = t + (size_t)m * ksub;
+        int dm = sub_width(m, dsub, cin_g), k = 0;
+        for (; k + 16 <= ksub; k += 16) {
+            float32x4_t a = vdupq_n_f32(0.f), b = a, c = a, d = a;
+            for (int e = 0; e < dm; e++) {
+                const float32x4_t xv = vdupq_n_f32(xs[e]);
+                const float *row = cb + (size_t)e * ksub + k;
+                a = vfmaq_f32(a, xv, vld1q_f32(row));
+                b = vfmaq_f32(b, xv, vld1q_f32(row + 4));
+                c = vfmaq_f32(c, xv, vld1q_f32(row + 8));
+                d = vfmaq_f32(d, xv, vld1q_f32(row + 12));
+            }
+            vst1q_f32(tm + k, a);
+            vst1q_f32(tm + k + 4, b);
+            vst1q_f32(tm + k + 8, c);
+            vst1q_f32(tm + k + 12, d);
+        }
+        for (; k + 4 <= ksub; k += 4) {
+            float32x4_t a = vdupq_n_f32(0.f);
+            for (int e = 0; e < dm; e++)
+                a = vfmaq_f32(a, vdupq_n_f32(xs[e]), vld1q_f32(cb + (size_t)e * ksub + k));
+            vst1q_f32(tm + k, a);
+        }
+        for (; k < ksub; k++) {
+            float acc = 0.f;
+            for (int e = 0; e < dm; e++)
+                acc = fmaf(xs[e], cb[(size_t)e * ksub + k], acc);
+            tm[k] = acc;
+        }
+    }
+}
+#endif
+
 void qc_pq_table_rows(const float *xg, int cin_g, int M, int dsub, int ksub, const float *cbt_g, float *t) {
-    static const qc_rows_fn variants[QC_ISA_COUNT] = QC_VARIANTS(rows_scalar, rows_avx2, rows_avx512);
+    static const qc_rows_fn variants[QC_ISA_COUNT] = QC_VARIANTS(rows_scalar, rows_avx2, rows_avx512, rows_neon);
     variants[qc_isa()](xg, cin_g, M, dsub, ksub, cbt_g, t);
 }
 

@@ -11,12 +11,16 @@
 #include <stdint.h>
 
 /* AVX512VNNI: AVX-512 plus VBMI byte permutes and VNNI byte dot products (Ice Lake, Sapphire Rapids,
- * Zen 4); only the fast-scan lookups use them, every other family runs its AVX-512 variant there. */
-enum { QC_ISA_SCALAR = 0, QC_ISA_AVX2 = 1, QC_ISA_AVX512 = 2, QC_ISA_AVX512VNNI = 3, QC_ISA_COUNT = 4 };
+ * Zen 4); only the fast-scan lookups use them, every other family runs its AVX-512 variant there.
+ * On 64-bit ARM: NEON (every AArch64 CPU) and NEONDOT, NEON plus the ARMv8.2 byte dot products
+ * udot/sdot (Cortex-A55/A76 and later, Apple M1 and later); again only fast-scan tells them apart.
+ * Each architecture orders its own levels; a level of another architecture caps to scalar. */
+enum { QC_ISA_SCALAR = 0, QC_ISA_AVX2 = 1, QC_ISA_AVX512 = 2, QC_ISA_AVX512VNNI = 3,
+       QC_ISA_NEON = 4, QC_ISA_NEONDOT = 5, QC_ISA_COUNT = 6 };
 enum { QC_ACT_NONE = 0, QC_ACT_RELU = 1, QC_ACT_RELU6 = 2 };
 
 int qc_isa_best(void);          /* best variant this CPU supports, QCNN_DISABLE_SIMD=1 forces scalar */
-int qc_isa_cap(void);           /* qc_isa_best capped by QCNN_ISA=scalar|avx2|avx512|avx512vnni */
+int qc_isa_cap(void);           /* qc_isa_best capped by QCNN_ISA (a level's name, as in isa.c) */
 int qc_isa(void);               /* variant in use */
 int qc_set_isa(int isa);        /* force a variant (capped at qc_isa_cap); returns the one in use */
 

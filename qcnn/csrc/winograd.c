@@ -15,7 +15,7 @@
  *   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]    A^T = [1 1 1 0; 0 1 -1 -1]
  *
  * Variants: the transforms are written once (wg_input, wg_output) and compiled three times, plain,
- * for AVX2 and for AVX-512, so the compiler vectorises each for its width; they only add and
+ * for AVX2 and for AVX-512 (twice on ARM: plain and NEON), so the compiler vectorises each for its width; they only add and
  * subtract, in the same order in every variant (no FMA contraction under -std=c11), so every
  * variant's transforms give the same bits.  The GEMMs differ as pointwise.c's variants do. */
 #include <stdlib.h>
@@ -131,6 +131,10 @@ typedef float wg_f16 __attribute__((vector_size(64)));
 WG_TRANSFORMS(avx2, QC_AVX2, wg_f8, 8, WG_SELV)
 WG_TRANSFORMS(avx512, QC_AVX512, wg_f16, 16, WG_SELV)
 #endif
+#if QC_HAVE_NEON
+typedef float wg_f4 __attribute__((vector_size(16)));
+WG_TRANSFORMS(neon, , wg_f4, 4, WG_SELV)
+#endif
 
 static const wg_traits WG[QC_ISA_COUNT] = {
     [QC_ISA_SCALAR] = {wg_input_scalar, wg_output_scalar},
@@ -142,6 +146,13 @@ static const wg_traits WG[QC_ISA_COUNT] = {
     [QC_ISA_AVX2] = {wg_input_scalar, wg_output_scalar},
     [QC_ISA_AVX512] = {wg_input_scalar, wg_output_scalar},
     [QC_ISA_AVX512VNNI] = {wg_input_scalar, wg_output_scalar},
+#endif
+#if QC_HAVE_NEON
+    [QC_ISA_NEON] = {wg_input_neon, wg_output_neon},
+    [QC_ISA_NEONDOT] = {wg_input_neon, wg_output_neon},
+#else
+    [QC_ISA_NEON] = {wg_input_scalar, wg_output_scalar},
+    [QC_ISA_NEONDOT] = {wg_input_scalar, wg_output_scalar},
 #endif
 };
 

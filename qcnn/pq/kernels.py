@@ -58,10 +58,11 @@ class PreparedPQ:
     def best_layout(self) -> str:
         """FC layers read each code once per image (memory-bound): two codes per byte.  Convolutions
         reuse codes at every position: one per byte, in the dot layout where the CPU has byte dot
-        products (lookups 1.6x faster on AlexNet's conv2-5, 2.2x on Lite0's 1x1 layers)."""
+        products (lookups 1.6x faster on AlexNet's conv2-5, 2.2x on Lite0's 1x1 layers with VNNI;
+        on ARM, udot: unmeasured)."""
         if self.layer.kind_of == "fc":
             return "nibbles"
-        return "dot" if lib.qc_isa() >= lib.QC_ISA_AVX512VNNI else "bytes"
+        return "dot" if lib.qc_isa() in (lib.QC_ISA_AVX512VNNI, lib.QC_ISA_NEONDOT) else "bytes"
 
     def pack_codes(self, layout: str | None = None) -> None:
         """The fast-scan code layout (pq_fastscan.c documents them); None: the best one for the SIMD
