@@ -9,8 +9,9 @@ from pathlib import Path
 from cffi import FFI
 
 CSRC = Path("qcnn") / "csrc"
-HEADERS = ["qcnn.h", "pq.h"]                       # dense kernels; product-quantized layers
-SOURCES = ["isa.c", "depthwise.c", "pointwise.c", "dense_ops.c", "pq_tables.c", "pq_exact.c", "pq_fastscan.c"]
+HEADERS = ["qcnn.h", "pq.h", "pq_kmeans.h"]        # dense kernels; product-quantized layers; codebooks
+SOURCES = ["isa.c", "depthwise.c", "pointwise.c", "dense_ops.c", "pq_tables.c", "pq_exact.c", "pq_fastscan.c",
+           "pq_kmeans.c"]
 
 
 def declarations(header: Path) -> str:
