@@ -151,9 +151,9 @@ def test_correction_objective_does_not_increase():
                   (2, 2), "same")
     x = rng.standard_normal((4, 9, 9, 6)).astype(np.float32)
     view = ConvView.of(conv)
-    (xs, y), = sample_rows(view, x, x, 10_000, rng)
+    xs, y = sample_rows(view, x, x, 10_000, rng)
     books, codes = init_codebooks(conv.weight, 1, PQSetting(4, 4))
-    res = correct_group(xs, y, books[0], codes.reshape(9, 2, 8), conv.weight.reshape(9, 6, 8), conv.bias,
+    res = correct_group(xs[0], y[0], books[0], codes.reshape(9, 2, 8), conv.weight.reshape(9, 6, 8), conv.bias,
                         iterations=5, shrinkage=0.0)
     h = res.history
     assert len(h) == 6
@@ -165,10 +165,9 @@ def test_sampled_rows_are_bounded_and_match_the_layer():
     rng = np.random.default_rng(0)
     conv = Conv2D(rng.standard_normal((3, 3, 2, 6)).astype(np.float32), np.ones(6, np.float32), (2, 2), "same", 2)
     x = rng.standard_normal((3, 10, 10, 4)).astype(np.float32)
-    rows = sample_rows(ConvView.of(conv), x, x, 50, np.random.default_rng(1))
-    assert len(rows) == 2
-    xs, y = rows[1]
-    assert xs.shape == (50, 9, 2) and y.shape == (50, 3)
+    xs, y = sample_rows(ConvView.of(conv), x, x, 50, np.random.default_rng(1))
+    assert xs.shape == (2, 50, 9, 2) and y.shape == (2, 50, 3)
+    xs, y = xs[1], y[1]
     full = conv(x).reshape(-1, 6)[:, 3:]
     # every sampled target is one of the layer's outputs
     assert all(np.abs(full - row).max(1).min() < 1e-4 for row in y)

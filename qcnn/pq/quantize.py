@@ -16,7 +16,7 @@ from ..graph import Graph, Node
 from ..layers import Conv2D, Dense
 from ..paths import SAMPLES
 from ..threads import ensure_thread_limit
-from .correct import ConvView, correct_group, sample_rows
+from .correct import ConvView, correct, sample_rows
 from .kmeans import init_codebooks
 from .layer import PQLayer, PQSetting
 
@@ -127,25 +127,17 @@ def quantize_layer(layer, setting: PQSetting, x_quant: np.ndarray | None = None,
         if x_quant is None or x_dense is None:
             raise ValueError("error correction needs calibration inputs")
         rng = np.random.default_rng(seed)
-        groups = sample_rows(view, x_quant, x_dense, max_rows, rng)
+        x, y = sample_rows(view, x_quant, x_dense, max_rows, rng)
         g, cout_g = view.groups, cout // view.groups
-        codes_g = codes.reshape(kh * kw, codes.shape[2], g, cout_g)          # (O, M, G, C/g)
-        new_codes = np.empty_like(codes_g)
-        new_bias = None if bias is None else np.empty(cout, np.float32)
-        for gi, (x, y) in enumerate(groups):
-            oc = slice(gi * cout_g, (gi + 1) * cout_g)
-            res = correct_group(x, y, books[gi], codes_g[:, :, gi].astype(np.int64),
-                                view.weight[..., oc].reshape(kh * kw, cin_g, cout_g),
-                                None if bias is None else bias[oc], iterations=iterations,
-                                shrinkage=shrinkage, check=check,
-                                on_step=None if on_step is None else
-                                (lambda f, gi=gi: on_step("correct", (gi + f) / g)))
-            books[gi] = res.codebook
-            new_codes[:, :, gi] = res.codes
-            if new_bias is not None:
-                new_bias[oc] = res.bias
-        codes = new_codes.reshape(kh, kw, -1, cout)
-        bias = new_bias
+        m = codes.shape[2]
+        grouped_codes = codes.reshape(kh * kw, m, g, cout_g).transpose(2, 0, 1, 3)       # (G, O, M, C/g)
+        res = correct(x, y, books, grouped_codes, view.grouped_weight(),
+                      None if bias is None else bias.reshape(g, cout_g), iterations=iterations,
+                      shrinkage=shrinkage, check=check,
+                      on_step=None if on_step is None else (lambda f: on_step("correct", f)))
+        books = res.codebook
+        codes = res.codes.transpose(1, 2, 0, 3).reshape(kh, kw, m, cout)
+        bias = None if res.bias is None else res.bias.reshape(cout)
     return PQLayer(view.kind_of, books, codes, cin_g * view.groups, bias=bias, stride=view.stride,
                    pads=view.pads, groups=view.groups, activation=view.activation)
 
