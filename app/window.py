@@ -420,6 +420,8 @@ class MainWindow(QMainWindow):
             f"{quantized.settings.describe()} — {quantized.file_bytes / 2**20:.2f} MiB file"
             + (" (cached)" if quantized.from_cache else f" (built in {quantized.seconds:.1f} s)"))
         self.panels["quantized"].set_status("")
+        if quantized.note:                       # e.g. the cache could not be written
+            self.statusBar().showMessage(quantized.note, 15000)
         self.save_qcnn_action.setEnabled(True)
         if fp is None:
             fp = self.bench.footprint()
@@ -650,7 +652,7 @@ def _default_settings(presets: dict[str, QuantSettings]) -> QuantSettings:
     for name in ("default", "accurate", "fast4"):
         if name in presets:
             return presets[name]
-    return QuantSettings()
+    return wb.DEFAULT_SETTINGS
 
 
 # ---------------------------------------------------------------------- entry point

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
+import os
 import sys
-import time
 
 from .imageio import ImageLoadError, load_image
 from .threads import set_num_threads
@@ -45,52 +44,102 @@ def cmd_classify(args) -> int:
 
 
 def _progress_bar(enabled: bool):
-    """A one-line progress bar on stderr (only on a terminal)."""
+    """Progress on stderr: a one-line bar on a terminal, plain lines (every 10 % or on a new step)
+    when stderr is a pipe or a file."""
+    last = {"text": None, "fraction": -1.0}
+
     def show(text: str, fraction: float):
-        if enabled and sys.stderr.isatty():
+        if not enabled:
+            return
+        if sys.stderr.isatty():
             bar = "#" * int(fraction * 30)
             print(f"\r[{bar:<30}] {fraction * 100:5.1f}%  {text[:40]:<40}", end="", file=sys.stderr, flush=True)
+            return
+        step = text.split(":")[-1].strip()
+        if fraction >= last["fraction"] + 0.1 or (step != last["text"] and fraction >= last["fraction"] + 0.02) \
+                or (fraction >= 1.0 > last["fraction"]):
+            print(f"{fraction * 100:5.1f}%  {text}", file=sys.stderr, flush=True)
+            last.update(text=step, fraction=fraction)
     return show
 
 
-def _config(args, model):
-    """The quantization config from --config FILE or --preset NAME."""
+def _end_progress() -> None:
+    if sys.stderr.isatty():
+        print("\r" + " " * 80 + "\r", end="", file=sys.stderr, flush=True)
+
+
+def _settings(args, model):
+    """The quantization settings from --config FILE or --preset NAME, with the options that
+    change them (--no-error-correction, --calib, --calib-count) applied."""
     from .pq.presets import preset, preset_names
-    from .pq.quantize import QuantConfig
+    from .pq.settings import QuantSettings
     if getattr(args, "config", None):
         try:
             with open(args.config, encoding="utf-8") as f:
                 data = json.load(f)
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"{args.config}: {exc}") from exc
-        return QuantConfig.from_dict(data.get("config", data))    # a search report holds "config"
-    if not args.preset:
+        if isinstance(data, dict) and isinstance(data.get("config"), dict):
+            data = data["config"]             # a search report holds the settings under "config"
+        try:
+            settings = QuantSettings.from_dict(data)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{args.config}: {exc}") from exc
+    elif getattr(args, "preset", None):
+        settings = preset(model.name, args.preset)
+    else:
         raise ValueError(f"give --preset ({', '.join(preset_names(model.name)) or 'none for this model'}) "
                          f"or --config FILE")
-    config = preset(model.name, args.preset)
+    changes = {}
     if getattr(args, "no_error_correction", False):
-        config.error_correction = False
-    return config
+        changes["error_correction"] = False
+    if getattr(args, "calib", None):
+        changes["calib_folder"] = os.path.abspath(args.calib)
+    if getattr(args, "calib_count", None) is not None:
+        changes["calib_count"] = args.calib_count
+    return settings.replace(**changes)
+
+
+def _describe_source(args, quantized) -> str:
+    """Where the quantized model came from, for the user."""
+    what = f"preset {args.preset}" if getattr(args, "preset", None) else f"config {args.config}"
+    made = quantized.made_seconds
+    if quantized.from_cache:
+        text = f"{what}: cached {quantized.path}" + (f" (made in {made:.1f} s)" if made is not None else "")
+    else:
+        text = f"{what}: quantized in {quantized.seconds:.1f} s" + (
+            f", cached as {quantized.path}" if quantized.path is not None else "")
+    return text + (f"; {quantized.note}" if quantized.note else "")
+
+
+def _quantize(args, model, show_progress: bool):
+    """(Workbench holding `model` and its quantized model for the settings args give, how it was
+    obtained): through the app's quantization cache unless --no-cache."""
+    from .workbench import Workbench
+    bench = Workbench()
+    bench.set_model(model, source=args.model)      # an ONNX file is named in the .qcnn file, to reopen with it
+    settings = _settings(args, model)
+    quantized = bench.quantize(settings, progress=_progress_bar(show_progress),
+                               use_cache=not getattr(args, "no_cache", False))
+    _end_progress()
+    source = _describe_source(args, quantized)
+    if show_progress:
+        print(f"quantized model: {source}", file=sys.stderr)
+    return bench, quantized, source
 
 
 def _quantized(args, model):
-    """(Workbench holding the dense model and its quantized graph, how it was obtained)."""
+    """(Workbench holding the dense model and its quantized graph as run by --kernel, how it was
+    obtained)."""
     from .pq.engine import with_kernel
-    from .workbench import Workbench, settings_from_config
-    bench = Workbench()
+    from .workbench import Workbench
     if str(args.model).endswith(".qcnn"):
+        bench = Workbench()
         dense, dense_graph, quantized, note = bench.open_model_file(args.model)
         bench.set_model(dense, dense_graph, note)
         source = f"{args.model} ({quantized.file_bytes} bytes)"
     else:
-        config = _config(args, model)
-        settings = settings_from_config(config, model)
-        settings = dataclasses.replace(settings, calib_folder=getattr(args, "calib", None),
-                                       calib_count=getattr(args, "calib_count", settings.calib_count))
-        bench.set_model(model)
-        quantized = bench.quantize(settings, progress=_progress_bar(not getattr(args, "json", False)))
-        source = f"preset {args.preset}" if args.preset else f"config {args.config}"
-        source += " (cached)" if quantized.from_cache else f" (quantized in {quantized.seconds:.1f} s)"
+        bench, quantized, source = _quantize(args, model, show_progress=True)
     bench.kernel = args.kernel
     bench.adopt(quantized, with_kernel(quantized.graph, args.kernel, (bench.model.input_size,) * 2))
     return bench, source
@@ -103,8 +152,8 @@ def cmd_cost(args) -> int:
     if str(args.model).endswith(".qcnn"):
         raise ValueError("cost takes a model and a preset or config; for a saved file use `qcnn eval`")
     model = _model(args.model)
-    config = _config(args, model)
-    planned = planned_graph(model.graph, config.layers)
+    settings = _settings(args, model)
+    planned = planned_graph(model.graph, settings.plan(model.graph))
     kernels = {n.name: impl_for(n.layer, args.kernel) for n in planned if isinstance(n.layer, PQLayer)}
     report = cost_report(planned, (model.input_size,) * 2, dense_graph=model.graph, kernels=kernels)
     if args.json:
@@ -117,24 +166,17 @@ def cmd_cost(args) -> int:
 
 def cmd_quantize(args) -> int:
     from .pq.modelfile import save_model
-    from .pq.quantize import Cancelled, calibration_batch, quantize_model
+    from .pq.quantize import Cancelled
     model = _model(args.model)
-    config = _config(args, model)
-    calib = None
-    if config.error_correction:
-        calib = calibration_batch(model, folder=args.calib, count=args.calib_count)
-    bar = _progress_bar(True)
-    t0 = time.perf_counter()
     try:
-        graph = quantize_model(model, config, calib, progress=lambda layer, step, f: bar(f"{layer} {step}", f))
+        _, quantized, _ = _quantize(args, model, show_progress=True)
+        # Atomic: a killed or failed save leaves an earlier file at the path as it was.
+        size = save_model(args.output, model, quantized.graph, quantized.metadata)
     except (KeyboardInterrupt, Cancelled):
-        print("\ncancelled: nothing written", file=sys.stderr)
+        _end_progress()
+        print(f"cancelled: {args.output} not written", file=sys.stderr)
         return 130
-    seconds = time.perf_counter() - t0
-    metadata = {"config": config.to_dict(), "calibration": args.calib or "bundled samples",
-                "calibration_count": 0 if calib is None else len(calib), "quantize_seconds": seconds}
-    size = save_model(args.output, model, graph, metadata)
-    print(f"\n{args.output}: {size} bytes, quantized in {seconds:.1f} s", file=sys.stderr)
+    print(f"{args.output}: {size} bytes", file=sys.stderr)
     return 0
 
 
@@ -199,7 +241,7 @@ def cmd_bench(args) -> int:
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
     else:
-        print("\r" + " " * 80 + "\r", end="", file=sys.stderr)
+        _end_progress()
         if model.speed_test_only:
             print(f"note: {model.description}")
         print(report.format())
@@ -225,11 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     def quant_options(q, kernel=True):
         q.add_argument("--preset", help="named quantization preset of the model (see qcnn.pq.presets)")
-        q.add_argument("--config", help="JSON quantization config (QuantConfig.to_dict form, or a search report)")
-        q.add_argument("--calib", help="folder of unlabelled calibration images (default: the bundled samples)")
-        q.add_argument("--calib-count", type=int, default=128, help="calibration inputs (augmented crops "
-                       "fill up when the folder has fewer images)")
+        q.add_argument("--config", help="JSON quantization settings (QuantSettings.to_dict form, an older "
+                       "QuantConfig file, or a search report)")
+        q.add_argument("--calib", help="folder of unlabelled calibration images (default: the preset's or "
+                       "config's, else the bundled samples)")
+        q.add_argument("--calib-count", type=int, default=None, help="calibration inputs (default: the preset's "
+                       "or config's, 128; augmented crops fill up when the folder has fewer images)")
         q.add_argument("--no-error-correction", action="store_true", help="plain k-means codebooks")
+        q.add_argument("--no-cache", action="store_true", help="quantize again, neither reading nor writing "
+                       "the quantization cache the app shares")
         if kernel:
             q.add_argument("--kernel", default="auto", choices=KERNELS, help="how PQ layers run (default: auto)")
 

@@ -133,7 +133,7 @@ def cli_cost_json(bench, tmp_path, capsys) -> dict:
 
     from qcnn import cli
     config = tmp_path / "config.json"
-    config.write_text(json.dumps(wb.to_config(bench.model, bench.quantized.settings).to_dict()))
+    config.write_text(json.dumps(bench.quantized.settings.to_dict()))
     capsys.readouterr()
     assert cli.main(["cost", "--model", bench.model.name, "--config", str(config), "--kernel", bench.kernel,
                      "--json"]) == 0
@@ -143,9 +143,10 @@ def cli_cost_json(bench, tmp_path, capsys) -> dict:
 def test_cancelling_a_requantization_keeps_the_previous_model(window, qtbot, tmp_path):
     applied = window.bench.quantized
     codebook = window.codebook
-    codebook.conv.setChecked(True)               # every conv layer too: many seconds of k-means
+    codebook.conv.setChecked(True)               # every conv layer too, error-corrected: seconds of work
     codebook.conv.dsub.setValue(4)
     codebook.conv.ksub.setCurrentIndex(codebook.conv.ksub.findData(64))
+    codebook.error_correction.setChecked(True)
     slow = codebook.settings()
     qtbot.mouseClick(codebook.apply, Qt.MouseButton.LeftButton)
     assert window.task_bar.isVisible() and not codebook.apply.isEnabled()

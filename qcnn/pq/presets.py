@@ -1,9 +1,15 @@
-"""Named quantization presets per model, shipped as data (QuantConfig.to_dict() form).
+"""Named quantization presets per model, shipped as data (QuantSettings.to_dict() form).
+
+A preset is a whole QuantSettings -- codebooks, error correction and its calibration (the bundled
+photos, DEFAULT_CALIB_COUNT images) -- so one name is one model in the app, the command line,
+the quantization cache and the README.
 
 AlexNet:
   paper   the released configuration of the original Quantized-CNN implementation:
           conv1 C_s'=3 K=128; conv2-conv5 C_s'=8 K=128; fc6, fc7 C_s'=4 K=32; fc8 C_s'=1 K=16.
   fast4   C_s'=4, K=16 on conv2-conv5 and fc6-fc8, conv1 dense: the kernels' speed test.
+  Both without error correction: the weights are random, so there is no accuracy to keep, and
+  the speed test needs the codebooks' shapes only.
 EfficientNet-Lite0 (found by qcnn.pq.search on the odd rows of imagenet-sample-500; see LITE0_NOTES):
   accurate  >= 5x whole-model compression, aiming at <= 1 point top-5 loss;
   fast      >= 1.5x theoretical speed-up, aiming at <= 3 points top-5 loss.
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 import copy
 
-from .quantize import QuantConfig
+from .settings import QuantSettings
 
 
 def _uniform(layers, dsub, ksub):
@@ -24,8 +30,10 @@ def _uniform(layers, dsub, ksub):
 
 _ALEXNET = {
     "paper": {"layers": {"conv1": {"dsub": 3, "ksub": 128}, **_uniform(("conv2", "conv3", "conv4", "conv5"), 8, 128),
-                         **_uniform(("fc6", "fc7"), 4, 32), "fc8": {"dsub": 1, "ksub": 16}}},
-    "fast4": {"layers": {"conv1": None, **_uniform(("conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"), 4, 16)}},
+                         **_uniform(("fc6", "fc7"), 4, 32), "fc8": {"dsub": 1, "ksub": 16}},
+              "error_correction": False},
+    "fast4": {"layers": {"conv1": None, **_uniform(("conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"), 4, 16)},
+              "error_correction": False},
 }
 
 # Found by the search script on the odd data rows of imagenet-sample-500 (first 128 for calibration,
@@ -80,9 +88,9 @@ def preset_names(model_name: str) -> list[str]:
     return sorted(PRESETS.get(model_name, {}))
 
 
-def preset(model_name: str, name: str) -> QuantConfig:
-    """The named preset as a QuantConfig (a fresh copy: callers may edit it)."""
+def preset(model_name: str, name: str) -> QuantSettings:
+    """The named preset's settings."""
     table = PRESETS.get(model_name, {})
     if name not in table:
         raise ValueError(f"no preset {name!r} for {model_name}: choose from {', '.join(sorted(table)) or 'none'}")
-    return QuantConfig.from_dict(copy.deepcopy(table[name]))
+    return QuantSettings.from_dict(copy.deepcopy(table[name]))
