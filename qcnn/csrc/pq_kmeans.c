@@ -178,35 +178,56 @@ typedef struct {
 
 /* ---------------------------------------------------------------------------- seeding */
 
-/* out[p] = min(mind[p], w[p] * |x_p - c|^2) and its partial sums per block; returns the total.
- * Sixteen float lanes per block, whatever the vector width, then double: the same bits everywhere. */
+/* out[p] = min(mind[p], w[p] * |x_p - c|^2) for n <= BLOCK points from p0; returns their sum.
+ * Sixteen float lanes, whatever the vector width, then double: the same bits everywhere. */
+QC_INLINE double candidate_block(const work_t *wk, const float *c, int64_t p0, int64_t n, int d, float *out) {
+    const int64_t P = wk->P;
+    float acc[BLOCK], lane[LANES] = {0};
+    for (int64_t i = 0; i < n; i++) {
+        float t = wk->xt[p0 + i] - c[0];
+        acc[i] = t * t;
+    }
+    for (int j = 1; j < d; j++) {
+        const float *xj = wk->xt + (size_t)j * P + p0, cj = c[j];
+        for (int64_t i = 0; i < n; i++) {
+            float t = xj[i] - cj;
+            acc[i] += t * t;
+        }
+    }
+    for (int64_t i = 0; i < n; i++) {
+        float v = wk->w[p0 + i] * acc[i], m = wk->mind[p0 + i];
+        out[p0 + i] = v < m ? v : m;
+    }
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)      /* lane l sums points l, l + 16, ...: one vector add */
+        for (int l = 0; l < LANES; l++)
+            lane[l] += out[p0 + i + l];
+    for (int l = 0; i + l < n; l++)
+        lane[l] += out[p0 + i + l];
+    double s = 0.0;
+    for (int l = 0; l < LANES; l++)
+        s += lane[l];
+    return s;
+}
+
+/* with_candidate over all points, with partial sums per block in bsum; returns the total. */
 QC_INLINE double with_candidate(work_t *wk, const float *c, float *out, double *bsum) {
     const int64_t P = wk->P;
     const int d = wk->d;
     double total = 0.0;
     for (int64_t b = 0; b < wk->nblocks; b++) {
         const int64_t p0 = b * BLOCK, n = P - p0 < BLOCK ? P - p0 : BLOCK;
-        float acc[BLOCK], lane[LANES] = {0};
-        for (int64_t i = 0; i < n; i++) {
-            float t = wk->xt[p0 + i] - c[0];
-            acc[i] = t * t;
-        }
-        for (int j = 1; j < d; j++) {
-            const float *xj = wk->xt + (size_t)j * P + p0, cj = c[j];
-            for (int64_t i = 0; i < n; i++) {
-                float t = xj[i] - cj;
-                acc[i] += t * t;
-            }
-        }
-        for (int64_t i = 0; i < n; i++) {
-            float v = wk->w[p0 + i] * acc[i], m = wk->mind[p0 + i];
-            v = v < m ? v : m;
-            out[p0 + i] = v;
-            lane[i % LANES] += v;
-        }
-        double s = 0.0;
-        for (int l = 0; l < LANES; l++)
-            s += lane[l];
+        double s;
+        if (n < BLOCK)                      /* constant sizes let the compiler unroll (as in assign_all) */
+            s = candidate_block(wk, c, p0, n, d, out);
+        else if (d == 1)
+            s = candidate_block(wk, c, p0, BLOCK, 1, out);
+        else if (d == 2)
+            s = candidate_block(wk, c, p0, BLOCK, 2, out);
+        else if (d == 4)
+            s = candidate_block(wk, c, p0, BLOCK, 4, out);
+        else
+            s = candidate_block(wk, c, p0, BLOCK, d, out);
         bsum[b] = s;
         total += s;
     }
@@ -380,40 +401,56 @@ QC_INLINE double update_centres(work_t *wk) {
     return shift;
 }
 
-/* Without bounds: the nearest centre of every point, BLOCK points side by side (points in the
- * vector lanes, centres in the loop: no horizontal reductions); returns how many codes changed.
- * Same sums in the same order as nearest_scalar, so the same codes. */
+/* Without bounds: the nearest centre of n <= BLOCK points from p0 (ties: the lowest index), points
+ * side by side in the vector lanes and centres in the loop, so no horizontal reductions.  Same
+ * sums in the same order as nearest_scalar, so the same codes.  Called with a constant d and
+ * n = BLOCK for whole blocks, the compiler keeps the block's sums and minima in registers. */
+QC_INLINE void nearest_block(const work_t *wk, int64_t p0, int64_t n, int d, int32_t *best) {
+    const int64_t P = wk->P;
+    float acc[BLOCK], m1[BLOCK];
+    for (int64_t i = 0; i < n; i++) {
+        m1[i] = INFINITY;
+        best[i] = 0;
+    }
+    for (int k = 0; k < wk->K; k++) {
+        const float *c = wk->cent + (size_t)k * d;
+        for (int64_t i = 0; i < n; i++) {
+            float t = wk->xt[p0 + i] - c[0];
+            acc[i] = t * t;
+        }
+        for (int j = 1; j < d; j++) {
+            const float *xj = wk->xt + (size_t)j * P + p0, cj = c[j];
+            for (int64_t i = 0; i < n; i++) {
+                float t = xj[i] - cj;
+                acc[i] += t * t;
+            }
+        }
+        for (int64_t i = 0; i < n; i++) {
+            int lt = acc[i] < m1[i];
+            m1[i] = lt ? acc[i] : m1[i];
+            best[i] = lt ? k : best[i];
+        }
+    }
+}
+
+/* All points without bounds; returns how many codes changed. */
 QC_INLINE int64_t assign_all(work_t *wk) {
     const int64_t P = wk->P;
-    const int d = wk->d, K = wk->K;
+    const int d = wk->d;
     int64_t changed = 0;
     for (int64_t p0 = 0; p0 < P; p0 += BLOCK) {
-        const int64_t n = P - p0 < BLOCK ? P - p0 : BLOCK;
-        float acc[BLOCK], m1[BLOCK];
         int32_t best[BLOCK];
-        for (int64_t i = 0; i < n; i++) {
-            m1[i] = INFINITY;
-            best[i] = 0;
-        }
-        for (int k = 0; k < K; k++) {
-            const float *c = wk->cent + (size_t)k * d;
-            for (int64_t i = 0; i < n; i++) {
-                float t = wk->xt[p0 + i] - c[0];
-                acc[i] = t * t;
-            }
-            for (int j = 1; j < d; j++) {
-                const float *xj = wk->xt + (size_t)j * P + p0, cj = c[j];
-                for (int64_t i = 0; i < n; i++) {
-                    float t = xj[i] - cj;
-                    acc[i] += t * t;
-                }
-            }
-            for (int64_t i = 0; i < n; i++) {
-                int lt = acc[i] < m1[i];
-                m1[i] = lt ? acc[i] : m1[i];
-                best[i] = lt ? k : best[i];
-            }
-        }
+        const int64_t n = P - p0 < BLOCK ? P - p0 : BLOCK;
+        if (n < BLOCK)
+            nearest_block(wk, p0, n, d, best);
+        else if (d == 1)
+            nearest_block(wk, p0, BLOCK, 1, best);
+        else if (d == 2)
+            nearest_block(wk, p0, BLOCK, 2, best);
+        else if (d == 4)
+            nearest_block(wk, p0, BLOCK, 4, best);
+        else
+            nearest_block(wk, p0, BLOCK, d, best);
         for (int64_t i = 0; i < n; i++) {
             int a = wk->codes[p0 + i];
             if (best[i] != a) {
