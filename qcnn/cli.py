@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--calib", help="folder of unlabelled calibration images (default: the preset's or "
                        "config's, else the bundled samples)")
         q.add_argument("--calib-count", type=int, default=None, help="calibration inputs (default: the preset's "
-                       "or config's, 128; augmented crops fill up when the folder has fewer images)")
+                       "or config's, 16; augmented crops fill up when the folder has fewer images: raise it with --calib")
         q.add_argument("--no-error-correction", action="store_true", help="plain k-means codebooks")
         q.add_argument("--no-cache", action="store_true", help="quantize again, neither reading nor writing "
                        "the quantization cache the app shares")

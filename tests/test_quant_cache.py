@@ -23,7 +23,7 @@ from qcnn.models import load_model
 from qcnn.pq import quantize as Q
 from qcnn.pq.layer import PQLayer, PQSetting
 from qcnn.pq.modelfile import load_model_file
-from qcnn.pq.settings import QUANTIZER_VERSION, QuantSettings, quantizable_layers
+from qcnn.pq.settings import DEFAULT_CALIB_COUNT, QUANTIZER_VERSION, QuantSettings, quantizable_layers
 
 SAMPLES = Path(__file__).resolve().parent.parent / "assets" / "samples"
 REPO = Path(__file__).resolve().parent.parent
@@ -129,7 +129,7 @@ def test_one_preset_name_is_one_model_in_the_app_and_the_command_line():
         from_cli = cli._settings(args, lite0)
         assert app[name] == preset("efficientnet-lite0", name) == from_cli
         assert wb.cache_key(lite0, app[name]) == wb.cache_key(lite0, from_cli)
-        assert from_cli.correcting and from_cli.calib_folder is None and from_cli.calib_count == 128
+        assert from_cli.correcting and from_cli.calib_folder is None and from_cli.calib_count == DEFAULT_CALIB_COUNT
 
 
 # ----------------------------------------------------------------------------- one type end to end
