@@ -6,7 +6,7 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 py="${PYTHON:-$repo/.venv/bin/python}"
-tests=(tests/test_kernels_pq.py tests/test_kernels_dense.py tests/test_layers.py)
+tests=(tests/test_kernels_pq.py tests/test_kernels_dense.py tests/test_layers.py tests/test_pq_kmeans.py)
 
 echo "== kernel tests, scalar fallback (QCNN_DISABLE_SIMD=1)"
 (cd "$repo" && QCNN_DISABLE_SIMD=1 "$py" -m pytest -q -p no:cacheprovider "${tests[@]}")
