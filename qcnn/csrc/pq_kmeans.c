@@ -176,24 +176,41 @@ typedef struct {
     int32_t *codes;      /* (P) */
 } work_t;
 
-/* ---------------------------------------------------------------------------- seeding */
-
-/* out[p] = min(mind[p], w[p] * |x_p - c|^2) for n <= BLOCK points from p0; returns their sum.
- * Sixteen float lanes, whatever the vector width, then double: the same bits everywhere. */
-QC_INLINE double candidate_block(const work_t *wk, const float *c, int64_t p0, int64_t n, int d, float *out) {
-    const int64_t P = wk->P;
-    float acc[BLOCK], lane[LANES] = {0};
+/* Squared distances acc[i] of the n <= BLOCK points from p0 to centre c, points side by side in
+ * the vector lanes (from the transposed points).  Same sums in the same order as nearest_scalar. */
+QC_INLINE void block_distances(const work_t *wk, const float *c, int64_t p0, int64_t n, int d, float *acc) {
     for (int64_t i = 0; i < n; i++) {
         float t = wk->xt[p0 + i] - c[0];
         acc[i] = t * t;
     }
     for (int j = 1; j < d; j++) {
-        const float *xj = wk->xt + (size_t)j * P + p0, cj = c[j];
+        const float *xj = wk->xt + (size_t)j * wk->P + p0, cj = c[j];
         for (int64_t i = 0; i < n; i++) {
             float t = xj[i] - cj;
             acc[i] += t * t;
         }
     }
+}
+
+/* call(N, D) for a block of n points of width d, with N and D compile-time constants for whole
+ * blocks of the common widths: the compiler then specialises the block loops and keeps a
+ * block's arrays in registers (AlexNet fc6-like problems: 1.6x). */
+#define WITH_CONSTANT_SIZES(n, d, call) \
+    do { \
+        if ((n) < BLOCK) call((n), (d)); \
+        else if ((d) == 1) call(BLOCK, 1); \
+        else if ((d) == 2) call(BLOCK, 2); \
+        else if ((d) == 4) call(BLOCK, 4); \
+        else call(BLOCK, (d)); \
+    } while (0)
+
+/* ---------------------------------------------------------------------------- seeding */
+
+/* out[p] = min(mind[p], w[p] * |x_p - c|^2) for n <= BLOCK points from p0; returns their sum.
+ * Sixteen float lanes, whatever the vector width, then double: the same bits everywhere. */
+QC_INLINE double candidate_block(const work_t *wk, const float *c, int64_t p0, int64_t n, int d, float *out) {
+    float acc[BLOCK], lane[LANES] = {0};
+    block_distances(wk, c, p0, n, d, acc);
     for (int64_t i = 0; i < n; i++) {
         float v = wk->w[p0 + i] * acc[i], m = wk->mind[p0 + i];
         out[p0 + i] = v < m ? v : m;
@@ -218,16 +235,9 @@ QC_INLINE double with_candidate(work_t *wk, const float *c, float *out, double *
     for (int64_t b = 0; b < wk->nblocks; b++) {
         const int64_t p0 = b * BLOCK, n = P - p0 < BLOCK ? P - p0 : BLOCK;
         double s;
-        if (n < BLOCK)                      /* constant sizes let the compiler unroll (as in assign_all) */
-            s = candidate_block(wk, c, p0, n, d, out);
-        else if (d == 1)
-            s = candidate_block(wk, c, p0, BLOCK, 1, out);
-        else if (d == 2)
-            s = candidate_block(wk, c, p0, BLOCK, 2, out);
-        else if (d == 4)
-            s = candidate_block(wk, c, p0, BLOCK, 4, out);
-        else
-            s = candidate_block(wk, c, p0, BLOCK, d, out);
+#define CANDIDATE(N, D) s = candidate_block(wk, c, p0, N, D, out)
+        WITH_CONSTANT_SIZES(n, d, CANDIDATE);
+#undef CANDIDATE
         bsum[b] = s;
         total += s;
     }
@@ -401,30 +411,17 @@ QC_INLINE double update_centres(work_t *wk) {
     return shift;
 }
 
-/* Without bounds: the nearest centre of n <= BLOCK points from p0 (ties: the lowest index), points
- * side by side in the vector lanes and centres in the loop, so no horizontal reductions.  Same
- * sums in the same order as nearest_scalar, so the same codes.  Called with a constant d and
- * n = BLOCK for whole blocks, the compiler keeps the block's sums and minima in registers. */
+/* Without bounds: the nearest centre of n <= BLOCK points from p0 (ties: the lowest index), the
+ * centres in the loop and the points in the vector lanes, so no horizontal reductions: the same
+ * codes as nearest_scalar. */
 QC_INLINE void nearest_block(const work_t *wk, int64_t p0, int64_t n, int d, int32_t *best) {
-    const int64_t P = wk->P;
     float acc[BLOCK], m1[BLOCK];
     for (int64_t i = 0; i < n; i++) {
         m1[i] = INFINITY;
         best[i] = 0;
     }
     for (int k = 0; k < wk->K; k++) {
-        const float *c = wk->cent + (size_t)k * d;
-        for (int64_t i = 0; i < n; i++) {
-            float t = wk->xt[p0 + i] - c[0];
-            acc[i] = t * t;
-        }
-        for (int j = 1; j < d; j++) {
-            const float *xj = wk->xt + (size_t)j * P + p0, cj = c[j];
-            for (int64_t i = 0; i < n; i++) {
-                float t = xj[i] - cj;
-                acc[i] += t * t;
-            }
-        }
+        block_distances(wk, wk->cent + (size_t)k * d, p0, n, d, acc);
         for (int64_t i = 0; i < n; i++) {
             int lt = acc[i] < m1[i];
             m1[i] = lt ? acc[i] : m1[i];
@@ -441,16 +438,9 @@ QC_INLINE int64_t assign_all(work_t *wk) {
     for (int64_t p0 = 0; p0 < P; p0 += BLOCK) {
         int32_t best[BLOCK];
         const int64_t n = P - p0 < BLOCK ? P - p0 : BLOCK;
-        if (n < BLOCK)
-            nearest_block(wk, p0, n, d, best);
-        else if (d == 1)
-            nearest_block(wk, p0, BLOCK, 1, best);
-        else if (d == 2)
-            nearest_block(wk, p0, BLOCK, 2, best);
-        else if (d == 4)
-            nearest_block(wk, p0, BLOCK, 4, best);
-        else
-            nearest_block(wk, p0, BLOCK, d, best);
+#define NEAREST(N, D) nearest_block(wk, p0, N, D, best)
+        WITH_CONSTANT_SIZES(n, d, NEAREST);
+#undef NEAREST
         for (int64_t i = 0; i < n; i++) {
             int a = wk->codes[p0 + i];
             if (best[i] != a) {
