@@ -112,19 +112,17 @@ def _describe_source(args, quantized) -> str:
     return text + (f"; {quantized.note}" if quantized.note else "")
 
 
-def _quantize(args, model, show_progress: bool):
-    """(Workbench holding `model` and its quantized model for the settings args give, how it was
-    obtained): through the app's quantization cache unless --no-cache."""
+def _quantize(args, model):
+    """(Workbench holding `model`, its quantized model for the settings args give, how it was
+    obtained): through the app's quantization cache unless --no-cache; progress on stderr."""
     from .workbench import Workbench
     bench = Workbench()
     bench.set_model(model, source=args.model)      # an ONNX file is named in the .qcnn file, to reopen with it
     settings = _settings(args, model)
-    quantized = bench.quantize(settings, progress=_progress_bar(show_progress),
-                               use_cache=not getattr(args, "no_cache", False))
+    quantized = bench.quantize(settings, progress=_progress_bar(True), use_cache=not getattr(args, "no_cache", False))
     _end_progress()
     source = _describe_source(args, quantized)
-    if show_progress:
-        print(f"quantized model: {source}", file=sys.stderr)
+    print(f"quantized model: {source}", file=sys.stderr)
     return bench, quantized, source
 
 
@@ -139,7 +137,7 @@ def _quantized(args, model):
         bench.set_model(dense, dense_graph, note)
         source = f"{args.model} ({quantized.file_bytes} bytes)"
     else:
-        bench, quantized, source = _quantize(args, model, show_progress=True)
+        bench, quantized, source = _quantize(args, model)
     bench.kernel = args.kernel
     bench.adopt(quantized, with_kernel(quantized.graph, args.kernel, (bench.model.input_size,) * 2))
     return bench, source
@@ -169,7 +167,7 @@ def cmd_quantize(args) -> int:
     from .pq.quantize import Cancelled
     model = _model(args.model)
     try:
-        _, quantized, _ = _quantize(args, model, show_progress=True)
+        _, quantized, _ = _quantize(args, model)
         # Atomic: a killed or failed save leaves an earlier file at the path as it was.
         size = save_model(args.output, model, quantized.graph, quantized.metadata)
     except (KeyboardInterrupt, Cancelled):
