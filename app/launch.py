@@ -83,11 +83,11 @@ def settings_from_args(args) -> QuantSettings | None:
     """Start-up settings from --conv/--fc/--error-correction; None: the model's default."""
     if args.conv is None and args.fc is None and args.error_correction is None:
         return None
-    base = QuantSettings()
-    return QuantSettings(conv=base.conv if args.conv is None else args.conv or None,
-                         fc=base.fc if args.fc is None else args.fc or None,
-                         error_correction=base.error_correction if args.error_correction is None
-                         else args.error_correction)
+    base = wb.DEFAULT_SETTINGS
+    return base.replace(conv=base.conv if args.conv is None else args.conv or None,
+                        fc=base.fc if args.fc is None else args.fc or None,
+                        error_correction=base.error_correction if args.error_correction is None
+                        else args.error_correction)
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import html
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, QTimer, Signal
@@ -629,6 +628,8 @@ class MainWindow(QMainWindow):
         self.pipeline.set_quantized(self.gen, quantized.path, self.bench.kernel)
         if final:
             self.codebook.set_settings(quantized.settings, applied=True)
+        if getattr(quantized, "note", ""):                 # e.g. the cache could not be written
+            self.statusBar().showMessage(quantized.note, 15000)
         self.save_qcnn_action.setEnabled(True)
         self._refresh_panels()
 
@@ -973,8 +974,8 @@ def _default_settings(presets: dict[str, QuantSettings], speed_test_only: bool =
             settings = presets[name]
             break
     else:
-        settings = QuantSettings()
-    return replace(settings, error_correction=False) if speed_test_only else settings
+        settings = wb.DEFAULT_SETTINGS
+    return settings.replace(error_correction=False) if speed_test_only else settings
 
 
 # ---------------------------------------------------------------------- entry point

@@ -203,11 +203,27 @@ def job_quantize(ctx: JobContext, model_ref, settings, source=None):
     for i, stage in enumerate(stages):
         name = "error correction" if stage.error_correction else "k-means"
         ctx.progress(f"{name}: starting", 0.0)
-        result = bench.quantize(stage, progress=lambda text, f, n=name: ctx.progress(f"{n}: {_step(text)}", f),
-                                cancel=ctx.cancel, model=model)
+        result = _on_disk(bench.quantize(stage, progress=lambda text, f, n=name: ctx.progress(f"{n}: {_step(text)}", f),
+                                         cancel=ctx.cancel, model=model), model)
         if i < len(stages) - 1:
             ctx.partial(result)
     return result
+
+
+def _on_disk(quantized, model):
+    """`quantized` with a file the engine processes can load: the cache's, or (the cache could not
+    be written) a temporary one that lives as long as this job process."""
+    if quantized.path is None:
+        import dataclasses
+        import tempfile
+        from pathlib import Path
+
+        from qcnn.pq.modelfile import save_model
+        folder = tempfile.mkdtemp(prefix="qcnn-uncached-")
+        path = Path(folder) / "model.qcnn"
+        save_model(path, model, quantized.graph, quantized.metadata)
+        quantized = dataclasses.replace(quantized, path=path)
+    return quantized
 
 
 def _step(text: str) -> str:

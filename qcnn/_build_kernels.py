@@ -9,9 +9,9 @@ from pathlib import Path
 from cffi import FFI
 
 CSRC = Path("qcnn") / "csrc"
-HEADERS = ["qcnn.h", "pq.h", "elementwise.h"]      # dense kernels; product-quantized layers; activations
+HEADERS = ["qcnn.h", "pq.h", "elementwise.h", "pq_kmeans.h"]   # dense kernels; product-quantized layers; activations; codebooks
 SOURCES = ["isa.c", "depthwise.c", "pointwise.c", "dense_ops.c", "pq_tables.c", "pq_exact.c", "pq_fastscan.c",
-           "winograd.c", "elementwise.c"]
+           "winograd.c", "elementwise.c", "pq_kmeans.c"]
 
 
 def declarations(header: Path) -> str:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -115,49 +114,83 @@ def _progress_bar(enabled: bool):
     return show
 
 
-def _config(args, model):
-    """The quantization config from --config FILE or --preset NAME."""
+def _settings(args, model):
+    """The quantization settings from --config FILE or --preset NAME (models without presets: the
+    app's default settings), with the options that change them (--no-error-correction, --calib,
+    --calib-count) applied."""
     from .pq.presets import preset, preset_names
-    from .pq.quantize import QuantConfig
+    from .pq.settings import DEFAULT_SETTINGS, QuantSettings
     if getattr(args, "config", None):
         from .files import read_json
         data = read_json(args.config, "config")          # regular files only; errors name the file
+        if isinstance(data, dict) and isinstance(data.get("config"), dict):
+            data = data["config"]             # a search report holds the settings under "config"
         try:
-            return QuantConfig.from_dict(data.get("config", data) if isinstance(data, dict) else data)
-        except KeyError as exc:                                            # a search report holds "config"
+            settings = QuantSettings.from_dict(data)
+        except KeyError as exc:
             raise ValueError(f"config {args.config}: a setting lacks {exc.args[0]!r}") from None
         except (TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"config {args.config}: {exc}") from None
-    if not args.preset and preset_names(model.name):
+        try:
+            settings.plan(model.graph)              # layer names of another network: said now, with the file
+        except ValueError as exc:
+            raise ValueError(f"config {args.config}: {exc}") from None
+    elif getattr(args, "preset", None):
+        settings = preset(model.name, args.preset)
+    elif preset_names(model.name):
         raise ValueError(f"give --preset ({', '.join(preset_names(model.name))}) or --config FILE")
-    if args.preset:
-        config = preset(model.name, args.preset)
-    else:                                   # a model without presets: the app's default settings
-        from .workbench import QuantSettings, to_config
-        config = to_config(model, QuantSettings())
+    else:
+        settings = DEFAULT_SETTINGS
+    changes = {}
     if getattr(args, "no_error_correction", False):
-        config.error_correction = False
-    return config
+        changes["error_correction"] = False
+    if getattr(args, "calib", None):
+        changes["calib_folder"] = os.path.abspath(args.calib)
+    if getattr(args, "calib_count", None) is not None:
+        changes["calib_count"] = args.calib_count
+    return settings.replace(**changes)
+
+
+def _describe_source(args, quantized) -> str:
+    """Where the quantized model came from, for the user."""
+    what = (f"preset {args.preset}" if getattr(args, "preset", None)
+            else f"config {args.config}" if getattr(args, "config", None) else "default settings")
+    made = quantized.made_seconds
+    if quantized.from_cache:
+        text = f"{what}: cached {quantized.path}" + (f" (made in {made:.1f} s)" if made is not None else "")
+    else:
+        text = f"{what}: quantized in {quantized.seconds:.1f} s" + (
+            f", cached as {quantized.path}" if quantized.path is not None else "")
+    return text + (f"; {quantized.note}" if quantized.note else "")
+
+
+def _quantize(args, model):
+    """(Workbench holding `model`, its quantized model for the settings args give, how it was
+    obtained): through the app's quantization cache unless --no-cache; progress on stderr."""
+    from .workbench import Workbench
+    bench = Workbench()
+    bench.set_model(model, source=args.model)      # an ONNX file is named in the .qcnn file, to reopen with it
+    settings = _settings(args, model)
+    bar = _progress_bar(True)
+    quantized = bench.quantize(settings, progress=bar, use_cache=not getattr(args, "no_cache", False))
+    bar.finish()
+    source = _describe_source(args, quantized)
+    print(f"quantized model: {source}", file=sys.stderr)
+    return bench, quantized, source
 
 
 def _quantized(args, model):
-    """(Workbench holding the dense model and its quantized graph, how it was obtained)."""
+    """(Workbench holding the dense model and its quantized graph as run by --kernel, how it was
+    obtained)."""
     from .pq.engine import with_kernel
-    from .workbench import Workbench, settings_from_config
-    bench = Workbench()
+    from .workbench import Workbench
     if str(args.model).endswith(".qcnn"):
+        bench = Workbench()
         dense, dense_graph, quantized, note = bench.open_model_file(args.model)
         bench.set_model(dense, dense_graph, note)
         source = f"{args.model} ({quantized.file_bytes} bytes)"
     else:
-        config = _config(args, model)
-        settings = settings_from_config(config, model)
-        settings = dataclasses.replace(settings, calib_folder=getattr(args, "calib", None),
-                                       calib_count=getattr(args, "calib_count", settings.calib_count))
-        bench.set_model(model)
-        quantized = bench.quantize(settings, progress=_progress_bar(not getattr(args, "json", False)))
-        source = f"preset {args.preset}" if args.preset else f"config {args.config}" if args.config else "default settings"
-        source += " (cached)" if quantized.from_cache else f" (quantized in {quantized.seconds:.1f} s)"
+        bench, quantized, source = _quantize(args, model)
     bench.kernel = args.kernel
     bench.adopt(quantized, with_kernel(quantized.graph, args.kernel, (bench.model.input_size,) * 2))
     return bench, source
@@ -171,8 +204,8 @@ def cmd_cost(args) -> int:
         raise ValueError("cost takes a model and a preset or config; for a saved file use `qcnn eval`")
     model = _model(args.model)
     _default_preset(args, model)
-    config = _config(args, model)
-    planned = planned_graph(model.graph, config.layers)
+    settings = _settings(args, model)
+    planned = planned_graph(model.graph, settings.plan(model.graph))
     kernels = {n.name: impl_for(n.layer, args.kernel) for n in planned if isinstance(n.layer, PQLayer)}
     report = cost_report(planned, (model.input_size,) * 2, dense_graph=model.graph, kernels=kernels)
     if args.json:
@@ -185,27 +218,17 @@ def cmd_cost(args) -> int:
 
 def cmd_quantize(args) -> int:
     from .pq.modelfile import save_model
-    from .pq.quantize import Cancelled, calibration_batch, quantize_model
+    from .pq.quantize import Cancelled
     model = _model(args.model)
     _default_preset(args, model)
-    config = _config(args, model)
-    calib = None
-    if config.error_correction:
-        calib = calibration_batch(model, folder=args.calib, count=args.calib_count)
-    bar = _progress_bar(True)
-    t0 = time.perf_counter()
     try:
-        graph = quantize_model(model, config, calib, progress=lambda layer, step, f: bar(f"{layer} {step}", f))
+        _, quantized, _ = _quantize(args, model)
+        # Atomic: a killed or failed save leaves an earlier file at the path as it was.
+        size = save_model(args.output, model, quantized.graph, quantized.metadata)
     except (KeyboardInterrupt, Cancelled):
-        bar.finish()
-        print("cancelled: nothing written", file=sys.stderr)
+        print(f"\ncancelled: {args.output} not written", file=sys.stderr)
         return 130
-    bar.finish()
-    seconds = time.perf_counter() - t0
-    metadata = {"config": config.to_dict(), "calibration": args.calib or "bundled samples",
-                "calibration_count": 0 if calib is None else len(calib), "quantize_seconds": seconds}
-    size = save_model(args.output, model, graph, metadata)
-    print(f"{args.output}: {size} bytes, quantized in {seconds:.1f} s", file=sys.stderr)
+    print(f"{args.output}: {size} bytes", file=sys.stderr)
     return 0
 
 
@@ -341,10 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     def quant_options(q, kernel=True):
         q.add_argument("--preset", help="named quantization preset of the model (see qcnn.pq.presets)")
-        q.add_argument("--config", help="JSON quantization config (QuantConfig.to_dict form, or a search report)")
+        q.add_argument("--config", help="JSON quantization settings (QuantSettings.to_dict form, an older "
+                       "QuantConfig file, or a search report)")
         q.add_argument("--calib", help="folder of unlabelled calibration images (default: the bundled samples)")
-        q.add_argument("--calib-count", type=int, default=128, help="calibration inputs (augmented crops "
-                       "fill up when the folder has fewer images)")
+        q.add_argument("--calib-count", type=_positive_int, default=None, help="calibration inputs (default: the preset's "
+                       "or config's, 16; augmented crops fill up when the folder has fewer images: raise it with --calib)")
+        q.add_argument("--no-cache", action="store_true", help="quantize again, neither reading nor writing "
+                       "the quantization cache the app shares")
         q.add_argument("--no-error-correction", action="store_true", help="plain k-means codebooks")
         if kernel:
             q.add_argument("--kernel", default="auto", choices=KERNELS, help="how PQ layers run (default: auto)")

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -33,13 +33,14 @@ from .imageio import image_files, load_image
 from .models import Model, Prediction, load_model
 from .paths import SAMPLES, cache_dir
 from .pq import engine
-from .pq.layer import PQLayer, PQSetting
+from .pq.layer import PQLayer
 from .evaluate import evaluate
 from .pq.cost import cost_report
 from .pq.modelfile import ModelFileError, load_model_file, pairing_problem, save_model
 from .pq.quantize import Cancelled   # also what quantize_model raises: one class to catch
-from .pq.quantize import QuantConfig, calibration_batch, quantize_model, reconstructed
-from .pq.quantize import quantizable_layers as quantizable_names
+from .pq.quantize import calibration_for, file_metadata, quantize_model, reconstructed
+from .pq.settings import (DEFAULT_SETTINGS, QUANTIZER_VERSION, QuantizableLayer, QuantSettings,  # noqa: F401
+                          quantizable_layers, setting_dict, settings_from_metadata)
 
 BUILTIN_MODELS = {
     "efficientnet-lite0": "EfficientNet-Lite0 (ImageNet)",
@@ -51,7 +52,7 @@ ENGINES = ("dense", "quantized")
 KERNELS = {"reference": "reference (numpy)", "exact": "exact (C)", "fastscan": "fast-scan (C, 4-bit)",
            "reconstructed": "reconstructed (dense kernels)",
            "auto": "auto (fastest per layer, timed)"}
-CACHE_FORMAT = 1          # bump when what a cache file means changes
+STALE_TEMP_SECONDS = 3600      # a save's temporary file this old was left by a killed process
 
 
 def sample_images(folder: Path = SAMPLES) -> list[Path]:
@@ -100,118 +101,21 @@ kernel_map = engine.kernel_map
 
 
 # --------------------------------------------------------------------------- settings
-
-@dataclass(frozen=True)
-class QuantSettings:
-    """What the quantized graph is made from: codebook shape per layer kind, per-layer overrides,
-    error correction and its calibration images.  Kernel and threads are not here: they change
-    how fast the same graph runs, not what it computes, so they never invalidate the cache."""
-
-    # Defaults, for models without presets: C_s'=2, K=32 with error correction on 16 crops of the
-    # bundled photos kept EfficientNet-Lite0 at 81 % top-1 (dense 88 %) on 100 images of the
-    # ImageNet sample; C_s'=4 or K=16 on every conv layer broke it (< 30 %), with or without.
-    conv: PQSetting | None = PQSetting(2, 32)
-    fc: PQSetting | None = PQSetting(2, 32)
-    per_layer: tuple[tuple[str, PQSetting | None], ...] = ()   # (node name, setting or None = dense)
-    error_correction: bool = True
-    calib_folder: str | None = None      # None: the bundled sample photos
-    calib_count: int = 16
-    seed: int = 0
-
-    def layer_setting(self, name: str, kind: str) -> PQSetting | None:
-        for n, s in self.per_layer:
-            if n == name:
-                return s
-        return self.conv if kind == "conv" else self.fc
-
-    def with_layer(self, name: str, setting: PQSetting | None) -> "QuantSettings":
-        rest = tuple((n, s) for n, s in self.per_layer if n != name)
-        return replace(self, per_layer=rest + ((name, setting),))
-
-    def to_dict(self) -> dict:
-        def s(v):
-            return None if v is None else {"dsub": v.dsub, "ksub": v.ksub}
-        return {"conv": s(self.conv), "fc": s(self.fc),
-                "per_layer": {n: s(v) for n, v in sorted(self.per_layer)},
-                "error_correction": self.error_correction, "calib_folder": self.calib_folder,
-                "calib_count": self.calib_count, "seed": self.seed}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "QuantSettings":
-        def s(v):
-            return None if v is None else PQSetting(int(v["dsub"]), int(v["ksub"]))
-        return cls(conv=s(d.get("conv")), fc=s(d.get("fc")),
-                   per_layer=tuple((n, s(v)) for n, v in sorted(d.get("per_layer", {}).items())),
-                   error_correction=bool(d.get("error_correction", False)),
-                   calib_folder=d.get("calib_folder"), calib_count=int(d.get("calib_count", 16)),
-                   seed=int(d.get("seed", 0)))
-
-    def describe(self) -> str:
-        def s(v):
-            return "dense" if v is None else f"C_s'={v.dsub} K={v.ksub}"
-        text = f"conv {s(self.conv)}, fc {s(self.fc)}"
-        if self.per_layer:
-            text += f", {len(self.per_layer)} layer override(s)"
-        return text + (", error correction" if self.error_correction else "")
-
-
-@dataclass(frozen=True)
-class QuantizableLayer:
-    name: str
-    kind: str              # "conv" or "fc"
-    shape: str             # e.g. "1x1 320->1280"
-    in_channels: int       # per group: what C_s' splits
-
-
-def quantizable_layers(model: Model) -> list[QuantizableLayer]:
-    """The layers product quantization applies to, as the quantizer decides."""
-    from . import layers as L
-    out = []
-    for name in quantizable_names(model.graph):
-        node = model.graph[name]
-        layer = node.layer
-        if isinstance(layer, L.Dense):
-            out.append(QuantizableLayer(node.name, "fc", f"{layer.in_channels}->{layer.out_channels}",
-                                        layer.in_channels))
-        else:
-            kh, kw, cin_g, cout = layer.weight.shape
-            out.append(QuantizableLayer(node.name, "conv", f"{kh}x{kw} {cin_g * layer.groups}->{cout}", cin_g))
-    return out
-
+# One settings type for everything (qcnn.pq.settings.QuantSettings, re-exported here with
+# DEFAULT_SETTINGS, quantizable_layers and QuantizableLayer for the app).
 
 def presets(model: Model) -> dict[str, QuantSettings]:
-    """The quantizer's named presets for this model (qcnn.pq.presets), as QuantSettings."""
-    try:
-        from .pq import presets as p
-    except ImportError:
-        return {}
+    """The quantizer's named presets for this model (qcnn.pq.presets), each a whole QuantSettings."""
+    from .pq import presets as p
     out = {}
     for name in p.preset_names(model.name):
         try:
-            out[name] = settings_from_config(p.preset(model.name, name), model)
-        except Exception:
+            settings = p.preset(model.name, name)
+            settings.plan(model.graph)
+        except ValueError:
             continue                          # a preset naming layers this model lacks: not offered
+        out[name] = settings
     return out
-
-
-def settings_from_config(config, model: Model) -> QuantSettings:
-    """QuantSettings for a quantizer config: the most common setting of each layer kind becomes
-    the conv/FC setting, layers that differ become per-layer overrides."""
-    from collections import Counter
-    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-
-    def s(v):
-        return v if v is None or isinstance(v, PQSetting) else PQSetting(int(v["dsub"]), int(v["ksub"]))
-
-    given = {name: s(v) for name, v in (d.get("layers") or {}).items()}
-    kinds = {layer.name: layer.kind for layer in quantizable_layers(model)}
-    common = {}
-    for kind in ("conv", "fc"):
-        values = [given.get(n) for n, k in kinds.items() if k == kind]
-        common[kind] = Counter(values).most_common(1)[0][0] if values else None
-    per = tuple(sorted((n, given.get(n)) for n, k in kinds.items() if given.get(n) != common[k]))
-    return QuantSettings(conv=common["conv"], fc=common["fc"], per_layer=per,
-                         error_correction=bool(d.get("error_correction", False)), seed=int(d.get("seed", 0)))
 
 
 # --------------------------------------------------------------------------- frames and runs
@@ -349,6 +253,13 @@ class Quantized:
     metadata: dict
     from_cache: bool = False
     seconds: float = 0.0         # time it took to make (or load)
+    note: str = ""               # what happened to the cache, when it matters (damaged, not writable)
+
+    @property
+    def made_seconds(self) -> float | None:
+        """How long quantizing took when the model was made (also for a cached one)."""
+        value = self.metadata.get("quantize_seconds") if isinstance(self.metadata, dict) else None
+        return float(value) if isinstance(value, (int, float)) else None
 
 
 @dataclass
@@ -376,15 +287,21 @@ def _graph_digest(graph: Graph) -> str:
 
 
 def _folder_fingerprint(folder: str | None) -> object:
-    if folder is None:
-        return "bundled"
-    files = sample_images(Path(folder))
-    return [folder, [(p.name, p.stat().st_size) for p in files]]
+    """The calibration images as the cache sees them: names and sizes (bundled ones included, so
+    a changed sample set is a different model)."""
+    path = SAMPLES if folder is None else Path(folder)
+    files = sample_images(path)
+    return ["bundled" if folder is None else os.path.abspath(folder), [(p.name, p.stat().st_size) for p in files]]
 
 
 def cache_key(model: Model, settings: QuantSettings) -> str:
-    calib = _folder_fingerprint(settings.calib_folder) if settings.error_correction else None
-    text = json.dumps({"format": CACHE_FORMAT, "model": model_key(model), "settings": settings.to_dict(),
+    """Same key <=> same model: the quantizer's version, the weights, what each layer gets, and
+    every field the fit depends on (error correction's options and images only when it runs)."""
+    canon = settings.canonical()
+    fields = {k: v for k, v in canon.to_dict().items() if k not in ("conv", "fc", "layers", "calib_folder")}
+    plan = {name: setting_dict(s) for name, s in canon.plan(model.graph).items()}
+    calib = _folder_fingerprint(canon.calib_folder) if canon.correcting else None
+    text = json.dumps({"quantizer": QUANTIZER_VERSION, "model": model_key(model), "plan": plan, "fit": fields,
                        "calibration": calib}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -394,15 +311,14 @@ def cache_path(model: Model, settings: QuantSettings) -> Path:
     return cache_dir() / "quantized" / f"{safe}-{cache_key(model, settings)}.qcnn"
 
 
-def to_config(model: Model, settings: QuantSettings):
-    """The quantizer's QuantConfig for these settings (per-layer overrides for other models'
-    layer names are ignored, so settings carry over between models)."""
-    config = QuantConfig.uniform(model, conv=settings.conv, fc=settings.fc,
-                                   error_correction=settings.error_correction, seed=settings.seed)
-    for name, setting in settings.per_layer:
-        if name in config.layers:
-            config.layers[name] = setting
-    return config
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files of saves killed before they could clean up (modelfile.save_model names
+    them .NAME.XXXX.tmp); one an hour old belongs to no running save."""
+    now = time.time()
+    for tmp in folder.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            if now - tmp.stat().st_mtime > STALE_TEMP_SECONDS:
+                tmp.unlink()
 
 
 def progressive_stages(model: Model, settings: QuantSettings) -> list[QuantSettings]:
@@ -411,7 +327,7 @@ def progressive_stages(model: Model, settings: QuantSettings) -> list[QuantSetti
     Just `settings` when it needs no error correction or is cached already."""
     if not settings.error_correction or cache_path(model, settings).is_file():
         return [settings]
-    return [replace(settings, error_correction=False), settings]
+    return [settings.replace(error_correction=False), settings]
 
 
 # --------------------------------------------------------------------------- the workbench
@@ -467,18 +383,25 @@ class Workbench:
 
     # ---- quantizing
     def quantize(self, settings: QuantSettings, progress: Callable[[str, float], None] | None = None,
-                 cancel: threading.Event | None = None, model: Model | None = None) -> Quantized:
+                 cancel: threading.Event | None = None, model: Model | None = None,
+                 use_cache: bool = True) -> Quantized:
         """The quantized graph for `settings`: from the on-disk cache when it is there, else made
         (k-means, error correction) and saved there.  Changes nothing in the workbench; hand the
-        result to `adopt`.  Raises Cancelled when `cancel` is set before it finishes."""
+        result to `adopt`.  Raises Cancelled when `cancel` is set before it finishes.
+
+        The cache never costs a result: a damaged or foreign entry is removed and made again, and
+        a cache that cannot be written leaves the model uncached (Quantized.note says so).
+        use_cache=False neither reads nor writes it."""
         model = model or self.model
         t0 = time.perf_counter()
+        key = cache_key(model, settings)
         path = cache_path(model, settings)
-        cached = self._load_cached(path, model, settings)
-        if cached is not None:
-            cached.seconds = time.perf_counter() - t0
-            return cached
-        config = to_config(model, settings)
+        notes = []
+        if use_cache:
+            cached = self._load_cached(path, key, settings, notes)
+            if cached is not None:
+                cached.seconds = time.perf_counter() - t0
+                return cached
         report = progress or (lambda text, fraction: None)
 
         def on_progress(layer: str, step: str, fraction: float) -> None:
@@ -487,32 +410,50 @@ class Workbench:
             report(f"{layer}: {step}" if layer else step, fraction)
 
         calib = None
-        if settings.error_correction:
+        if settings.correcting:
             report("calibration images", 0.0)
-            calib = calibration_batch(model, folder=settings.calib_folder, count=settings.calib_count,
-                                      seed=settings.seed)
-        graph = quantize_model(model, config, calib, progress=on_progress, cancel=cancel)
-        metadata = {"app": "qcnn workbench", "cache_key": cache_key(model, settings),
-                    "settings": settings.to_dict(), "config": config.to_dict(),
+            calib = calibration_for(model, settings)
+        graph = quantize_model(model, settings, calib, progress=on_progress, cancel=cancel)
+        seconds = time.perf_counter() - t0
+        metadata = {"app": "qcnn", **file_metadata(settings, seconds), "cache_key": key,
                     "model_identity": model_key(model)}
         if self.source is not None and model is self.model:
             metadata["source"] = os.path.abspath(self.source)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        size = save_model(path, model, graph, metadata)
-        return Quantized(graph, settings, path, size, metadata, False, time.perf_counter() - t0)
+        size = self._store(path, model, graph, metadata, notes) if use_cache else None
+        if size is None:
+            path, size = None, _file_size(model, graph, metadata)
+        return Quantized(graph, settings, path, size, metadata, False, seconds, "; ".join(notes))
 
-    def _load_cached(self, path: Path, model: Model, settings: QuantSettings) -> Quantized | None:
+    @staticmethod
+    def _load_cached(path: Path, key: str, settings: QuantSettings, notes: list[str]) -> Quantized | None:
         if not path.is_file():
             return None
         try:
             loaded, metadata = load_model_file(path)
-        except (ModelFileError, OSError):
+            problem = None
+            if metadata.get("cache_key") != key or metadata.get("quantizer_version") != QUANTIZER_VERSION:
+                problem = "made for other settings or by another version"
+        except (ModelFileError, OSError) as exc:
+            problem = getattr(exc, "reason", None) or str(exc)
+        if problem is not None:
             with contextlib.suppress(OSError):
-                path.unlink()                       # damaged: make it again
-            return None
-        if metadata.get("cache_key") != cache_key(model, settings):
+                path.unlink()
+            notes.append(f"cached model {path.name} was unusable ({problem}): made again")
             return None
         return Quantized(loaded.graph, settings, path, path.stat().st_size, metadata, True)
+
+    @staticmethod
+    def _store(path: Path, model: Model, graph: Graph, metadata: dict, notes: list[str]) -> int | None:
+        """Save into the cache (atomically: readers see the old file or the whole new one, and two
+        processes saving the same model at once both leave a complete file); None if it cannot."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temporaries(path.parent)
+            return save_model(path, model, graph, metadata)
+        except (ModelFileError, OSError) as exc:
+            notes.append(f"quantization cache {path.parent} is not writable "
+                         f"({getattr(exc, 'reason', None) or exc.strerror or exc}): not cached")
+            return None
 
     def adopt(self, quantized: Quantized, kernel_graph: Graph | None = None, prepare: bool = True) -> None:
         """Use `quantized` from now on (the next frame runs it).  prepare=False: its kernel graph
@@ -558,12 +499,9 @@ class Workbench:
             dense_model = Model(loaded.name, reconstructed(loaded.graph), loaded.preprocess, loaded.labels,
                                 loaded.description, loaded.speed_test_only, dict(loaded.identity))
             note = (note or "the original network is not available: ") + "dense weights rebuilt from the codebooks"
-        if isinstance(metadata.get("settings"), dict):          # written by the app
-            settings = QuantSettings.from_dict(metadata["settings"])
-        elif isinstance(metadata.get("config"), dict):          # by `qcnn quantize`: its config says it all
-            settings = settings_from_config(metadata["config"], dense_model)
-        else:
-            settings = settings_of_graph(loaded.graph)
+        settings, known = settings_from_metadata(metadata, loaded.graph)
+        if not known:
+            note = "; ".join(filter(None, [note, "the file does not say how it was quantized"]))
         path = Path(path)
         q = Quantized(loaded.graph, settings, path, path.stat().st_size, metadata, True)
         return dense_model, dense_model.graph, q, note
@@ -608,9 +546,11 @@ def footprint(model: Model, dense_graph: Graph, quantized: Quantized, kernel_gra
     return Footprint(report.dense_bits // 8, quantized.file_bytes, report)
 
 
-def settings_of_graph(graph: Graph) -> QuantSettings:
-    """Settings read back from a quantized graph's layers (for files we did not write)."""
-    per = tuple((n.name, n.layer.setting) for n in graph.nodes if isinstance(n.layer, PQLayer))
-    return QuantSettings(conv=None, fc=None, per_layer=per, error_correction=False)   # not claimed: unknown
-
-
+def _file_size(model: Model, graph: Graph, metadata: dict) -> int:
+    """Bytes the model's .qcnn file takes, for a model the cache could not keep."""
+    import tempfile
+    try:
+        with tempfile.TemporaryDirectory(prefix="qcnn-") as tmp:
+            return save_model(os.path.join(tmp, "model.qcnn"), model, graph, metadata)
+    except (ModelFileError, OSError):
+        return 0

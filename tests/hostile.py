@@ -597,8 +597,8 @@ def _config(folder: Path) -> Path:
     path = folder / "ok-config.json"
     if not path.exists():
         from qcnn.models import load_model
-        from qcnn.pq.quantize import quantizable_layers
-        names = quantizable_layers(load_model(folder / "tiny.onnx").graph)
+        from qcnn.pq.settings import quantizable_layers
+        names = [layer.name for layer in quantizable_layers(load_model(folder / "tiny.onnx").graph)]
         path.write_text(json.dumps({"layers": {names[1]: {"dsub": 4, "ksub": 16}}, "error_correction": False}))
     return path
 

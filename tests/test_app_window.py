@@ -96,7 +96,7 @@ def cli_cost_json(bench, tmp_path, capsys) -> dict:
 
     from qcnn import cli
     config = tmp_path / "config.json"
-    config.write_text(json.dumps(wb.to_config(bench.model, bench.quantized.settings).to_dict()))
+    config.write_text(json.dumps(bench.quantized.settings.to_dict()))
     capsys.readouterr()
     assert cli.main(["cost", "--model", bench.model.name, "--config", str(config), "--kernel", bench.kernel,
                      "--json"]) == 0
@@ -106,9 +106,10 @@ def cli_cost_json(bench, tmp_path, capsys) -> dict:
 def test_cancelling_a_requantization_keeps_the_previous_model(window, qtbot, tmp_path):
     applied = window.bench.quantized
     codebook = window.codebook
-    codebook.conv.setChecked(True)               # every conv layer too: many seconds of k-means
+    codebook.conv.setChecked(True)               # every conv layer too, error-corrected: seconds of work
     codebook.conv.dsub.setValue(4)
     codebook.conv.ksub.setCurrentIndex(codebook.conv.ksub.findData(64))
+    codebook.error_correction.setChecked(True)
     slow = codebook.settings()
     qtbot.mouseClick(codebook.apply, Qt.MouseButton.LeftButton)
     assert window.task_bar.isVisible() and not codebook.apply.isEnabled()
@@ -309,7 +310,7 @@ def test_after_a_model_switch_no_panel_shows_the_previous_models_labels(window, 
         shown = [n.text() for n in window.panels[engine].names]
         assert all(label.startswith("class ") for label in shown) and not set(shown) & imagenet
     assert seen and all(label.startswith("class ") for label in seen)
-    assert window.panels["quantized"].subtitle.text().startswith(wb.QuantSettings().describe())
+    assert window.panels["quantized"].subtitle.text().startswith(wb.DEFAULT_SETTINGS.describe())
 
 
 def slow_settings(codebook):
@@ -501,7 +502,7 @@ def test_a_file_from_qcnn_quantize_reopens_described_truly(window, qtbot, tmp_pa
     import json
 
     from qcnn import cli
-    config = wb.to_config(window.bench.model, wb.QuantSettings(conv=None, fc=PQSetting(8, 16), error_correction=False))
+    config = wb.QuantSettings(conv=None, fc=PQSetting(8, 16), error_correction=False)
     (tmp_path / "cfg.json").write_text(json.dumps(config.to_dict()))
     out = tmp_path / "cli.qcnn"
     assert cli.main(["quantize", "--model", "efficientnet-lite0", "--config", str(tmp_path / "cfg.json"),

@@ -153,10 +153,10 @@ def test_evaluate_both_engines_on_a_labelled_folder(lite0, tmp_path):
 def test_settings_round_trip_and_per_layer_overrides(lite0):
     s = FAST.with_layer("b0.project", PQSetting(8, 4)).with_layer("head", None)
     assert wb.QuantSettings.from_dict(s.to_dict()) == s
-    config = wb.to_config(lite0, s)
-    assert config.layers["b0.project"] == PQSetting(8, 4)
-    assert config.layers["fc"] == PQSetting(16, 16) and config.layers["head"] is None
-    assert config.error_correction is False
+    plan = s.plan(lite0)
+    assert plan["b0.project"] == PQSetting(8, 4)
+    assert plan["fc"] == PQSetting(16, 16) and plan["head"] is None
+    assert s.quantized(lite0) == {"b0.project": PQSetting(8, 4), "fc": PQSetting(16, 16)}
     layers = wb.quantizable_layers(lite0)
     assert {"fc"} == {layer.name for layer in layers if layer.kind == "fc"}
     assert all(layer.kind == "conv" for layer in layers if layer.name != "fc")

@@ -9,7 +9,7 @@ from qcnn.cli import main
 from qcnn.kernels import ISA_NAMES
 from qcnn.models import load_model
 from qcnn.pq.modelfile import load_model_file
-from qcnn.pq.quantize import quantizable_layers
+from qcnn.pq.settings import quantizable_layers
 
 SAMPLES = Path(__file__).resolve().parent.parent / "assets" / "samples"
 
@@ -19,7 +19,7 @@ def tiny(tmp_path, monkeypatch):
     """A mini AlexNet as ONNX, a config quantizing its second conv and both FC layers, labels."""
     monkeypatch.setenv("QCNN_CACHE_DIR", str(tmp_path / "cache"))
     path = mini_alexnet(tmp_path / "tiny.onnx")
-    names = quantizable_layers(load_model(path).graph)
+    names = [q.name for q in quantizable_layers(load_model(path).graph)]
     config = {"layers": {names[1]: {"dsub": 4, "ksub": 16}, names[2]: {"dsub": 4, "ksub": 16},
                          names[3]: {"dsub": 2, "ksub": 32}}, "error_correction": True, "iterations": 2}
     cfg = tmp_path / "config.json"
@@ -53,7 +53,7 @@ def test_quantize_writes_a_model_file_that_loads(tiny, tmp_path, capsys):
     model, metadata = load_model_file(out)
     kinds = {n.name: n.layer.kind for n in model.graph}
     assert [kinds[n] for n in names] == ["conv", "pq", "pq", "pq"]
-    assert metadata["calibration_count"] == 8 and metadata["config"]["iterations"] == 2
+    assert metadata["settings"]["calib_count"] == 8 and metadata["settings"]["iterations"] == 2
 
 
 def test_eval_reports_both_engines(tiny, capsys):

@@ -18,7 +18,7 @@ from qcnn import workbench as wb
 from qcnn.cli import main
 from qcnn.models import load_model
 from qcnn.pq.engine import with_kernel
-from qcnn.pq.quantize import QuantConfig, quantizable_layers
+from qcnn.pq.settings import QuantSettings, quantizable_layers
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def _tiny(tmp: Path) -> tuple[str, dict]:
     """The mini AlexNet (grouped conv, LRN, pools, two FC) with three of its four layers quantized:
     K = 16 and K = 32, so fast-scan and exact layers both appear."""
     path = mini_alexnet(tmp / "tiny.onnx")
-    names = quantizable_layers(load_model(path).graph)
+    names = [layer.name for layer in quantizable_layers(load_model(path).graph)]
     return str(path), {"layers": {names[1]: {"dsub": 4, "ksub": 16}, names[2]: {"dsub": 4, "ksub": 16},
                                   names[3]: {"dsub": 2, "ksub": 32}}, "error_correction": False}
 
@@ -51,7 +51,7 @@ def case(request, tmp_path_factory, cache):
     path.write_text(json.dumps(config))
     model = load_model(spec)
     bench = wb.Workbench(model)
-    quantized = bench.quantize(wb.settings_from_config(QuantConfig.from_dict(config), model))
+    quantized = bench.quantize(QuantSettings.from_dict(config))
     return spec, path, model, quantized
 
 

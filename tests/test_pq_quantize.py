@@ -1,4 +1,4 @@
-"""k-means initialisation, error correction, the model driver, cancellation, determinism, config."""
+"""k-means initialisation, error correction, the model driver, cancellation, determinism, settings."""
 import json
 import threading
 
@@ -10,8 +10,12 @@ from qcnn.layers import Conv2D, Dense, Flatten, GlobalAvgPool
 from qcnn.pq.correct import ConvView, correct_group, sample_rows
 from qcnn.pq.kmeans import init_codebooks, kmeans
 from qcnn.pq.layer import PQLayer, PQSetting
-from qcnn.pq.quantize import (Cancelled, QuantConfig, calibration_batch, quantizable_layers, quantize_layer,
-                              quantize_model, reconstructed)
+from qcnn.pq.quantize import Cancelled, calibration_batch, quantize_layer, quantize_model, reconstructed
+from qcnn.pq.settings import QuantSettings, quantizable_layers
+
+
+def names(layers):
+    return [q.name for q in layers]
 
 
 def tiny_graph(seed=0):
@@ -151,9 +155,9 @@ def test_correction_objective_does_not_increase():
                   (2, 2), "same")
     x = rng.standard_normal((4, 9, 9, 6)).astype(np.float32)
     view = ConvView.of(conv)
-    (xs, y), = sample_rows(view, x, x, 10_000, rng)
+    xs, y = sample_rows(view, x, x, 10_000, rng)
     books, codes = init_codebooks(conv.weight, 1, PQSetting(4, 4))
-    res = correct_group(xs, y, books[0], codes.reshape(9, 2, 8), conv.weight.reshape(9, 6, 8), conv.bias,
+    res = correct_group(xs[0], y[0], books[0], codes.reshape(9, 2, 8), conv.weight.reshape(9, 6, 8), conv.bias,
                         iterations=5, shrinkage=0.0)
     h = res.history
     assert len(h) == 6
@@ -165,10 +169,9 @@ def test_sampled_rows_are_bounded_and_match_the_layer():
     rng = np.random.default_rng(0)
     conv = Conv2D(rng.standard_normal((3, 3, 2, 6)).astype(np.float32), np.ones(6, np.float32), (2, 2), "same", 2)
     x = rng.standard_normal((3, 10, 10, 4)).astype(np.float32)
-    rows = sample_rows(ConvView.of(conv), x, x, 50, np.random.default_rng(1))
-    assert len(rows) == 2
-    xs, y = rows[1]
-    assert xs.shape == (50, 9, 2) and y.shape == (50, 3)
+    xs, y = sample_rows(ConvView.of(conv), x, x, 50, np.random.default_rng(1))
+    assert xs.shape == (2, 50, 9, 2) and y.shape == (2, 50, 3)
+    xs, y = xs[1], y[1]
     full = conv(x).reshape(-1, 6)[:, 3:]
     # every sampled target is one of the layer's outputs
     assert all(np.abs(full - row).max(1).min() < 1e-4 for row in y)
@@ -184,10 +187,10 @@ def calib():
 def test_quantize_model_builds_a_new_graph(calib):
     graph = tiny_graph()
     snap, y0 = snapshot(graph), graph.forward(calib)
-    assert quantizable_layers(graph) == ["stem", "grouped", "pw", "pw2", "fc"]
-    assert quantizable_layers(graph, include_depthwise=True) == ["stem", "grouped", "pw", "dw", "pw2", "fc"]
+    assert names(quantizable_layers(graph)) == ["stem", "grouped", "pw", "pw2", "fc"]
+    assert names(quantizable_layers(graph, include_depthwise=True)) == ["stem", "grouped", "pw", "dw", "pw2", "fc"]
     seen = []
-    out = quantize_model(graph, QuantConfig(SETTINGS, iterations=2), calib,
+    out = quantize_model(graph, QuantSettings(layers=SETTINGS, iterations=2), calib,
                          progress=lambda name, step, f: seen.append(f))
     assert_unchanged(graph, snap, calib, y0)
     assert [n.name for n in out] == [n.name for n in graph]
@@ -205,8 +208,8 @@ def test_error_correction_helps_the_whole_model(calib):
     graph = tiny_graph(1)
     y0 = graph.forward(calib)
     settings = {k: PQSetting(4, 2) if k != "fc" else PQSetting(4, 2) for k in SETTINGS}
-    plain = quantize_model(graph, QuantConfig(settings, error_correction=False), calib).forward(calib)
-    fixed = quantize_model(graph, QuantConfig(settings, iterations=3, shrinkage=0.0), calib).forward(calib)
+    plain = quantize_model(graph, QuantSettings(layers=settings, error_correction=False), calib).forward(calib)
+    fixed = quantize_model(graph, QuantSettings(layers=settings, iterations=3, shrinkage=0.0), calib).forward(calib)
     assert ((fixed - y0) ** 2).sum() < ((plain - y0) ** 2).sum()
 
 
@@ -215,7 +218,7 @@ def test_error_correction_helps_the_whole_model(calib):
 def test_cancel_raises_and_leaves_model_unchanged(calib, correct, at):
     graph = tiny_graph()
     snap, y0 = snapshot(graph), graph.forward(calib)
-    config = QuantConfig(SETTINGS, iterations=2, error_correction=correct)
+    config = QuantSettings(layers=SETTINGS, iterations=2, error_correction=correct)
     calls = []
     quantize_model(graph, config, calib, progress=lambda *a: calls.append(a))   # count the callbacks
     stop_at = at if at > 0 else len(calls) + at
@@ -234,50 +237,55 @@ def test_cancel_raises_and_leaves_model_unchanged(calib, correct, at):
 def test_cancel_accepts_a_callable_and_a_set_event(calib):
     graph = tiny_graph()
     with pytest.raises(Cancelled):
-        quantize_model(graph, QuantConfig(SETTINGS), calib, cancel=lambda: True)
+        quantize_model(graph, QuantSettings(layers=SETTINGS), calib, cancel=lambda: True)
     done = threading.Event()
     done.set()
     with pytest.raises(Cancelled):
-        quantize_model(graph, QuantConfig(SETTINGS, error_correction=False), cancel=done)
+        quantize_model(graph, QuantSettings(layers=SETTINGS, error_correction=False), cancel=done)
 
 
 def test_same_seed_same_result(calib):
     graph = tiny_graph()
-    a = quantize_model(graph, QuantConfig(SETTINGS, iterations=2, seed=3), calib)
-    b = quantize_model(graph, QuantConfig(SETTINGS, iterations=2, seed=3), calib)
+    a = quantize_model(graph, QuantSettings(layers=SETTINGS, iterations=2, seed=3), calib)
+    b = quantize_model(graph, QuantSettings(layers=SETTINGS, iterations=2, seed=3), calib)
     for name in SETTINGS:
         np.testing.assert_array_equal(a[name].layer.codes, b[name].layer.codes)
         np.testing.assert_array_equal(a[name].layer.codebooks, b[name].layer.codebooks)
         np.testing.assert_array_equal(a[name].layer.bias, b[name].layer.bias)
 
 
-def test_bad_configs_are_rejected(calib):
+def test_bad_settings_are_rejected(calib):
     graph = tiny_graph()
-    with pytest.raises(ValueError):
-        quantize_model(graph, QuantConfig({"nope": PQSetting(2, 4)}), calib)
-    with pytest.raises(ValueError):
-        quantize_model(graph, QuantConfig({"pool": PQSetting(2, 4)}), calib)
-    with pytest.raises(ValueError):
-        quantize_model(graph, QuantConfig({"pw": PQSetting(2, 4)}))      # correction without data
-    with pytest.raises(ValueError):
-        QuantConfig.from_dict({"layers": {"pw": {"dsub": 2, "ksub": 300}}})
-    with pytest.raises(ValueError):
-        QuantConfig.from_dict({"layers": {}, "typo": 1})
+    with pytest.raises(ValueError, match="nope"):
+        quantize_model(graph, QuantSettings(layers={"nope": PQSetting(2, 4)}), calib)
+    with pytest.raises(ValueError, match="pool"):
+        quantize_model(graph, QuantSettings(layers={"pool": PQSetting(2, 4)}), calib)
+    with pytest.raises(ValueError, match="calibration"):
+        quantize_model(graph, QuantSettings(layers={"pw": PQSetting(2, 4)}))      # correction without data
+    for bad in ({"layers": {"pw": {"dsub": 2, "ksub": 300}}}, {"layers": {}, "typo": 1}, {"iterations": -1},
+                {"max_rows": 0}, {"shrinkage": float("nan")}, {"seed": 2**32}, {"error_correction": "yes"},
+                {"layers": ["pw"]}, {"conv": {"dsub": 2}}, {"calib_count": 2.5}, {"kmeans_init": 0}):
+        with pytest.raises(ValueError):
+            QuantSettings.from_dict(bad)
 
 
-def test_config_round_trips_through_json():
+def test_settings_plan_and_round_trip_through_json():
     graph = tiny_graph()
-    cfg = QuantConfig.uniform(graph, conv=PQSetting(2, 16), fc=PQSetting(4, 8), skip=("stem",), iterations=3)
-    assert cfg.layers == {"stem": None, "grouped": PQSetting(2, 16), "pw": PQSetting(2, 16),
-                          "pw2": PQSetting(2, 16), "fc": PQSetting(4, 8)}
-    again = QuantConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
-    assert again == cfg
-    assert QuantConfig.uniform(graph, conv=PQSetting(1, 4), skip_depthwise=False).layers["dw"] == PQSetting(1, 4)
+    s = QuantSettings(conv=PQSetting(2, 16), fc=PQSetting(4, 8), layers={"stem": None}, iterations=3)
+    assert s.plan(graph) == {"stem": None, "grouped": PQSetting(2, 16), "pw": PQSetting(2, 16),
+                             "pw2": PQSetting(2, 16), "fc": PQSetting(4, 8)}
+    assert list(s.quantized(graph)) == ["grouped", "pw", "pw2", "fc"]
+    again = QuantSettings.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert again == s and hash(again) == hash(s)
+    assert QuantSettings(conv=PQSetting(1, 4), layers={"dw": PQSetting(1, 4)}).plan(graph)["dw"] == PQSetting(1, 4)
+    # the QuantConfig files of earlier versions: listed layers only, the rest dense
+    old = QuantSettings.from_dict({"layers": {"pw": {"dsub": 2, "ksub": 4}}, "error_correction": False, "seed": 3})
+    assert old.quantized(graph) == {"pw": PQSetting(2, 4)} and old.seed == 3 and not old.error_correction
 
 
 def test_depthwise_layer_can_be_quantized(calib):
     graph = tiny_graph()
-    out = quantize_model(graph, QuantConfig({"dw": PQSetting(1, 8)}, iterations=2), calib)
+    out = quantize_model(graph, QuantSettings(layers={"dw": PQSetting(1, 8)}, iterations=2), calib)
     layer = out["dw"].layer
     assert layer.codebooks.shape == (16, 1, 8, 1)
     x = graph.forward(calib, until="pw")

@@ -6,7 +6,7 @@ from qcnn.layers import softmax
 from qcnn.pq import presets
 from qcnn.pq.cost import SettingCosts
 from qcnn.pq.layer import PQSetting
-from qcnn.pq.quantize import QuantConfig, quantizable_layers
+from qcnn.pq.settings import QuantSettings, quantizable_layers
 from qcnn.pq.search import Budget, agreement, greedy_path, search, sensitivity
 
 from test_pq_quantize import tiny_graph
@@ -57,15 +57,15 @@ def test_sensitivity_and_search_on_a_tiny_model():
     calib = rng.standard_normal((6, 16, 16, 3)).astype(np.float32)
     probe = rng.standard_normal((6, 16, 16, 3)).astype(np.float32)
     ladder = [PQSetting(1, 8), PQSetting(4, 2)]
-    cfg = QuantConfig(iterations=1)
+    cfg = QuantSettings(iterations=1)
     sens = sensitivity(model, calib, probe, ladder, config=cfg)
-    assert set(sens) == set(quantizable_layers(model.graph))
+    assert set(sens) == {q.name for q in quantizable_layers(model.graph)}
     assert all(set(v) == set(ladder) for v in sens.values())
     assert all(m["kl"] >= 0 for v in sens.values() for m in v.values())
     loose = search(model, calib, probe, "compression", Budget(max_kl=10.0), ladder=ladder, sens=sens, config=cfg)
     assert loose.metrics["kl"] <= 10.0 and loose.compression > 1.0
     strict = search(model, calib, probe, "compression", Budget(max_kl=0.0), ladder=ladder, sens=sens, config=cfg)
-    assert strict.config.quantized == {} and strict.compression == pytest.approx(1.0)
+    assert strict.config.quantized(model.graph) == {} and strict.compression == pytest.approx(1.0)
     assert all(c["met"] == (c["kl"] <= 0.0) for c in strict.checks)
 
 
@@ -80,22 +80,22 @@ def test_presets_name_real_layers(model_name):
     else:
         assert {"accurate", "fast"} <= set(names)
         from qcnn.models import load_model
-        layers = quantizable_layers(load_model(model_name).graph)
+        layers = [q.name for q in quantizable_layers(load_model(model_name).graph)]
     for name in names:
         cfg = presets.preset(model_name, name)
-        assert isinstance(cfg, QuantConfig)
-        assert set(cfg.layers) <= set(layers)
-        assert cfg.quantized
+        assert isinstance(cfg, QuantSettings) and cfg.conv is None and cfg.fc is None
+        assert set(dict(cfg.layers)) <= set(layers)
+        assert any(s is not None for _, s in cfg.layers)
 
 
 def test_alexnet_paper_preset_is_the_released_configuration():
-    cfg = presets.preset("alexnet", "paper")
-    assert cfg.layers["conv1"] == PQSetting(3, 128)
-    assert all(cfg.layers[f"conv{i}"] == PQSetting(8, 128) for i in range(2, 6))
-    assert cfg.layers["fc6"] == cfg.layers["fc7"] == PQSetting(4, 32)
-    assert cfg.layers["fc8"] == PQSetting(1, 16)
-    fast = presets.preset("alexnet", "fast4")
-    assert fast.layers.get("conv1") is None
-    assert all(fast.layers[n] == PQSetting(4, 16) for n in ("conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"))
+    cfg = dict(presets.preset("alexnet", "paper").layers)
+    assert cfg["conv1"] == PQSetting(3, 128)
+    assert all(cfg[f"conv{i}"] == PQSetting(8, 128) for i in range(2, 6))
+    assert cfg["fc6"] == cfg["fc7"] == PQSetting(4, 32)
+    assert cfg["fc8"] == PQSetting(1, 16)
+    fast = dict(presets.preset("alexnet", "fast4").layers)
+    assert fast.get("conv1") is None
+    assert all(fast[n] == PQSetting(4, 16) for n in ("conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"))
     with pytest.raises(ValueError):
         presets.preset("alexnet", "nope")

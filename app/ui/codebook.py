@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from qcnn.pq.layer import PQSetting
-from qcnn.workbench import QuantSettings, sample_images
+from qcnn.workbench import DEFAULT_SETTINGS, QuantSettings, sample_images
 
 K_CHOICES = (2, 4, 8, 16, 32, 64, 128, 256)
 LAYER_MODES = ("default", "custom", "dense")
@@ -58,7 +58,7 @@ class WheelGuard(QObject):
 
 def _same_codebooks(a: QuantSettings, b: QuantSettings) -> bool:
     def key(s: QuantSettings):
-        return s.conv, s.fc, dict(s.per_layer), s.error_correction
+        return s.conv, s.fc, dict(s.layers), s.error_correction
     return key(a) == key(b)
 
 
@@ -153,7 +153,7 @@ class LayerTable(QTableWidget):
         return tuple(sorted(out, key=lambda t: t[0]))
 
     def set_overrides(self, settings: QuantSettings) -> None:
-        given = dict(settings.per_layer)
+        given = dict(settings.layers)
         self.blockSignals(True)
         for row, layer in enumerate(self.layers):
             mode, dsub, ksub = self.cellWidget(row, 3), self.cellWidget(row, 4), self.cellWidget(row, 5)
@@ -183,6 +183,7 @@ class CodebookPanel(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.applied: QuantSettings | None = None
+        self._shown: QuantSettings | None = None
         self._presets: dict[str, QuantSettings] = {}
 
         self.preset = QComboBox()
@@ -349,16 +350,17 @@ class CodebookPanel(QWidget):
 
     # ---- settings
     def settings(self) -> QuantSettings:
+        """The controls' settings; the fields they do not show come from the settings last shown."""
         folder = self.calib_source.currentData()
-        return QuantSettings(conv=self.conv.setting(), fc=self.fc.setting(),
-                             per_layer=self.layer_table.overrides(),
-                             error_correction=self.error_correction.isChecked(),
-                             calib_folder=folder if folder and folder != "__choose__" else None,
-                             calib_count=self.calib_count.value(),
-                             seed=self.applied.seed if self.applied else 0)
+        return (self._shown or DEFAULT_SETTINGS).replace(
+            conv=self.conv.setting(), fc=self.fc.setting(), layers=self.layer_table.overrides(),
+            error_correction=self.error_correction.isChecked(),
+            calib_folder=folder if folder and folder != "__choose__" else None,
+            calib_count=self.calib_count.value())
 
     def set_settings(self, s: QuantSettings, applied: bool = False) -> None:
         """Show `s` in the controls; `applied`: it is what the quantized engine runs."""
+        self._shown = s
         if applied:
             self.applied = s
         self.conv.set_setting(s.conv, PQSetting(4, 32))

@@ -377,8 +377,12 @@ _seed = _int(-2**63, 2**64)
 #: Metadata keys qcnn writes and reads, and their schema: checked on load and on save, so the
 #: readers (the workbench, eval, bench, the app) get the types they expect.  Other keys: any JSON.
 METADATA: dict[str, Callable[[Any], Any]] = {
-    "settings": _fields(conv=_pq_setting, fc=_pq_setting, per_layer=_settings_by_layer, error_correction=_bool,
-                        calib_folder=_optional(_str), calib_count=_int(0, 2**31), seed=_seed),
+    # qcnn.pq.settings.QuantSettings.to_dict(); files of earlier versions name the overrides per_layer
+    "settings": _fields(conv=_pq_setting, fc=_pq_setting, layers=_settings_by_layer, per_layer=_settings_by_layer,
+                        error_correction=_bool, iterations=_int(0, 2**31), max_rows=_int(1, 2**62),
+                        kmeans_init=_int(1, 2**31), shrinkage=_real, calib_folder=_optional(_str),
+                        calib_count=_int(0, 2**31), seed=_seed),
+    "quantizer_version": _int(0, 2**31),
     "config": _fields(layers=_settings_by_layer, error_correction=_bool, iterations=_int(0, 2**31), seed=_seed,
                       max_rows=_int(1, 2**62), kmeans_init=_int(1, 2**31), shrinkage=_real),
     "model_identity": _fields(name=_str),

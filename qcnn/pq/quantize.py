@@ -1,29 +1,28 @@
-"""Model-level product quantization: config, calibration data and the layer-by-layer driver.
+"""Model-level product quantization: calibration data and the layer-by-layer driver.
 
-quantize_model() never touches the Model or Graph it is given: it returns a new Graph whose
-unquantized nodes share the (never mutated) layer objects of the original.  Cancellation raises
-Cancelled at the next check, before anything is returned, so there is nothing to roll back.
+quantize_model() takes a QuantSettings (qcnn.pq.settings) and never touches the Model or Graph it
+is given: it returns a new Graph whose unquantized nodes share the (never mutated) layer objects
+of the original.  Cancellation raises Cancelled at the next check, before anything is returned,
+so there is nothing to roll back.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from ..graph import Graph, Node
-from ..layers import Conv2D, Dense
 from ..paths import SAMPLES
 from ..threads import ensure_thread_limit
-from .correct import ConvView, correct_group, sample_rows
+from .correct import ConvView, correct, sample_rows
 from .kmeans import init_codebooks
 from .layer import PQLayer, PQSetting
+from .settings import QUANTIZER_VERSION, QuantSettings
 
 # progress(layer_name, step, fraction): step is "kmeans", "correct", "forward" or "done";
 # fraction is the overall fraction of the work done, 0..1, non-decreasing.
 Progress = Callable[[str, str, float], None]
-
 
 
 class Cancelled(Exception):
@@ -41,74 +40,6 @@ def _checker(cancel) -> Callable[[], None]:
     return check
 
 
-# ----------------------------------------------------------------------------- config
-
-def quantizable_layers(graph: Graph, include_depthwise: bool = False) -> list[str]:
-    """Names of the Conv2D (depthwise only when asked) and Dense nodes, in network order."""
-    out = []
-    for node in graph:
-        layer = node.layer
-        if isinstance(layer, Dense) or (isinstance(layer, Conv2D) and (include_depthwise or not layer.depthwise)):
-            out.append(node.name)
-    return out
-
-
-def _setting_from(value) -> PQSetting | None:
-    if value is None or isinstance(value, PQSetting):
-        return value
-    if isinstance(value, dict):
-        return PQSetting(int(value["dsub"]), int(value["ksub"]))
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return PQSetting(int(value[0]), int(value[1]))
-    raise ValueError(f"bad PQ setting {value!r}: use {{'dsub': C_s', 'ksub': K}} or null")
-
-
-@dataclass
-class QuantConfig:
-    """Per-layer settings (layer name -> PQSetting, or None / absent for dense) and how to fit them."""
-
-    layers: dict[str, PQSetting | None] = field(default_factory=dict)
-    error_correction: bool = True
-    iterations: int = 4            # error-correction sweeps per layer
-    seed: int = 0
-    max_rows: int = 8192           # sampled output positions per layer for error correction
-    kmeans_init: int = 1           # k-means restarts (sklearn n_init)
-    shrinkage: float = 1.0         # weight of the pull towards the dense weights (see correct_group)
-
-    def __post_init__(self):
-        self.layers = {str(k): _setting_from(v) for k, v in self.layers.items()}
-        if self.iterations < 0 or self.max_rows < 1 or self.kmeans_init < 1:
-            raise ValueError("iterations must be >= 0, max_rows and kmeans_init >= 1")
-
-    @property
-    def quantized(self) -> dict[str, PQSetting]:
-        return {k: v for k, v in self.layers.items() if v is not None}
-
-    @classmethod
-    def uniform(cls, model, conv: PQSetting | None = None, fc: PQSetting | None = None,
-                skip_depthwise: bool = True, skip: tuple[str, ...] = (), **options) -> "QuantConfig":
-        """`conv` on every convolution, `fc` on every FC layer; names in `skip` stay dense."""
-        graph = getattr(model, "graph", model)
-        layers = {}
-        for name in quantizable_layers(graph, include_depthwise=not skip_depthwise):
-            layers[name] = None if name in skip else (fc if isinstance(graph[name].layer, Dense) else conv)
-        return cls(layers, **options)
-
-    def to_dict(self) -> dict:
-        return {"layers": {k: None if v is None else {"dsub": v.dsub, "ksub": v.ksub} for k, v in self.layers.items()},
-                "error_correction": self.error_correction, "iterations": self.iterations, "seed": self.seed,
-                "max_rows": self.max_rows, "kmeans_init": self.kmeans_init, "shrinkage": self.shrinkage}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "QuantConfig":
-        if not isinstance(d, dict) or not isinstance(d.get("layers", {}), dict):
-            raise ValueError("quantization config: expected an object with a 'layers' object")
-        unknown = set(d) - {"layers", "error_correction", "iterations", "seed", "max_rows", "kmeans_init", "shrinkage"}
-        if unknown:
-            raise ValueError(f"quantization config: unknown keys {sorted(unknown)}")
-        return cls(**d)
-
-
 # ----------------------------------------------------------------------------- one layer
 
 def quantize_layer(layer, setting: PQSetting, x_quant: np.ndarray | None = None, x_dense: np.ndarray | None = None,
@@ -119,35 +50,32 @@ def quantize_layer(layer, setting: PQSetting, x_quant: np.ndarray | None = None,
     in the partly quantized network and x_dense its inputs in the dense one (the targets)."""
     view = ConvView.of(layer)
     kh, kw, cin_g, cout = view.weight.shape
-    books, codes = init_codebooks(view.weight, view.groups, setting, seed=seed, n_init=kmeans_init, check=check)
-    if on_step:
-        on_step("kmeans", 1.0)
+    books, codes = init_codebooks(view.weight, view.groups, setting, seed=seed, n_init=kmeans_init, check=check,
+                                  on_step=None if on_step is None else (lambda f: on_step("kmeans", f)))
     bias = view.bias
     if error_correction and iterations > 0:
         if x_quant is None or x_dense is None:
             raise ValueError("error correction needs calibration inputs")
         rng = np.random.default_rng(seed)
-        groups = sample_rows(view, x_quant, x_dense, max_rows, rng)
+        x, y = sample_rows(view, x_quant, x_dense, max_rows, rng)
         g, cout_g = view.groups, cout // view.groups
-        codes_g = codes.reshape(kh * kw, codes.shape[2], g, cout_g)          # (O, M, G, C/g)
-        new_codes = np.empty_like(codes_g)
-        new_bias = None if bias is None else np.empty(cout, np.float32)
-        for gi, (x, y) in enumerate(groups):
-            oc = slice(gi * cout_g, (gi + 1) * cout_g)
-            res = correct_group(x, y, books[gi], codes_g[:, :, gi].astype(np.int64),
-                                view.weight[..., oc].reshape(kh * kw, cin_g, cout_g),
-                                None if bias is None else bias[oc], iterations=iterations,
-                                shrinkage=shrinkage, check=check,
-                                on_step=None if on_step is None else
-                                (lambda f, gi=gi: on_step("correct", (gi + f) / g)))
-            books[gi] = res.codebook
-            new_codes[:, :, gi] = res.codes
-            if new_bias is not None:
-                new_bias[oc] = res.bias
-        codes = new_codes.reshape(kh, kw, -1, cout)
-        bias = new_bias
+        m = codes.shape[2]
+        grouped_codes = codes.reshape(kh * kw, m, g, cout_g).transpose(2, 0, 1, 3)       # (G, O, M, C/g)
+        res = correct(x, y, books, grouped_codes, view.grouped_weight(),
+                      None if bias is None else bias.reshape(g, cout_g), iterations=iterations,
+                      shrinkage=shrinkage, check=check,
+                      on_step=None if on_step is None else (lambda f: on_step("correct", f)))
+        books = res.codebook
+        codes = res.codes.transpose(1, 2, 0, 3).reshape(kh, kw, m, cout)
+        bias = None if res.bias is None else res.bias.reshape(cout)
     return PQLayer(view.kind_of, books, codes, cin_g * view.groups, bias=bias, stride=view.stride,
                    pads=view.pads, groups=view.groups, activation=view.activation)
+
+
+def fit_options(settings: QuantSettings) -> dict:
+    """quantize_layer's keyword arguments for `settings`."""
+    return {"error_correction": settings.correcting, "iterations": settings.iterations, "seed": settings.seed,
+            "max_rows": settings.max_rows, "kmeans_init": settings.kmeans_init, "shrinkage": settings.shrinkage}
 
 
 # ----------------------------------------------------------------------------- whole model
@@ -165,27 +93,23 @@ def _run(layer, args: list[np.ndarray], chunk: int = 32) -> np.ndarray:
     return out
 
 
-def quantize_model(model, config: QuantConfig, calib: np.ndarray | None = None, progress: Progress | None = None,
-                   cancel=None) -> Graph:
-    """A new Graph with the configured layers product-quantized, in network order.
+def quantize_model(model, settings: QuantSettings, calib: np.ndarray | None = None,
+                   progress: Progress | None = None, cancel=None) -> Graph:
+    """A new Graph with the layers `settings` names product-quantized, in network order.
 
     With error correction each layer is fitted on its inputs in the network quantized so far,
     against the dense network's responses, so it also corrects the error accumulated below it.
-    `calib` is a preprocessed NHWC batch (see calibration_batch); `cancel` is an Event-like object
+    `calib` is a preprocessed NHWC batch; without one it is made from the settings' calibration
+    images (calibration_for: needs a Model, not only a Graph).  `cancel` is an Event-like object
     (is_set()) or a callable returning True to stop, which raises Cancelled."""
     graph: Graph = getattr(model, "graph", model)
     check = _checker(cancel)
-    todo = config.quantized
-    names = {n.name for n in graph}
-    unknown = sorted(set(config.layers) - names)
-    if unknown:
-        raise ValueError(f"quantization config names unknown layers: {unknown}")
-    for name in todo:
-        if not isinstance(graph[name].layer, (Conv2D, Dense)):
-            raise ValueError(f"layer {name!r} ({graph[name].layer.describe()}) cannot be product-quantized")
-    correcting = config.error_correction and config.iterations > 0
+    todo = settings.quantized(graph)
+    correcting = settings.correcting
     if correcting and calib is None:
-        raise ValueError("error correction needs a calibration batch")
+        if not hasattr(model, "preprocess"):
+            raise ValueError("error correction needs a calibration batch")
+        calib = calibration_for(model, settings)
     ensure_thread_limit()
 
     # Work units for the progress fraction: a layer's weight count (a proxy for its k-means and
@@ -203,18 +127,18 @@ def quantize_model(model, config: QuantConfig, calib: np.ndarray | None = None, 
             progress(name, step, shown[0])
 
     check()
+    options = fit_options(settings)
     if not correcting:
         new_layers, done = {}, 0.0
         for name, setting in todo.items():
             check()
             w = weights[name]
-            new_layers[name] = quantize_layer(graph[name].layer, setting, error_correction=False, seed=config.seed,
-                                              kmeans_init=config.kmeans_init, check=check,
+            new_layers[name] = quantize_layer(graph[name].layer, setting, **options, check=check,
                                               on_step=lambda step, f, name=name, w=w, base=done:
                                               report(name, step, base + f * w))
             done += w
     else:
-        new_layers = _quantize_corrected(graph, config, np.asarray(calib, np.float32), check, report,
+        new_layers = _quantize_corrected(graph, todo, options, np.asarray(calib, np.float32), check, report,
                                          weights, fwd_unit)
     check()
     nodes = [Node(n.name, new_layers.get(n.name, n.layer), tuple(n.inputs)) for n in graph]
@@ -223,7 +147,13 @@ def quantize_model(model, config: QuantConfig, calib: np.ndarray | None = None, 
     return Graph(nodes, graph.input_name, graph.output)
 
 
-def _quantize_corrected(graph, config, calib, check, report, weights, fwd_unit):
+def file_metadata(settings: QuantSettings, seconds: float) -> dict:
+    """What a .qcnn file says about how it was made (read back by settings_from_metadata)."""
+    return {"settings": settings.to_dict(), "quantizer_version": QUANTIZER_VERSION,
+            "quantize_seconds": round(seconds, 3)}
+
+
+def _quantize_corrected(graph, todo, options, calib, check, report, weights, fwd_unit):
     """Walk the graph once, keeping each tensor for the dense and the partly quantized network.
     Until the first quantized layer both are the same arrays (no duplicate work or memory)."""
     last_use = {}
@@ -239,13 +169,11 @@ def _quantize_corrected(graph, config, calib, check, report, weights, fwd_unit):
         xd = [dense[n] for n in node.inputs]
         xq = [quant[n] for n in node.inputs]
         dense[node.name] = yd = _run(node.layer, xd)
-        setting = config.layers.get(node.name)
+        setting = todo.get(node.name)
         if setting is not None:
             w = weights[node.name]
             base = done
-            pq = quantize_layer(node.layer, setting, xq[0], xd[0], error_correction=True,
-                                iterations=config.iterations, seed=config.seed, max_rows=config.max_rows,
-                                kmeans_init=config.kmeans_init, shrinkage=config.shrinkage, check=check,
+            pq = quantize_layer(node.layer, setting, xq[0], xd[0], **options, check=check,
                                 on_step=lambda step, f, name=node.name, w=w, base=base:
                                 report(name, step, base + (0.2 * f if step == "kmeans" else 0.2 + 0.8 * f) * w))
             new_layers[node.name] = pq
@@ -290,6 +218,11 @@ def _augment(img, rng: np.random.Generator):
     if rng.random() < 0.5:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return img
+
+
+def calibration_for(model, settings: QuantSettings) -> np.ndarray:
+    """The calibration batch `settings` name (folder or bundled photos, count, seed)."""
+    return calibration_batch(model, folder=settings.calib_folder, count=settings.calib_count, seed=settings.seed)
 
 
 def calibration_batch(model, folder=None, count: int = 128, seed: int = 0, files=None) -> np.ndarray:

@@ -31,7 +31,8 @@ from ..evaluate import accuracy
 from ..graph import Graph
 from .cost import SettingCosts
 from .layer import PQSetting
-from .quantize import QuantConfig, _checker, quantizable_layers, quantize_layer, quantize_model, reconstructed
+from .quantize import _checker, fit_options, quantize_layer, quantize_model, reconstructed
+from .settings import QuantSettings, quantizable_layers
 
 # Candidate settings, most to least bits per weight (roughly).  K=256 is left out of the
 # compression ladder: for Lite0's layers (C_out <= 1280) its codebooks cost more than it saves.
@@ -126,15 +127,16 @@ def _forward_from(graph: Graph, env: dict, start: int, replace: dict, last: dict
 
 
 def sensitivity(model, calib: np.ndarray, probe: np.ndarray, ladder: list[PQSetting], layers: list[str] | None = None,
-                config: QuantConfig | None = None, progress: Callable[[str, str, float], None] | None = None,
+                config: QuantSettings | None = None, progress: Callable[[str, str, float], None] | None = None,
                 cancel=None, useful: Callable[[str, PQSetting], bool] | None = None) -> dict[str, dict[PQSetting, dict]]:
     """{layer: {setting: agreement metrics}}, each layer quantized alone (rest dense) and error
-    corrected on `calib`, measured on `probe`.  One pass through the dense network.  Settings
-    for which useful(layer, setting) is False are skipped (e.g. ones that save nothing)."""
+    corrected on `calib`, measured on `probe` (`config`: how to fit; its layers are ignored).  One
+    pass through the dense network.  Settings for which useful(layer, setting) is False are
+    skipped (e.g. ones that save nothing)."""
     graph: Graph = model.graph
-    config = config or QuantConfig()
+    options = fit_options(config or QuantSettings())
     check = _checker(cancel)
-    layers = set(layers if layers is not None else quantizable_layers(graph))
+    layers = set(layers if layers is not None else [q.name for q in quantizable_layers(graph)])
     last = _last_use(graph)
     ref = model.probabilities(graph.forward(probe))
     cal_env = {graph.input_name: calib}
@@ -148,9 +150,7 @@ def sensitivity(model, calib: np.ndarray, probe: np.ndarray, ladder: list[PQSett
                 if useful is not None and not useful(node.name, setting):
                     continue
                 check()
-                pq = quantize_layer(node.layer, setting, x, x, error_correction=config.error_correction,
-                                    iterations=config.iterations, seed=config.seed, max_rows=config.max_rows,
-                                    kmeans_init=config.kmeans_init, shrinkage=config.shrinkage, check=check)
+                pq = quantize_layer(node.layer, setting, x, x, **options, check=check)
                 probs = model.probabilities(_forward_from(graph, probe_env, i, {node.name: pq.to_dense()}, last))
                 out[node.name][setting] = agreement(ref, probs)
             done += 1
@@ -166,7 +166,7 @@ def sensitivity(model, calib: np.ndarray, probe: np.ndarray, ladder: list[PQSett
 
 @dataclass
 class SearchResult:
-    config: QuantConfig
+    config: QuantSettings
     metrics: dict                      # probe agreement of the chosen whole model
     speedup: float
     compression: float
@@ -198,15 +198,16 @@ def greedy_path(sens: dict, cost: Callable[[str, PQSetting | None], float]) -> l
 
 
 def search(model, calib: np.ndarray, probe: np.ndarray, objective: str, budget: Budget,
-           ladder: list[PQSetting] | None = None, sens: dict | None = None, config: QuantConfig | None = None,
+           ladder: list[PQSetting] | None = None, sens: dict | None = None, config: QuantSettings | None = None,
            target: float | None = None, log: Callable[[str], None] = lambda s: None, cancel=None) -> SearchResult:
     """Per-layer settings maximising `objective` ("speed" or "compression") within `budget`.
     With a `target` (speed-up or compression factor) the greedy path stops at the first step that
-    reaches it: the result is then the most accurate point of the path that does, if within budget."""
+    reaches it: the result is then the most accurate point of the path that does, if within budget.
+    `config` says how to fit (error correction, seed, ...); the result has its per-layer settings."""
     if objective not in LADDERS:
         raise ValueError(f"objective must be one of {sorted(LADDERS)}")
     graph = model.graph
-    config = config or QuantConfig()
+    config = (config or QuantSettings()).replace(conv=None, fc=None, layers=())
     ladder = ladder or LADDERS[objective]
     costs = SettingCosts(graph, probe.shape[1:3])
 
@@ -247,12 +248,10 @@ def search(model, calib: np.ndarray, probe: np.ndarray, objective: str, budget: 
     def check(k):
         if k not in cache:
             t0 = time.perf_counter()
-            cfg = QuantConfig(settings_at(k), **{f: getattr(config, f) for f in
-                                                 ("error_correction", "iterations", "seed", "max_rows",
-                                                  "kmeans_init", "shrinkage")})
+            cfg = config.replace(layers=settings_at(k))
             q = quantize_model(model, cfg, calib, cancel=cancel)
             m = agreement(ref, model.probabilities(reconstructed(q).forward(probe)))
-            speedup, compression = totals(cfg.layers)
+            speedup, compression = totals(cfg.plan(graph))
             m.update(step=k, speedup=speedup, compression=compression, seconds=time.perf_counter() - t0,
                      met=budget.met(m))
             cache[k] = m
@@ -270,10 +269,8 @@ def search(model, calib: np.ndarray, probe: np.ndarray, objective: str, budget: 
             lo = mid
         else:
             hi = mid
-    final = QuantConfig(settings_at(lo), **{f: getattr(config, f) for f in
-                                            ("error_correction", "iterations", "seed", "max_rows", "kmeans_init",
-                                             "shrinkage")})
-    speedup, compression = totals(final.layers)
+    final = config.replace(layers=settings_at(lo))
+    speedup, compression = totals(final.plan(graph))
     metrics = cache.get(lo, {"agree": 1.0, "keep5": 1.0, "kl": 0.0})
     return SearchResult(final, metrics, speedup, compression, path[:lo], checks)
 
@@ -327,7 +324,7 @@ def main(argv=None) -> int:
     search_x, _ = _load_split(model, args.labels, 1)
     calib, probe = search_x[:args.calib], search_x[args.calib:]
     log(f"search half: {len(search_x)} images ({len(calib)} calibration, {len(probe)} probe)")
-    config = QuantConfig(iterations=args.iterations, shrinkage=args.shrinkage)
+    config = QuantSettings(iterations=args.iterations, shrinkage=args.shrinkage)
     ladder = LADDERS[args.ladder or args.objective]
     sens = None
     if args.sensitivity:
@@ -343,7 +340,7 @@ def main(argv=None) -> int:
                 c = costs.layer(n, s)
                 return c.quant_macs < c.dense_macs or c.quant_bits < c.dense_bits
             t0 = time.perf_counter()
-            sens_config = QuantConfig(iterations=min(2, args.iterations), shrinkage=args.shrinkage)
+            sens_config = QuantSettings(iterations=min(2, args.iterations), shrinkage=args.shrinkage)
             sens = sensitivity(model, calib, probe[:args.sens_probe], union, config=sens_config, useful=useful,
                                progress=lambda n, s, f: log(f"sensitivity {f * 100:5.1f}%  {n}"))
             log(f"sensitivity: {time.perf_counter() - t0:.0f} s")

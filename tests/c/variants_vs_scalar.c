@@ -5,7 +5,7 @@
  * AArch64 and run under qemu-aarch64 by scripts/check-arm.sh, it tests the NEON variants on an x86
  * machine; it builds and runs natively on x86 as well.  Outputs must equal the scalar reference
  * bit for bit wherever the x86 variants do (table build, exact and fast-scan lookups, LRN with
- * exact roots, pooling, channel affine); depthwise and the GEMM convolutions fuse multiply-adds in their SIMD
+ * exact roots, pooling, channel affine, k-means); depthwise and the GEMM convolutions fuse multiply-adds in their SIMD
  * variants and are held to 1e-5 (relative and absolute), the AVX-512 LRN's refined roots to 1e-6,
  * as in the Python tests, the element-wise activations' polynomials to 2e-6.  A variant that
  * equals the scalar reference everywhere in those fused families has not run: that fails too.
@@ -20,6 +20,7 @@
 #include <string.h>
 #include "pq.h"
 #include "elementwise.h"
+#include "pq_kmeans.h"
 #include "cases.h"
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
@@ -362,6 +363,38 @@ static void check_affine(int isa) {
 }
 
 
+/* ---- codebook learning -------------------------------------------------------------------------- */
+
+static void check_kmeans(int isa) {
+    /* every variant computes the same distance sums in the same order: centres and codes bit for bit */
+    tally t = {"kmeans", 0, 0, 0, 0};
+    static const int CASES[][3] = {{1, 4, 37}, {2, 16, 200}, {3, 16, 61}, {4, 32, 300}, {8, 64, 500},
+                                   {4, 256, 700}, {5, 17, 90}, {2, 16, 10}};   /* d, K, P (P < K too) */
+    for (int i = 0; i < COUNT(CASES); i++)
+        for (int bounds = -1; bounds <= 1; bounds++) {
+            const int d = CASES[i][0], K = CASES[i][1], S = 3;
+            const int64_t P = CASES[i][2];
+            float *x = randf((size_t)S * P * d, 1.f), *w = randf((size_t)S * P, 1.f);
+            for (int64_t j = 0; j < S * P; j++) w[j] = fabsf(w[j]) + (j % 7 == 0 ? 0.f : 0.1f);
+            for (int64_t j = 0; j < P * d / 4; j++) x[j + P * d] = x[j];          /* duplicates in problem 1 */
+            const uint64_t seeds[3] = {1, 99, 12345};
+            float *cref = malloc(sizeof(float) * S * K * d), *cgot = malloc(sizeof(float) * S * K * d);
+            int32_t *kref = malloc(sizeof(int32_t) * S * P), *kgot = malloc(sizeof(int32_t) * S * P);
+            BOTH(isa, qc_kmeans_f32(x, w, seeds, NULL, S, P, d, K, 1, 50, 1e-4, bounds, cref, kref, NULL),
+                 qc_kmeans_f32(x, w, seeds, NULL, S, P, d, K, 1, 50, 1e-4, bounds, cgot, kgot, NULL));
+            char what[64];
+            snprintf(what, sizeof what, "d%d K%d P%lld bounds %d", d, K, (long long)P, bounds);
+            compare(&t, cref, cgot, (size_t)S * K * d, 0, what);
+            if (memcmp(kref, kgot, sizeof(int32_t) * S * P) != 0) {
+                printf("  FAIL kmeans %s: codes differ\n", what);
+                t.failed++;
+            }
+            free(x), free(w), free(cref), free(cgot), free(kref), free(kgot);
+        }
+    report(&t, isa, 0);
+}
+
+
 /* ---- product-quantized layers ----------------------------------------------------------------- */
 
 typedef struct {
@@ -509,6 +542,7 @@ int main(int argc, char **argv) {
         check_pool(isa);
         check_unary(isa);
         check_affine(isa);
+        check_kmeans(isa);
         check_pq(isa);
         check_fastscan_limits(isa);
     }
