@@ -23,6 +23,7 @@ from .peers import best as best_peers, summary as peer_summary
 from .pq.cost import cost_report
 from .pq.engine import kernel_map
 from .pq.layer import PQLayer
+from .pq.taps import PATCHES_SUFFIX
 
 Engine = Callable[[np.ndarray], np.ndarray]
 
@@ -138,11 +139,15 @@ def layer_breakdown(dense: Graph, quant: Graph, inputs: list[np.ndarray], repeat
     theory = {c.name: c.dense_macs / c.quant_macs if c.setting and c.quant_macs else 1.0
               for c in cost_report(quant, s, dense_graph=dense).layers}
     kernels = kernel_map(quant)
-    out = []
+    out, patches_ms = [], 0.0
     for node in quant:
         q = node.layer
         d_ms = float(np.median(times["dense"].get(node.name, [0.0]))) * 1e3
         q_ms = float(np.median(times["quant"][node.name])) * 1e3
+        if node.name.endswith(PATCHES_SUFFIX) and node.name not in times["dense"]:
+            patches_ms = q_ms        # a layer quantized across taps: its window copy counts in its row
+            continue
+        q_ms, patches_ms = q_ms + patches_ms, 0.0
         parts = split.get(node.name, {})
         out.append(LayerTime(node.name, q.describe(), kernels.get(node.name, "dense"), d_ms, q_ms,
                              float(np.median(parts["tables"])) * 1e3 if parts else 0.0,

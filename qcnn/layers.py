@@ -442,6 +442,38 @@ class Concat(Layer):
 
 
 @dataclass(eq=False)
+class Patches(Layer):
+    """Each output pixel's input window as one vector in (KH, KW, C) order: the input of a
+    convolution whose product-quantization subspaces run across kernel offsets (qcnn.pq.taps)."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] | str = (0, 0, 0, 0)
+    kind = "patches"
+
+    def __post_init__(self):
+        self.kernel, self.stride = tuple(self.kernel), tuple(self.stride)
+
+    def describe(self):
+        return f"patches {self.kernel[0]}x{self.kernel[1]}/{self.stride[0]}"
+
+    def geometry(self, h: int, w: int):
+        return conv_geometry(h, w, self.kernel, self.stride, self.pads, self.describe)
+
+    def out_shape(self, x):
+        h, w, c = x
+        _, oh, ow = self.geometry(h, w)
+        return oh, ow, self.kernel[0] * self.kernel[1] * c
+
+    def __call__(self, x):
+        n, h, w, c = x.shape
+        pads, oh, ow = self.geometry(h, w)
+        xp = pad_nhwc(np.asarray(x, dtype=np.float32), pads)
+        cols = im2col(xp, *self.kernel, *self.stride, oh, ow)
+        return np.ascontiguousarray(cols).reshape(n, oh, ow, -1)
+
+
+@dataclass(eq=False)
 class Flatten(Layer):
     """Flattens in channel-major (NCHW) order, as Caffe and ONNX do, so their FC weights apply as is."""
 

@@ -13,7 +13,7 @@ from onnx_models import mini_alexnet
 from qcnn import bench as B
 from qcnn.cli import main
 from qcnn.models import load_model
-from qcnn.pq.presets import DEFAULT_PRESET, PRESETS
+from qcnn.pq.presets import DEFAULT_PRESET, PRESETS, preset_names
 from qcnn.pq.settings import quantizable_layers
 
 SAMPLES = Path(__file__).resolve().parent.parent / "assets" / "samples"
@@ -70,8 +70,10 @@ def test_help_lists_every_preset_and_marks_the_default(command, capsys):
         main([*command, "--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
-    assert "alexnet: fast4*, paper" in text
-    assert re.search(r"efficientnet-lite0: accurate\*, fast, fastscan", text)
+    for model in PRESETS:
+        names = [n + "*" * (n == DEFAULT_PRESET.get(model)) for n in preset_names(model)]
+        assert f"{model}: {', '.join(names)}" in text
+    assert "alexnet: fast4*, fast4-conv1, paper" in text
 
 
 @pytest.mark.parametrize("ratio, words", [(1.52, "1.52x faster"), (1 / 1.52, "1.52x slower"), (1.0, "1.00x faster"),

@@ -32,6 +32,7 @@ import numpy as np
 from .. import layers as L
 from ..graph import Graph, Node
 from .layer import PQLayer, PQSetting
+from .taps import as_pointwise, check_taps, expand_taps
 
 Shape = tuple[int, ...]     # (H, W, C) for feature maps, (F,) after flattening; batch excluded
 
@@ -141,7 +142,8 @@ class LayerCost:
     def to_json(self) -> dict:
         s = self.setting
         return {"name": self.name, "kind": self.kind, "quantized": self.quantized,
-                "setting": None if s is None else {"dsub": s.dsub, "ksub": s.ksub, "bits": s.bits},
+                "setting": None if s is None else {"dsub": s.dsub, "ksub": s.ksub, "bits": s.bits,
+                                                   **({"taps": True} if s.taps else {})},
                 "dense_macs": self.dense_macs, "table_macs": self.table_macs, "lookup_adds": self.lookup_adds,
                 "quant_macs": self.quant_macs, "speedup": self.speedup, "dense_bits": self.dense_bits,
                 "quant_bits": self.quant_bits, "compression": self.compression,
@@ -196,7 +198,11 @@ def layer_costs(graph: Graph, shapes: dict[str, Shape]) -> list[LayerCost]:
         layer, out = node.layer, shapes[node.name]
         x = shapes[node.inputs[0]] if node.inputs else None
         if isinstance(layer, PQLayer):
-            costs.append(_pq_cost(node.name, layer, x, out))
+            cost = _pq_cost(node.name, layer, x, out)
+            if node.inputs and isinstance(graph[node.inputs[0]].layer if node.inputs[0] != graph.input_name
+                                          else None, L.Patches):
+                cost.setting = PQSetting(cost.setting.dsub, cost.setting.ksub, taps=True)
+            costs.append(cost)
         elif isinstance(layer, (L.Conv2D, L.Dense)):
             costs.append(_dense_cost(node.name, layer, out))
         elif layer.params():
@@ -374,6 +380,7 @@ def planned_layer(layer, setting: PQSetting) -> PQLayer:
 
 def planned_graph(graph: Graph, settings: dict[str, PQSetting | None]) -> Graph:
     """`graph` with the layers named in `settings` replaced by their planned PQ layers."""
+    graph, settings = expand_taps(graph, settings)
     return Graph([Node(n.name, planned_layer(n.layer, settings[n.name]) if settings.get(n.name) else n.layer,
                        n.inputs) for n in graph.nodes], graph.input_name, graph.output)
 
@@ -391,7 +398,15 @@ class SettingCosts:
         out = self.shapes[name]
         if setting is None:
             return _dense_cost(name, node.layer, out)
-        return _pq_cost(name, planned_layer(node.layer, setting), self.shapes[node.inputs[0]], out)
+        x = self.shapes[node.inputs[0]]
+        layer = node.layer
+        if setting.taps:
+            check_taps(name, layer, setting)
+            x = L.Patches(layer.kernel, layer.stride, layer.pads).out_shape(x)
+            cost = _pq_cost(name, planned_layer(as_pointwise(layer), PQSetting(setting.dsub, setting.ksub)), x, out)
+            cost.setting = setting
+            return cost
+        return _pq_cost(name, planned_layer(layer, setting), x, out)
 
     def report(self, settings: dict[str, PQSetting | None]) -> CostReport:
         return cost_report(planned_graph(self.graph, settings), self.input_hw, dense_graph=self.graph)

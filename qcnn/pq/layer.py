@@ -24,8 +24,13 @@ from ..layers import ACTIVATIONS, Conv2D, Dense, Layer, conv_geometry
 class PQSetting:
     dsub: int          # C_s': channels per subspace
     ksub: int          # K: codewords per subspace
+    # Subspaces run across kernel offsets: dsub consecutive entries of each (KH, KW, C_in) input
+    # window, one codebook per subspace (qcnn.pq.taps; for stems with 3 input channels).
+    taps: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.taps, bool):
+            raise ValueError(f"'taps' must be true or false, got {self.taps!r}")
         if not (2 <= self.ksub <= 256):
             raise ValueError(f"codebook size K must be 2..256, got {self.ksub}")
         if not 1 <= self.dsub <= 65536:       # wider is no layer's width: a typo that would allocate GBs

@@ -282,6 +282,7 @@ _LAYERS: dict[str, _Spec] = {
     "Add": _Spec(L.Add, {}, {}, (2, 2)),
     "Concat": _Spec(L.Concat, {}, {}, (1, _MAX_INPUTS)),
     "Flatten": _Spec(L.Flatten, {}, {}),
+    "Patches": _Spec(L.Patches, {"kernel": _pair, "stride": _pair, "pads": _pads}, {}),
     "Pad": _Spec(L.Pad, {"pads": _pad4, "value": _extended_real}, {}),
     "Softmax": _Spec(L.Softmax, {}, {}),
     # the layers of imported ONNX networks (layers.Unary ...); Unary.inplace is never stored: a file
@@ -346,8 +347,11 @@ def _optional(check):
 def _pq_setting(v) -> dict | None:
     if v is None:
         return None
-    _object(v, "setting", {"dsub", "ksub"})
-    return {"dsub": _field("dsub", _count, v["dsub"]), "ksub": _field("ksub", _int(2, 256), v["ksub"])}
+    _object(v, "setting", {"dsub", "ksub"}, {"taps"})
+    out = {"dsub": _field("dsub", _count, v["dsub"]), "ksub": _field("ksub", _int(2, 256), v["ksub"])}
+    if "taps" in v:
+        out["taps"] = _field("taps", _bool, v["taps"])
+    return out
 
 
 def _settings_by_layer(v) -> dict:

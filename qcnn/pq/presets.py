@@ -8,7 +8,9 @@ AlexNet:
   paper   the released configuration of the original Quantized-CNN implementation:
           conv1 C_s'=3 K=128; conv2-conv5 C_s'=8 K=128; fc6, fc7 C_s'=4 K=32; fc8 C_s'=1 K=16.
   fast4   C_s'=4, K=16 on conv2-conv5 and fc6-fc8, conv1 dense: the kernels' speed test.
-  Both without error correction: the weights are random, so there is no accuracy to keep, and
+  fast4-conv1  fast4 with conv1 quantized too, its subspaces across kernel offsets (qcnn.pq.taps:
+          C_s'=33, one 11-tap kernel row of 3 channels, K=16): every conv and FC layer runs lookups.
+  All without error correction: the weights are random, so there is no accuracy to keep, and
   the speed test needs the codebooks' shapes only.
 EfficientNet-Lite0 (found by qcnn.pq.search on the odd rows of imagenet-sample-500; see LITE0_NOTES):
   accurate  >= 5x whole-model compression, aiming at <= 1 point top-5 loss;
@@ -34,6 +36,9 @@ _ALEXNET = {
               "error_correction": False},
     "fast4": {"layers": {"conv1": None, **_uniform(("conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"), 4, 16)},
               "error_correction": False},
+    "fast4-conv1": {"layers": {"conv1": {"dsub": 33, "ksub": 16, "taps": True},
+                               **_uniform(("conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"), 4, 16)},
+                    "error_correction": False},
 }
 
 # Found by the search script on the odd data rows of imagenet-sample-500 (first 128 for calibration,

@@ -19,6 +19,7 @@ from .correct import ConvView, correct, sample_rows
 from .kmeans import init_codebooks
 from .layer import PQLayer, PQSetting
 from .settings import QUANTIZER_VERSION, QuantSettings
+from .taps import expand_taps
 
 # progress(layer_name, step, fraction): step is "kmeans", "correct", "forward" or "done";
 # fraction is the overall fraction of the work done, 0..1, non-decreasing.
@@ -104,7 +105,7 @@ def quantize_model(model, settings: QuantSettings, calib: np.ndarray | None = No
     (is_set()) or a callable returning True to stop, which raises Cancelled."""
     graph: Graph = getattr(model, "graph", model)
     check = _checker(cancel)
-    todo = settings.quantized(graph)
+    graph, todo = expand_taps(graph, settings.quantized(graph))
     correcting = settings.correcting
     if correcting and calib is None:
         if not hasattr(model, "preprocess"):

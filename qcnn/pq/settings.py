@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from ..layers import Conv2D, Dense
 from .layer import PQSetting
+from .taps import check_taps
 
 # Bump when the same settings would make a different model (k-means, error correction, ...): the
 # quantization cache keys on it, so a model another version made is never reused.
@@ -40,15 +41,24 @@ def setting_from(value) -> PQSetting | None:
     """A PQSetting from None, a PQSetting, {"dsub": C_s', "ksub": K} or (C_s', K)."""
     if value is None or isinstance(value, PQSetting):
         return value
-    if isinstance(value, dict) and set(value) == {"dsub", "ksub"}:
-        return PQSetting(_int(value["dsub"], "dsub"), _int(value["ksub"], "ksub"))
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return PQSetting(_int(value[0], "dsub"), _int(value[1], "ksub"))
-    raise ValueError(f"bad PQ setting {value!r}: use {{'dsub': C_s', 'ksub': K}} or null")
+    if isinstance(value, dict) and set(value) in ({"dsub", "ksub"}, {"dsub", "ksub", "taps"}):
+        return PQSetting(_int(value["dsub"], "dsub"), _int(value["ksub"], "ksub"), value.get("taps", False))
+    if isinstance(value, (list, tuple)) and len(value) in (2, 3):
+        return PQSetting(_int(value[0], "dsub"), _int(value[1], "ksub"), *value[2:])
+    raise ValueError(f"bad PQ setting {value!r}: use {{'dsub': C_s', 'ksub': K}} (and 'taps': true) or null")
 
 
 def setting_dict(value: PQSetting | None) -> dict | None:
-    return None if value is None else {"dsub": value.dsub, "ksub": value.ksub}
+    # "taps" only when set: the settings, hence the cache keys, of everything else stay as they were.
+    if value is None:
+        return None
+    return {"dsub": value.dsub, "ksub": value.ksub, **({"taps": True} if value.taps else {})}
+
+
+def setting_text(value: PQSetting | None) -> str:
+    if value is None:
+        return "dense"
+    return f"C_s'={value.dsub} K={value.ksub}" + (" across taps" if value.taps else "")
 
 
 def _int(value, what: str) -> int:
@@ -102,6 +112,8 @@ class QuantSettings:
         set_ = object.__setattr__
         set_(self, "conv", setting_from(self.conv))
         set_(self, "fc", setting_from(self.fc))
+        if any(s is not None and s.taps for s in (self.conv, self.fc)):
+            raise ValueError("quantization settings: subspaces across kernel offsets ('taps') are set per layer")
         items = self.layers.items() if isinstance(self.layers, dict) else self.layers
         layers = {}
         for item in items:
@@ -151,6 +163,8 @@ class QuantSettings:
             if node.name in overrides:
                 if overrides[node.name] is not None and node.name not in kinds:
                     raise ValueError(f"layer {node.name!r} ({node.layer.describe()}) cannot be product-quantized")
+                if overrides[node.name] is not None and overrides[node.name].taps:
+                    check_taps(node.name, node.layer, overrides[node.name])
                 out[node.name] = overrides[node.name]
             elif node.name in kinds and not getattr(node.layer, "depthwise", False):
                 out[node.name] = self.conv if kinds[node.name] == "conv" else self.fc
@@ -201,8 +215,7 @@ class QuantSettings:
         return cls(**d)
 
     def describe(self) -> str:
-        def s(v):
-            return "dense" if v is None else f"C_s'={v.dsub} K={v.ksub}"
+        s = setting_text
         if self.conv is None and self.fc is None and self.layers:
             text = f"{sum(v is not None for _, v in self.layers)} layers set one by one"
         else:
