@@ -268,10 +268,13 @@ static void tables16_neon(const float *xg, int cin_g, int M, int dsub, const flo
 #endif
 
 /* Code-weighted sums of a (pixel, group)'s quantized tables, sum over m < M, k < 16 of
- * counts[m, k] * q[m, k]: integers, so exact in any order (one function for every variant; the
- * compiler vectorises it).  Each table's counts sum to at most 2^24 and q <= 255: the per-table
- * sum fits 32 bits. */
-static uint64_t code_weighted(const uint8_t *q, const uint32_t *counts, int M) {
+ * counts[m, k] * q[m, k]: integers, so exact in any order and the same in every variant.  A
+ * product is at most 255 * total <= 255 * 2^24 < 2^32; 32-bit lanes take `run` tables
+ * (debiased_offset keeps 255 * total * run < 2^32) before they are widened to 64 bits. */
+typedef uint64_t (*weighted_fn)(const uint8_t *q, const uint32_t *counts, int M, int run);
+
+static uint64_t weighted_scalar(const uint8_t *q, const uint32_t *counts, int M, int run) {
+    (void)run;
     uint64_t total = 0;
     for (int m = 0; m < M; m++) {
         uint32_t acc = 0;
@@ -281,12 +284,51 @@ static uint64_t code_weighted(const uint8_t *q, const uint32_t *counts, int M) {
     return total;
 }
 
+#if QC_HAVE_X86
+QC_AVX2 static uint64_t weighted_avx2(const uint8_t *q, const uint32_t *counts, int M, int run) {
+    uint64_t total = 0;
+    for (int m0 = 0; m0 < M; m0 += run) {
+        const int m1 = m0 + run < M ? m0 + run : M;
+        __m256i a = _mm256_setzero_si256(), b = a;
+        for (int m = m0; m < m1; m++) {
+            const __m128i v = _mm_loadu_si128((const __m128i *)(q + (size_t)m * 16));
+            a = _mm256_add_epi32(a, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(v), _mm256_loadu_si256((const __m256i *)(counts + (size_t)m * 16))));
+            b = _mm256_add_epi32(b, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8)),
+                                                       _mm256_loadu_si256((const __m256i *)(counts + (size_t)m * 16 + 8))));
+        }
+        uint32_t la[8], lb[8];
+        _mm256_storeu_si256((__m256i *)la, a);
+        _mm256_storeu_si256((__m256i *)lb, b);
+        for (int i = 0; i < 8; i++) total += (uint64_t)la[i] + lb[i];
+    }
+    return total;
+}
+
+QC_AVX512 static uint64_t weighted_avx512(const uint8_t *q, const uint32_t *counts, int M, int run) {
+    uint64_t total = 0;
+    for (int m0 = 0; m0 < M; m0 += run) {
+        const int m1 = m0 + run < M ? m0 + run : M;
+        __m512i a = _mm512_setzero_si512();
+        for (int m = m0; m < m1; m++)
+            a = _mm512_add_epi32(a, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + (size_t)m * 16))),
+                                                       _mm512_loadu_si512((const void *)(counts + (size_t)m * 16))));
+        total += (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_cvtepu32_epi64(_mm512_castsi512_si256(a)),
+                                                                    _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(a, 1))));
+    }
+    return total;
+}
+#endif
+
 /* <x, the code-weighted mean weight> for one (pixel, group): the mean over the layer's outputs of
- * their exact (pre-bias) value.  Fixed order, scalar: the same float in every variant. */
+ * their exact (pre-bias) value.  Portable code in a fixed order (eight running sums, no fused
+ * multiply-add: baseline x86 has none), so the same float in every variant. */
 static float mean_output(const float *xg, const float *wmean_g, int cin_g) {
-    float acc = 0.f;
-    for (int c = 0; c < cin_g; c++) acc = fmaf(xg[c], wmean_g[c], acc);
-    return acc;
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    int c = 0;
+    for (; c + 8 <= cin_g; c += 8)
+        for (int j = 0; j < 8; j++) acc[j] += xg[c + j] * wmean_g[c + j];
+    for (int j = 0; c < cin_g; c++, j++) acc[j] += xg[c] * wmean_g[c];
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
 /* The offset sum of one (pixel, group) with the expected rounding error removed: rounding a table
@@ -297,9 +339,12 @@ static float mean_output(const float *xg, const float *wmean_g, int cin_g) {
  *   sum_m (f_m . t_m) - step * sum_m (f_m . q_m)
  * makes the code-weighted mean of the outputs exact; what is left is the error of each output
  * about that mean, which no longer grows with M faster than the outputs do. */
-static float debiased_offset(const float *xg, const float *wmean_g, int cin_g, const uint8_t *q,
-                             const uint32_t *counts_g, int M, uint32_t total, float step) {
-    const double fq = (double)code_weighted(q, counts_g, M) / (double)total;
+static float debiased_offset(weighted_fn weighted, const float *xg, const float *wmean_g, int cin_g,
+                             const uint8_t *q, const uint32_t *counts_g, int M, uint32_t total, float step) {
+    /* lanes of 32 bits hold `run` tables of at most 255 * total each */
+    const uint64_t per = 255u * (uint64_t)(total ? total : 1), most = UINT32_MAX / per;
+    const int run = most > (uint64_t)M ? M : (int)(most ? most : 1);
+    const double fq = (double)weighted(q, counts_g, M, run) / (double)total;
     return (float)((double)mean_output(xg, wmean_g, cin_g) - (double)step * fq);
 }
 
@@ -316,6 +361,8 @@ void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int d
     static const quant_fn quants[QC_ISA_COUNT] = QC_VARIANTS(quant_scalar, quant_avx2, quant_avx512, quant_neon);
     const tables16_fn build = builds[qc_isa()];
     const quant_fn quant = quants[qc_isa()];
+    static const weighted_fn weighteds[QC_ISA_COUNT] = QC_VARIANTS(weighted_scalar, weighted_avx2, weighted_avx512, weighted_scalar);
+    const weighted_fn weighted = weighteds[qc_isa()];
     const int Mp = 4 * quads_of(M), cin_g = cin / groups;
     const size_t n = (size_t)M * 16;
     const int debias = wmean != NULL && counts != NULL;
@@ -339,7 +386,7 @@ void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int d
                 offset_sum[pg] = lo * (float)M;
                 if (debias) {
                     const uint32_t *cg = counts + (size_t)g * M * 16;
-                    offset_sum[pg] = debiased_offset(xg, wmean + (size_t)g * cin_g, cin_g, q, cg, M, table_total(cg), s);
+                    offset_sum[pg] = debiased_offset(weighted, xg, wmean + (size_t)g * cin_g, cin_g, q, cg, M, table_total(cg), s);
                 }
             }
         }
@@ -355,7 +402,7 @@ void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int d
             offset_sum[pg] *= (float)M;
             if (debias) {
                 const uint32_t *cg = counts + (size_t)g * M * 16;
-                offset_sum[pg] = debiased_offset(x + p * cin + g * cin_g, wmean + (size_t)g * cin_g, cin_g, q, cg, M,
+                offset_sum[pg] = debiased_offset(weighted, x + p * cin + g * cin_g, wmean + (size_t)g * cin_g, cin_g, q, cg, M,
                                                  table_total(cg), s);
             }
         }
