@@ -23,6 +23,24 @@ TABLE_BUDGET_BYTES = 2 << 20
 
 
 
+# Kernel families that record which of their variants ran (qc_variants_ran in qcnn.h).
+FAMILIES = {"fastscan_tables": lib.QC_FAMILY_FS_TABLES, "fastscan_quant": lib.QC_FAMILY_FS_QUANT,
+            "fastscan_lookups": lib.QC_FAMILY_FS_LOOKUPS, "pq_tables": lib.QC_FAMILY_PQ_TABLES,
+            "pq_exact": lib.QC_FAMILY_PQ_EXACT}
+
+
+def reset_variants_ran() -> None:
+    lib.qc_variants_reset()
+
+
+def variants_ran() -> dict[str, set[str]]:
+    """Per family, the SIMD variants (qcnn.kernels.ISA_NAMES) that ran since reset_variants_ran():
+    what really ran, as the variants themselves record it, whatever the dispatch tables say."""
+    from ..kernels import ISA_NAMES
+    return {name: {isa for bit, isa in ISA_NAMES.items() if lib.qc_variants_ran(f) >> bit & 1}
+            for name, f in FAMILIES.items()}
+
+
 def fastscan_supported(layer: PQLayer) -> bool:
     return layer.ksub <= 16
 
