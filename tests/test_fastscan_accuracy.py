@@ -50,7 +50,8 @@ def errors(layer, x, debias=True):
 RMS_BOUND, MAX_BOUND = 0.06, 0.15
 SHAPES = [("conv", 96, 24, 1, 1, 14), ("conv", 240, 80, 1, 1, 14), ("conv", 480, 112, 1, 2, 7),
           ("conv", 1152, 320, 1, 1, 7), ("conv", 2304, 64, 1, 2, 4),
-          ("conv", 96, 256, 5, 4, 9), ("conv", 256, 384, 3, 4, 7), ("fc", 4096, 1000, 1, 4, 1)]
+          ("conv", 96, 256, 5, 4, 9), ("conv", 256, 384, 3, 4, 7), ("fc", 4096, 1000, 1, 4, 1),
+          ("conv", 64, 4096, 3, 4, 3)]      # 9 x 4096 codes per subspace: counts scaled to 16 bits
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}{s[1]}-{s[2]}k{s[3]}d{s[4]}")
@@ -62,6 +63,17 @@ def test_fastscan_error_does_not_grow_with_the_subspaces(shape, isa):
     x = activations((2, side, side, cin) if kind == "conv" else (2, cin))
     rms, worst = errors(layer, x)
     assert rms <= RMS_BOUND and worst <= MAX_BOUND, (rms, worst)
+
+
+def test_code_counts_fit_16_bits_and_keep_the_frequencies():
+    small = pq_layer("conv", 64, 96, 3, 4)
+    counts, _ = K.code_statistics(small, small.codebooks)
+    assert (counts.sum(axis=-1) == 9 * 96).all()                    # exact below the limit
+    big = pq_layer("conv", 64, 4096, 3, 4)
+    counts, _ = K.code_statistics(big, big.codebooks)
+    assert counts.dtype == np.uint16 and (counts.sum(axis=-1) == K.COUNT_LIMIT).all()
+    exact = np.stack([np.bincount(big.codes[:, :, m].ravel(), minlength=16) for m in range(big.M)])
+    assert np.abs(counts[0] / K.COUNT_LIMIT - exact / exact.sum(-1, keepdims=True)).max() <= 1 / K.COUNT_LIMIT
 
 
 def test_the_bound_catches_the_uncorrected_tables():

@@ -268,52 +268,60 @@ static void tables16_neon(const float *xg, int cin_g, int M, int dsub, const flo
 #endif
 
 /* Code-weighted sums of a (pixel, group)'s quantized tables, sum over m < M, k < 16 of
- * counts[m, k] * q[m, k]: integers, so exact in any order and the same in every variant.  A
- * product is at most 255 * total <= 255 * 2^24 < 2^32; 32-bit lanes take `run` tables
- * (debiased_offset keeps 255 * total * run < 2^32) before they are widened to 64 bits. */
-typedef uint64_t (*weighted_fn)(const uint8_t *q, const uint32_t *counts, int M, int run);
+ * counts[m, k] * q[m, k]: integers, so exact in any order and the same in every variant.  Counts
+ * are below 2^15 (pq.h), so the SIMD variants multiply 16-bit pairs and add them into 32-bit
+ * lanes (vpmaddwd); a lane gains at most 2 * 255 * total per table, so the lanes are widened to
+ * 64 bits every `run` tables (debiased_offset keeps 510 * total * run < 2^31). */
+typedef uint64_t (*weighted_fn)(const uint8_t *q, const uint16_t *counts, int M, int run);
 
-static uint64_t weighted_scalar(const uint8_t *q, const uint32_t *counts, int M, int run) {
+static uint64_t weighted_scalar(const uint8_t *q, const uint16_t *counts, int M, int run) {
     (void)run;
     uint64_t total = 0;
     for (int m = 0; m < M; m++) {
         uint32_t acc = 0;
-        for (int k = 0; k < 16; k++) acc += counts[m * 16 + k] * (uint32_t)q[m * 16 + k];
+        for (int k = 0; k < 16; k++) acc += (uint32_t)counts[m * 16 + k] * q[m * 16 + k];
         total += acc;
     }
     return total;
 }
 
 #if QC_HAVE_X86
-QC_AVX2 static uint64_t weighted_avx2(const uint8_t *q, const uint32_t *counts, int M, int run) {
+QC_AVX2 static uint64_t lanes8_avx2(__m256i a) {
+    uint32_t l[8];
+    _mm256_storeu_si256((__m256i *)l, a);
+    uint64_t t = 0;
+    for (int i = 0; i < 8; i++) t += l[i];
+    return t;
+}
+
+QC_AVX2 static uint64_t weighted_avx2(const uint8_t *q, const uint16_t *counts, int M, int run) {
     uint64_t total = 0;
     for (int m0 = 0; m0 < M; m0 += run) {
         const int m1 = m0 + run < M ? m0 + run : M;
-        __m256i a = _mm256_setzero_si256(), b = a;
-        for (int m = m0; m < m1; m++) {
-            const __m128i v = _mm_loadu_si128((const __m128i *)(q + (size_t)m * 16));
-            a = _mm256_add_epi32(a, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(v), _mm256_loadu_si256((const __m256i *)(counts + (size_t)m * 16))));
-            b = _mm256_add_epi32(b, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8)),
-                                                       _mm256_loadu_si256((const __m256i *)(counts + (size_t)m * 16 + 8))));
-        }
-        uint32_t la[8], lb[8];
-        _mm256_storeu_si256((__m256i *)la, a);
-        _mm256_storeu_si256((__m256i *)lb, b);
-        for (int i = 0; i < 8; i++) total += (uint64_t)la[i] + lb[i];
+        __m256i a = _mm256_setzero_si256();
+        for (int m = m0; m < m1; m++)
+            a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(q + (size_t)m * 16))),
+                                                      _mm256_loadu_si256((const __m256i *)(counts + (size_t)m * 16))));
+        total += lanes8_avx2(a);
     }
     return total;
 }
 
-QC_AVX512 static uint64_t weighted_avx512(const uint8_t *q, const uint32_t *counts, int M, int run) {
+/* Two tables per step. */
+QC_AVX512 static uint64_t weighted_avx512(const uint8_t *q, const uint16_t *counts, int M, int run) {
     uint64_t total = 0;
     for (int m0 = 0; m0 < M; m0 += run) {
         const int m1 = m0 + run < M ? m0 + run : M;
         __m512i a = _mm512_setzero_si512();
-        for (int m = m0; m < m1; m++)
-            a = _mm512_add_epi32(a, _mm512_mullo_epi32(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + (size_t)m * 16))),
-                                                       _mm512_loadu_si512((const void *)(counts + (size_t)m * 16))));
-        total += (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_cvtepu32_epi64(_mm512_castsi512_si256(a)),
-                                                                    _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(a, 1))));
+        int m = m0;
+        for (; m + 2 <= m1; m += 2)
+            a = _mm512_add_epi32(a, _mm512_madd_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(q + (size_t)m * 16))),
+                                                      _mm512_loadu_si512((const void *)(counts + (size_t)m * 16))));
+        __m256i b = _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
+        if (m < m1)
+            b = _mm256_add_epi32(b, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(q + (size_t)m * 16))),
+                                                      _mm256_loadu_si256((const __m256i *)(counts + (size_t)m * 16))));
+        total += lanes8_avx2(b);
     }
     return total;
 }
@@ -340,22 +348,22 @@ static float mean_output(const float *xg, const float *wmean_g, int cin_g) {
  * makes the code-weighted mean of the outputs exact; what is left is the error of each output
  * about that mean, which no longer grows with M faster than the outputs do. */
 static float debiased_offset(weighted_fn weighted, const float *xg, const float *wmean_g, int cin_g,
-                             const uint8_t *q, const uint32_t *counts_g, int M, uint32_t total, float step) {
-    /* lanes of 32 bits hold `run` tables of at most 255 * total each */
-    const uint64_t per = 255u * (uint64_t)(total ? total : 1), most = UINT32_MAX / per;
+                             const uint8_t *q, const uint16_t *counts_g, int M, uint32_t total, float step) {
+    /* signed 32-bit lanes take `run` tables of at most 2 * 255 * total each */
+    const uint64_t per = 510u * (uint64_t)(total ? total : 1), most = INT32_MAX / per;
     const int run = most > (uint64_t)M ? M : (int)(most ? most : 1);
     const double fq = (double)weighted(q, counts_g, M, run) / (double)total;
     return (float)((double)mean_output(xg, wmean_g, cin_g) - (double)step * fq);
 }
 
-static uint32_t table_total(const uint32_t *counts_g) {
+static uint32_t table_total(const uint16_t *counts_g) {
     uint32_t n = 0;
     for (int k = 0; k < 16; k++) n += counts_g[k];
     return n;
 }
 
 void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int dsub, const float *cbt,
-                     const float *wmean, const uint32_t *counts, int shared_scale, float *T, uint8_t *Q,
+                     const float *wmean, const uint16_t *counts, int shared_scale, float *T, uint8_t *Q,
                      float *scale, float *offset_sum) {
     static const tables16_fn builds[QC_ISA_COUNT] = QC_VARIANTS(tables16_scalar, tables16_avx2, tables16_avx512, tables16_neon);
     static const quant_fn quants[QC_ISA_COUNT] = QC_VARIANTS(quant_scalar, quant_avx2, quant_avx512, quant_neon);
@@ -385,7 +393,7 @@ void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int d
                 scale[pg] = s;
                 offset_sum[pg] = lo * (float)M;
                 if (debias) {
-                    const uint32_t *cg = counts + (size_t)g * M * 16;
+                    const uint16_t *cg = counts + (size_t)g * M * 16;
                     offset_sum[pg] = debiased_offset(weighted, xg, wmean + (size_t)g * cin_g, cin_g, q, cg, M, table_total(cg), s);
                 }
             }
@@ -401,7 +409,7 @@ void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int d
             scale[pg] = s;
             offset_sum[pg] *= (float)M;
             if (debias) {
-                const uint32_t *cg = counts + (size_t)g * M * 16;
+                const uint16_t *cg = counts + (size_t)g * M * 16;
                 offset_sum[pg] = debiased_offset(weighted, x + p * cin + g * cin_g, wmean + (size_t)g * cin_g, cin_g, q, cg, M,
                                                  table_total(cg), s);
             }

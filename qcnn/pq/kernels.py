@@ -45,23 +45,35 @@ def fastscan_supported(layer: PQLayer) -> bool:
     return layer.ksub <= 16
 
 
+COUNT_LIMIT = 32767       # pq.h: each table's code counts sum to at most this
+
+
 def code_statistics(layer: PQLayer, cb16: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """What fast-scan's rounding correction needs, made once at load: how often each code occurs
     per (group, subspace) over the kernel offsets and the group's outputs, (G, M, 16) uint32, and
-    the weights averaged the same way, (G, C_in/G) float32 (codebooks cb16: (G, M, 16, dsub))."""
+    the weights averaged the same way, (G, C_in/G) float32 (codebooks cb16: (G, M, 16, dsub)).
+    Counts are uint16: scaled to COUNT_LIMIT per table when a layer has more outputs and taps."""
     g, m, k, d = cb16.shape
     kh, kw = layer.kernel
     cout_g = layer.out_channels // g
     cin_g = layer.in_channels // g
     # codes (kh, kw, M, cout) -> (G, M, taps * cout_g)
     codes = layer.codes.reshape(kh * kw, m, g, cout_g).transpose(2, 1, 0, 3).reshape(g, m, -1).astype(np.int64)
-    if codes.shape[-1] >= 1 << 24:
-        raise ValueError(f"{layer.describe()}: too many outputs per subspace for fast-scan")
     offsets = (np.arange(g * m, dtype=np.int64) * 16).reshape(g, m, 1)
     counts = np.bincount((codes + offsets).ravel(), minlength=g * m * 16).reshape(g, m, 16)
-    freq = counts / codes.shape[-1]
+    total = codes.shape[-1]
+    if total > COUNT_LIMIT:
+        # The C side multiplies 16-bit counts: scale every table to the same total COUNT_LIMIT,
+        # rounding by largest remainder (frequencies to 1 / 32767).
+        exact = counts * (COUNT_LIMIT / total)
+        counts = np.floor(exact).astype(np.int64)
+        short = COUNT_LIMIT - counts.sum(axis=-1, keepdims=True)
+        order = np.argsort(-(exact - counts), axis=-1, kind="stable")
+        counts += (np.argsort(order, axis=-1, kind="stable") < short).astype(np.int64)
+        total = COUNT_LIMIT
+    freq = counts / total
     wmean = np.einsum("gmk,gmkd->gmd", freq, cb16.astype(np.float64)).reshape(g, m * d)[:, :cin_g]
-    return (np.ascontiguousarray(counts, dtype=np.uint32),
+    return (np.ascontiguousarray(counts, dtype=np.uint16),
             np.ascontiguousarray(wmean, dtype=np.float32))
 
 
@@ -173,7 +185,7 @@ class PreparedPQ:
             self._fixed = (_ptr(self.cbt), _ptr(self.codes, "uint8_t *"), _ptr(l.bias),
                            _ptr(self.packed, "uint8_t *") if fs else ffi.NULL,
                            _ptr(self.mean_weight) if fs and self.debias else ffi.NULL,
-                           _ptr(self.code_counts, "uint32_t *") if fs and self.debias else ffi.NULL)
+                           _ptr(self.code_counts, "uint16_t *") if fs and self.debias else ffi.NULL)
         return self._fixed
 
     def _band(self, xb: np.ndarray, yb: np.ndarray, pt: int, pl: int, sh: int, sw: int) -> None:

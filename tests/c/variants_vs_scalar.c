@@ -459,7 +459,7 @@ static void check_pq(int isa) {
             /* the rounding correction's inputs, as qcnn/pq/kernels.py makes them: code counts per
              * (group, subspace) over taps and the group's outputs, and a mean weight per channel */
             const int cout_g = c.cout / c.groups, cin_g = c.cin / c.groups;
-            uint32_t *counts = calloc((size_t)gm * 16, sizeof *counts);
+            uint16_t *counts = calloc((size_t)gm * 16, sizeof *counts);
             for (int t = 0; t < taps; t++)
                 for (int m = 0; m < c.M; m++)
                     for (int o = 0; o < c.cout; o++)
@@ -467,7 +467,7 @@ static void check_pq(int isa) {
             float *wmean = randf((size_t)c.groups * cin_g, 1.f);
             for (int debias = 0; debias < 2; debias++) {
                 const float *wm = debias ? wmean : NULL;
-                const uint32_t *cn = debias ? counts : NULL;
+                const uint16_t *cn = debias ? counts : NULL;
                 BOTH(isa, qc_fs_tables_u8(x, npix, c.cin, c.groups, c.M, c.dsub, cb16, wm, cn, shared, T, qref, sref, oref),
                      qc_fs_tables_u8(x, npix, c.cin, c.groups, c.M, c.dsub, cb16, wm, cn, shared, T, qgot, sgot, ogot));
                 compare_u8(&tq, qref, qgot, nq, what);
