@@ -51,7 +51,7 @@ BUILTIN_MODELS = {
 ENGINES = ("dense", "quantized")
 KERNELS = {"reference": "reference (numpy)", "exact": "exact (C)", "fastscan": "fast-scan (C, 4-bit)",
            "reconstructed": "reconstructed (dense kernels)",
-           "auto": "auto (fastest per layer, timed)"}
+           "auto": "auto (fastest within budget)"}
 STALE_TEMP_SECONDS = 3600      # a save's temporary file this old was left by a killed process
 
 

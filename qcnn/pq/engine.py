@@ -37,13 +37,14 @@ DESCRIPTIONS = {
 
 
 def impl_for(layer: PQLayer, kernel: str) -> str:
-    """The implementation `kernel` means for this layer ("auto" without a plan: exact, which keeps
-    the model)."""
+    """The implementation `kernel` means for this layer, as `qcnn cost` estimates it: "auto" as
+    fast-scan where it can run (its plan, measured when a model is loaded, may choose otherwise;
+    with_kernel follows the plan, not this)."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; choose from {', '.join(KERNELS)}")
-    if kernel == "fastscan":
+    if kernel in ("fastscan", "auto"):
         return "fastscan" if fastscan_supported(layer) else "exact"
-    return "exact" if kernel == "auto" else kernel
+    return kernel
 
 
 def _retarget(layer: PQLayer, impl: str) -> PQLayer:
