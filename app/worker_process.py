@@ -108,8 +108,12 @@ class Engine:
         t0 = time.perf_counter()
         self.gen, self.model, self.graph = gen, None, None
         if quant_path is not None:
-            model, _meta = load_quantized(quant_path)
-            graph = pq_engine.with_kernel(model.graph, kernel or "reference", (model.input_size,) * 2)
+            model, meta = load_quantized(quant_path)
+            plan = None
+            if kernel == "auto":      # the stored (or once measured and cached) plan: same kernels every load
+                from qcnn.workbench import auto_plan
+                plan = auto_plan(model, model.graph, meta)
+            graph = pq_engine.with_kernel(model.graph, kernel or "reference", (model.input_size,) * 2, plan)
             kernels = pq_engine.kernel_map(graph)
         elif model_ref is not None:
             model = load_ref(model_ref)

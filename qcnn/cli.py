@@ -192,7 +192,9 @@ def _quantized(args, model):
     else:
         bench, quantized, source = _quantize(args, model)
     bench.kernel = args.kernel
-    bench.adopt(quantized, with_kernel(quantized.graph, args.kernel, (bench.model.input_size,) * 2))
+    plan = bench.plan_for(quantized) if args.kernel == "auto" else None
+    bench.adopt(quantized, with_kernel(quantized.graph, args.kernel, (bench.model.input_size,) * 2, plan))
+    bench.kernel_plan = plan
     return bench, source
 
 
@@ -222,9 +224,14 @@ def cmd_quantize(args) -> int:
     model = _model(args.model)
     _default_preset(args, model)
     try:
-        _, quantized, _ = _quantize(args, model)
+        bench, quantized, _ = _quantize(args, model)
+        # The plan "auto" follows on this SIMD level goes into the file: the same kernels wherever
+        # it is loaded at this level (other levels measure and cache their own).
+        from .kernels import isa
+        plan = {k: v for k, v in bench.plan_for(quantized).items() if k != "source"}
+        metadata = {**quantized.metadata, "kernel_plans": {isa(): plan}}
         # Atomic: a killed or failed save leaves an earlier file at the path as it was.
-        size = save_model(args.output, model, quantized.graph, quantized.metadata)
+        size = save_model(args.output, model, quantized.graph, metadata)
     except (KeyboardInterrupt, Cancelled):
         print(f"\ncancelled: {args.output} not written", file=sys.stderr)
         return 130
@@ -256,6 +263,7 @@ def cmd_eval(args) -> int:
         out["agreement"], out["mean_kl"] = m["agree"], m["kl"]
         out["quantized_with"] = source
         out["kernel"] = args.kernel
+        out["kernel_plan"] = _plan_json(bench)
     if args.json:
         _print_json(out)
         return 0
@@ -266,9 +274,33 @@ def cmd_eval(args) -> int:
     if quantized:
         print(f"  quantized with {source}, kernel {args.kernel}")
         print(f"  top-1 agreement {out['agreement'] * 100:.1f}%, mean KL(dense || quantized) {out['mean_kl']:.4f}")
+        _print_plan(bench)
     for s in ev.skipped:
         print(f"  skipped: {s}")
     return 0
+
+
+def _plan_json(bench) -> dict:
+    """Per PQ layer the kernel that ran and, for "auto", fast-scan's measured error (the plan)."""
+    from .pq.engine import kernel_map
+    plan = getattr(bench, "kernel_plan", None)
+    layers = {name: {"kernel": impl} for name, impl in kernel_map(bench.quant_graph).items()}
+    if plan:
+        for name, entry in plan["layers"].items():
+            layers[name]["error"] = entry.get("error")
+        return {"source": plan.get("source"), "isa": plan["isa"], "budget": plan["budget"], "layers": layers}
+    return {"layers": layers}
+
+
+def _print_plan(bench) -> None:
+    from .pq.engine import format_plan, kernel_map
+    plan = getattr(bench, "kernel_plan", None)
+    if plan:
+        print(format_plan(plan))
+        print(f"  (plan {plan.get('source')})")
+    else:
+        kinds = kernel_map(bench.quant_graph)
+        print("kernels: " + ", ".join(f"{name} {impl}" for name, impl in kinds.items()))
 
 
 def _default_preset(args, model) -> None:
@@ -317,11 +349,12 @@ def cmd_bench(args) -> int:
     report = B.BenchReport(model.name, source, args.kernel, test, layers, memory, skipped,
                            str(images) if images else "synthetic inputs", uncapped=uncapped)
     if args.json:
-        _print_json(report.to_json())
+        _print_json({**report.to_json(), "kernel_plan": _plan_json(wb)})
     else:
         if model.speed_test_only:
             print(f"note: {model.description}")
         print(report.format())
+        _print_plan(wb)
     return 0
 
 

@@ -79,7 +79,7 @@ def _rows(a: np.ndarray, shape: tuple, what: str, writeable: bool = False) -> in
     return rs // 4
 
 
-_ARRAY_TYPES = {"float *": "float[]", "uint8_t *": "uint8_t[]"}
+_ARRAY_TYPES = {"float *": "float[]", "uint8_t *": "uint8_t[]", "uint16_t *": "uint16_t[]"}
 
 
 def _ptr(a: np.ndarray | None, ctype: str = "float *"):

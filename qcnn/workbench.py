@@ -38,7 +38,7 @@ from .evaluate import evaluate
 from .pq.cost import cost_report
 from .pq.modelfile import ModelFileError, load_model_file, pairing_problem, save_model
 from .pq.quantize import Cancelled   # also what quantize_model raises: one class to catch
-from .pq.quantize import calibration_for, file_metadata, quantize_model, reconstructed
+from .pq.quantize import calibration_batch, calibration_for, file_metadata, quantize_model, reconstructed
 from .pq.settings import (DEFAULT_SETTINGS, QUANTIZER_VERSION, QuantizableLayer, QuantSettings,  # noqa: F401
                           quantizable_layers, setting_dict, settings_from_metadata)
 
@@ -51,7 +51,7 @@ BUILTIN_MODELS = {
 ENGINES = ("dense", "quantized")
 KERNELS = {"reference": "reference (numpy)", "exact": "exact (C)", "fastscan": "fast-scan (C, 4-bit)",
            "reconstructed": "reconstructed (dense kernels)",
-           "auto": "auto (fastest per layer, timed)"}
+           "auto": "auto (fastest within budget)"}
 STALE_TEMP_SECONDS = 3600      # a save's temporary file this old was left by a killed process
 
 
@@ -91,10 +91,10 @@ def default_kernel() -> str:
     return "auto" if not kernel_problem("auto") else "reference"
 
 
-def with_kernel(graph: Graph, name: str, input_size: int | None = None) -> Graph:
+def with_kernel(graph: Graph, name: str, input_size: int | None = None, plan: dict | None = None) -> Graph:
     """`graph` with its PQ layers running kernel `name` (files and caches keep the canonical form);
-    "auto" times each layer's candidates on an input of input_size pixels when given."""
-    return engine.with_kernel(graph, name, None if input_size is None else (input_size, input_size))
+    "auto" follows `plan` (auto_plan), exact lookups without one."""
+    return engine.with_kernel(graph, name, None if input_size is None else (input_size, input_size), plan)
 
 
 kernel_map = engine.kernel_map
@@ -306,6 +306,46 @@ def cache_key(model: Model, settings: QuantSettings) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def plan_path(graph: Graph, metadata: dict | None) -> Path:
+    """Where the kernel plan of a quantized model is cached, per SIMD level: keyed by the model's
+    cache key (its settings and weights) or, for a file without one, by its quantized weights."""
+    from .kernels import isa
+    key = metadata.get("cache_key") if isinstance(metadata, dict) else None
+    key = key if isinstance(key, str) and key.isalnum() else _graph_digest(graph)
+    return cache_dir() / "plans" / f"{key}-{isa()}-v{engine.PLAN_VERSION}.json"
+
+
+def auto_plan(model: Model, graph: Graph, metadata: dict | None = None, calib_folder: str | None = None,
+              progress: Callable[[str, float], None] | None = None) -> dict:
+    """The kernel plan "auto" follows for a quantized `graph` of `model` (qcnn.pq.engine.kernel_plan),
+    measured once per model, settings and SIMD level: from the .qcnn file's metadata
+    ("kernel_plans", written by `qcnn quantize`), else from the plan cache, else measured on
+    PLAN_IMAGES calibration images (calib_folder, else the bundled photos) and cached.  The
+    returned plan's "source" says which."""
+    from .kernels import isa
+    stored = (metadata or {}).get("kernel_plans") if isinstance(metadata, dict) else None
+    if isinstance(stored, dict) and not engine.plan_problem(graph, stored.get(isa())):
+        return {**stored[isa()], "source": "stored in the model file"}
+    path = plan_path(graph, metadata)
+    with contextlib.suppress(OSError, ValueError):
+        plan = json.loads(path.read_text())
+        if not engine.plan_problem(graph, plan):
+            return {**plan, "source": f"cached {path}"}
+    if progress:
+        progress("kernel plan: measuring fast-scan's error and the kernels' times", 0.0)
+    calib = calibration_batch(model, calib_folder, count=engine.PLAN_IMAGES, seed=0)
+    plan = engine.kernel_plan(graph, calib)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(plan, indent=1))
+        os.replace(tmp, path)            # atomic: a reader sees no plan or the whole plan
+        source = f"measured now, cached as {path}"
+    except OSError as exc:
+        source = f"measured now (plan cache not writable: {exc.strerror or exc})"
+    return {**plan, "source": source}
+
+
 def cache_path(model: Model, settings: QuantSettings) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.name)[:40]
     return cache_dir() / "quantized" / f"{safe}-{cache_key(model, settings)}.qcnn"
@@ -460,13 +500,21 @@ class Workbench:
         is made and run elsewhere (the app's engine process), so quant_graph stays None."""
         self.quantized = quantized
         self.quant_graph = (kernel_graph if kernel_graph is not None
-                            else with_kernel(quantized.graph, self.kernel, self.model.input_size) if prepare
+                            else self.kernel_graph(self.kernel) if prepare
                             else None)
         self.timings.clear("quantized")
 
     def kernel_graph(self, name: str) -> Graph | None:
         """The quantized graph converted for kernel `name` (may take a moment: call it in a worker)."""
-        return None if self.quantized is None else with_kernel(self.quantized.graph, name, self.model.input_size)
+        if self.quantized is None:
+            return None
+        return with_kernel(self.quantized.graph, name, self.model.input_size,
+                           self.plan_for(self.quantized) if name == "auto" else None)
+
+    def plan_for(self, quantized: Quantized) -> dict:
+        """The kernel plan of `quantized` ("auto"), measured once and cached (auto_plan)."""
+        folder = quantized.settings.calib_folder if quantized.settings is not None else None
+        return auto_plan(self.model, quantized.graph, quantized.metadata, folder)
 
     def set_kernel(self, name: str, graph: Graph | None) -> None:
         self.kernel = name

@@ -2,7 +2,7 @@
  * indexes its own table of variants with qc_isa()). */
 #include <stdlib.h>
 #include <string.h>
-#include "qcnn.h"
+#include "simd.h"
 
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
@@ -96,4 +96,14 @@ int qc_isa(void) {
 int qc_set_isa(int isa) {
     current = capped(isa, qc_isa_cap());
     return current;
+}
+
+_Atomic int qc_ran_[QC_FAMILY_COUNT];
+
+int qc_variants_ran(int family) {
+    return family >= 0 && family < QC_FAMILY_COUNT ? atomic_load(&qc_ran_[family]) : 0;
+}
+
+void qc_variants_reset(void) {
+    for (int f = 0; f < QC_FAMILY_COUNT; f++) atomic_store(&qc_ran_[f], 0);
 }

@@ -32,10 +32,16 @@ void qc_pq_conv_exact(const float *T, int h, int w, int groups, int M, int ksub,
 /* Fast-scan tables (K = 16) built and quantized to uint8 with one offset and one scale per (pixel,
  * group), or one scale for all pixels when shared_scale: tables ~ offset + scale * Q.
  * Q: (npix, groups, Mp, 16) with Mp = M rounded up to a multiple of 4 (padding rows are zero);
- * scale, offset_sum: (npix, groups), offset_sum = M * offset (what a sum over M tables adds);
+ * scale, offset_sum: (npix, groups): what a sum over the M tables adds besides scale * sum(Q).
+ * counts: (groups, M, 16), how often each code occurs in the layer (over kernel offsets and the
+ * group's outputs), scaled so that every table's counts have the same sum, at most 32767; wmean: (groups, cin_g),
+ * the group's weights averaged over its outputs and kernel offsets (sum_k counts[m, k] / total *
+ * codeword k, channel by channel).  With both, offset_sum removes the expected rounding error
+ * (pq_fastscan.c); with either NULL it is M * offset (the plain uint8 tables).
  * T: float scratch of M * 16 floats, or npix * groups * M * 16 when shared_scale. */
 void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int dsub, const float *cbt,
-                     int shared_scale, float *T, uint8_t *Q, float *scale, float *offset_sum);
+                     const float *wmean, const uint16_t *counts, int shared_scale, float *T, uint8_t *Q,
+                     float *scale, float *offset_sum);
 
 /* Fast-scan lookups, K = 16.  packed: codes in one of the block layouts of qc_fs_pack_codes,
  * documented in pq_fastscan.c: one code per byte, two per byte, or one per byte with four

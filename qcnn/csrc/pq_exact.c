@@ -10,6 +10,7 @@
 typedef void (*add_row_fn)(float *y, const float *row, int ksub, const uint8_t *codes, int n);
 
 static void add_row_scalar(float *y, const float *row, int ksub, const uint8_t *codes, int n) {
+    qc_ran(QC_FAMILY_PQ_EXACT, QC_ISA_SCALAR);
     (void)ksub;
     for (int c = 0; c < n; c++)
         y[c] += row[codes[c]];
@@ -17,6 +18,7 @@ static void add_row_scalar(float *y, const float *row, int ksub, const uint8_t *
 
 #if QC_HAVE_X86
 QC_AVX2 static void add_row_avx2(float *y, const float *row, int ksub, const uint8_t *codes, int n) {
+    qc_ran(QC_FAMILY_PQ_EXACT, QC_ISA_AVX2);
     int c = 0;
     if (ksub <= 16) {
         /* Rows shorter than 16 are copied so the two 8-wide halves can be loaded safely. */
@@ -42,6 +44,7 @@ QC_AVX2 static void add_row_avx2(float *y, const float *row, int ksub, const uin
 }
 
 QC_AVX512 static void add_row_avx512(float *y, const float *row, int ksub, const uint8_t *codes, int n) {
+    qc_ran(QC_FAMILY_PQ_EXACT, QC_ISA_AVX512);
     int c = 0;
     if (ksub <= 32) {
         float buf[32] = {0};
@@ -106,6 +109,7 @@ QC_INLINE void add_row_neon_n(float *y, const float *row, int ksub, const uint8_
 }
 
 static void add_row_neon(float *y, const float *row, int ksub, const uint8_t *codes, int n) {
+    qc_ran(QC_FAMILY_PQ_EXACT, QC_ISA_NEON);
     if (ksub <= 16)
         add_row_neon_n(y, row, ksub, codes, n, 1);
     else if (ksub <= 32)

@@ -46,9 +46,14 @@ static inline int perm16(int l) { return l / 2 + 8 * (l % 2); }
 static inline int quads_of(int m) { return (m + 3) / 4; }
 
 /* Table quantization, per (pixel, group): one offset, the smallest entry of all its M tables, and
- * one step, their span / 255.  (A separate offset per table would need a horizontal reduction per
- * 16 entries, which cost more than the lookups themselves; weight codebooks are nearly centred,
- * so the tables of one pixel span similar ranges and one offset costs little precision.) */
+ * one step, their span / 255; the offset sum the lookups add is then corrected for the expected
+ * rounding error (debiased_offset, below).  (A separate offset per table would need a horizontal
+ * reduction per 16 entries, which costs more than the lookups themselves, and gains little once
+ * the bias is removed: in a numpy model of the tables of four Lite0 1x1 layers at C_s' = 1 on a
+ * bundled photo, RMS error / RMS of the output (without bias) 2.1-3.1 % with one offset and the
+ * correction, 1.9-2.8 % with an offset per table as well, 2.2-70 % with neither.  A smaller step
+ * that clips the widest entries was worse on every layer: 1.3-18 % at 3/4 of the span against
+ * 1.2-4.8 % without clipping, both corrected, relative to the output with its bias.) */
 /* q[i] = round((t[i] - lo) * inv), nearest-even in every variant; n is a multiple of 16. */
 typedef void (*quant_fn)(const float *t, size_t n, float lo, float inv, uint8_t *q);
 
@@ -63,6 +68,7 @@ static void range_scalar(const float *t, size_t n, float *lo, float *hi) {
 }
 
 static void quant_scalar(const float *t, size_t n, float lo, float inv, uint8_t *q) {
+    qc_ran(QC_FAMILY_FS_QUANT, QC_ISA_SCALAR);
     for (size_t i = 0; i < n; i++) {
         long v = lrintf((t[i] - lo) * inv);
         q[i] = (uint8_t)(v > 255 ? 255 : v);
@@ -75,6 +81,7 @@ typedef void (*tables16_fn)(const float *xg, int cin_g, int M, int dsub, const f
 
 static void tables16_scalar(const float *xg, int cin_g, int M, int dsub, const float *cbt_g, float *t,
                             float *lo, float *hi) {
+    qc_ran(QC_FAMILY_FS_TABLES, QC_ISA_SCALAR);
     qc_pq_table_rows(xg, cin_g, M, dsub, 16, cbt_g, t);
     range_scalar(t, (size_t)M * 16, lo, hi);
 }
@@ -95,6 +102,7 @@ QC_AVX2 static void range_avx2(const float *t, size_t n, float *lo, float *hi) {
 }
 
 QC_AVX2 static void quant_avx2(const float *t, size_t n, float lo, float inv, uint8_t *q) {
+    qc_ran(QC_FAMILY_FS_QUANT, QC_ISA_AVX2);
     const __m256 vinv = _mm256_set1_ps(inv), l = _mm256_set1_ps(lo);
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (size_t i = 0; i < n; i += 16) {
@@ -115,6 +123,7 @@ QC_AVX512 static inline __m512i quant16_avx512(const float *t, __m512 l, __m512 
  * half the shuffle-port work of four narrowing moves; the packs saturate negatives to 0 as the
  * other variants clamp them. */
 QC_AVX512 static void quant_avx512(const float *t, size_t n, float lo, float inv, uint8_t *q) {
+    qc_ran(QC_FAMILY_FS_QUANT, QC_ISA_AVX512);
     const __m512 vinv = _mm512_set1_ps(inv), l = _mm512_set1_ps(lo);
     const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     size_t i = 0;
@@ -169,6 +178,7 @@ QC_AVX512 QC_INLINE void tables16_avx512_d(const float *xg, int cin_g, int M, co
 
 QC_AVX512 static void tables16_avx512(const float *xg, int cin_g, int M, int dsub, const float *cbt_g, float *t,
                                       float *lo, float *hi) {
+    qc_ran(QC_FAMILY_FS_TABLES, QC_ISA_AVX512);
     switch (dsub) {
     case 1: tables16_avx512_d(xg, cin_g, M, 1, cbt_g, t, lo, hi); break;
     case 2: tables16_avx512_d(xg, cin_g, M, 2, cbt_g, t, lo, hi); break;
@@ -180,6 +190,7 @@ QC_AVX512 static void tables16_avx512(const float *xg, int cin_g, int M, int dsu
 
 QC_AVX2 static void tables16_avx2(const float *xg, int cin_g, int M, int dsub, const float *cbt_g, float *t,
                                   float *lo, float *hi) {
+    qc_ran(QC_FAMILY_FS_TABLES, QC_ISA_AVX2);
     qc_pq_table_rows(xg, cin_g, M, dsub, 16, cbt_g, t);
     range_avx2(t, (size_t)M * 16, lo, hi);
 }
@@ -189,6 +200,7 @@ QC_AVX2 static void tables16_avx2(const float *xg, int cin_g, int M, int dsub, c
 /* q = round((t - lo) * inv) to nearest even (vcvtnq), saturated to 0..255 by the two narrowing
  * moves, as quant_scalar clamps. */
 static void quant_neon(const float *t, size_t n, float lo, float inv, uint8_t *q) {
+    qc_ran(QC_FAMILY_FS_QUANT, QC_ISA_NEON);
     const float32x4_t vinv = vdupq_n_f32(inv), l = vdupq_n_f32(lo);
     for (size_t i = 0; i < n; i += 16) {
         uint16x8_t w[2];
@@ -247,6 +259,7 @@ QC_INLINE void tables16_neon_d(const float *xg, int cin_g, int M, const int dsub
 
 static void tables16_neon(const float *xg, int cin_g, int M, int dsub, const float *cbt_g, float *t, float *lo,
                           float *hi) {
+    qc_ran(QC_FAMILY_FS_TABLES, QC_ISA_NEON);
     switch (dsub) {
     case 1: tables16_neon_d(xg, cin_g, M, 1, cbt_g, t, lo, hi); break;
     case 2: tables16_neon_d(xg, cin_g, M, 2, cbt_g, t, lo, hi); break;
@@ -257,41 +270,153 @@ static void tables16_neon(const float *xg, int cin_g, int M, int dsub, const flo
 }
 #endif
 
+/* Code-weighted sums of a (pixel, group)'s quantized tables, sum over m < M, k < 16 of
+ * counts[m, k] * q[m, k]: integers, so exact in any order and the same in every variant.  Counts
+ * are below 2^15 (pq.h), so the SIMD variants multiply 16-bit pairs and add them into 32-bit
+ * lanes (vpmaddwd); a lane gains at most 2 * 255 * total per table, so the lanes are widened to
+ * 64 bits every `run` tables (debiased_offset keeps 510 * total * run < 2^31). */
+typedef uint64_t (*weighted_fn)(const uint8_t *q, const uint16_t *counts, int M, int run);
+
+static uint64_t weighted_scalar(const uint8_t *q, const uint16_t *counts, int M, int run) {
+    (void)run;
+    uint64_t total = 0;
+    for (int m = 0; m < M; m++) {
+        uint32_t acc = 0;
+        for (int k = 0; k < 16; k++) acc += (uint32_t)counts[m * 16 + k] * q[m * 16 + k];
+        total += acc;
+    }
+    return total;
+}
+
+#if QC_HAVE_X86
+QC_AVX2 static uint64_t lanes8_avx2(__m256i a) {
+    uint32_t l[8];
+    _mm256_storeu_si256((__m256i *)l, a);
+    uint64_t t = 0;
+    for (int i = 0; i < 8; i++) t += l[i];
+    return t;
+}
+
+QC_AVX2 static uint64_t weighted_avx2(const uint8_t *q, const uint16_t *counts, int M, int run) {
+    uint64_t total = 0;
+    for (int m0 = 0; m0 < M; m0 += run) {
+        const int m1 = m0 + run < M ? m0 + run : M;
+        __m256i a = _mm256_setzero_si256();
+        for (int m = m0; m < m1; m++)
+            a = _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(q + (size_t)m * 16))),
+                                                      _mm256_loadu_si256((const __m256i *)(counts + (size_t)m * 16))));
+        total += lanes8_avx2(a);
+    }
+    return total;
+}
+
+/* Two tables per step. */
+QC_AVX512 static uint64_t weighted_avx512(const uint8_t *q, const uint16_t *counts, int M, int run) {
+    uint64_t total = 0;
+    for (int m0 = 0; m0 < M; m0 += run) {
+        const int m1 = m0 + run < M ? m0 + run : M;
+        __m512i a = _mm512_setzero_si512();
+        int m = m0;
+        for (; m + 2 <= m1; m += 2)
+            a = _mm512_add_epi32(a, _mm512_madd_epi16(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(q + (size_t)m * 16))),
+                                                      _mm512_loadu_si512((const void *)(counts + (size_t)m * 16))));
+        __m256i b = _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
+        if (m < m1)
+            b = _mm256_add_epi32(b, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(q + (size_t)m * 16))),
+                                                      _mm256_loadu_si256((const __m256i *)(counts + (size_t)m * 16))));
+        total += lanes8_avx2(b);
+    }
+    return total;
+}
+#endif
+
+/* <x, the code-weighted mean weight> for one (pixel, group): the mean over the layer's outputs of
+ * their exact (pre-bias) value.  Portable code in a fixed order (eight running sums, no fused
+ * multiply-add: baseline x86 has none), so the same float in every variant. */
+static float mean_output(const float *xg, const float *wmean_g, int cin_g) {
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    int c = 0;
+    for (; c + 8 <= cin_g; c += 8)
+        for (int j = 0; j < 8; j++) acc[j] += xg[c + j] * wmean_g[c + j];
+    for (int j = 0; c < cin_g; c++, j++) acc[j] += xg[c] * wmean_g[c];
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* The offset sum of one (pixel, group) with the expected rounding error removed: rounding a table
+ * entry to the nearest of 256 levels errs by up to half a step, and the errors of narrow tables
+ * (entries all near one level) do not cancel: they add up over the M subspaces, the same for
+ * every output (6-24 % of the largest output on Lite0's 1x1 layers with M in the hundreds).  With
+ * f[m, k] the frequency of code k in subspace m among the layer's outputs, the offset
+ *   sum_m (f_m . t_m) - step * sum_m (f_m . q_m)
+ * makes the code-weighted mean of the outputs exact; what is left is the error of each output
+ * about that mean, which no longer grows with M faster than the outputs do. */
+static float debiased_offset(weighted_fn weighted, const float *xg, const float *wmean_g, int cin_g,
+                             const uint8_t *q, const uint16_t *counts_g, int M, uint32_t total, float step) {
+    /* signed 32-bit lanes take `run` tables of at most 2 * 255 * total each */
+    const uint64_t per = 510u * (uint64_t)(total ? total : 1), most = INT32_MAX / per;
+    const int run = most > (uint64_t)M ? M : (int)(most ? most : 1);
+    const double fq = (double)weighted(q, counts_g, M, run) / (double)total;
+    return (float)((double)mean_output(xg, wmean_g, cin_g) - (double)step * fq);
+}
+
+static uint32_t table_total(const uint16_t *counts_g) {
+    uint32_t n = 0;
+    for (int k = 0; k < 16; k++) n += counts_g[k];
+    return n;
+}
+
 void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int dsub, const float *cbt,
-                     int shared_scale, float *T, uint8_t *Q, float *scale, float *offset_sum) {
+                     const float *wmean, const uint16_t *counts, int shared_scale, float *T, uint8_t *Q,
+                     float *scale, float *offset_sum) {
     static const tables16_fn builds[QC_ISA_COUNT] = QC_VARIANTS(tables16_scalar, tables16_avx2, tables16_avx512, tables16_neon);
     static const quant_fn quants[QC_ISA_COUNT] = QC_VARIANTS(quant_scalar, quant_avx2, quant_avx512, quant_neon);
     const tables16_fn build = builds[qc_isa()];
     const quant_fn quant = quants[qc_isa()];
+    static const weighted_fn weighteds[QC_ISA_COUNT] = QC_VARIANTS(weighted_scalar, weighted_avx2, weighted_avx512, weighted_scalar);
+    const weighted_fn weighted = weighteds[qc_isa()];
     const int Mp = 4 * quads_of(M), cin_g = cin / groups;
     const size_t n = (size_t)M * 16;
+    const int debias = wmean != NULL && counts != NULL;
     float widest_all = 0.f;
     for (size_t p = 0, pg = 0; p < (size_t)npix; p++)
         for (int g = 0; g < groups; g++, pg++) {
             /* Per-pixel steps: each pixel's tables go through one L1-sized buffer, built, measured
              * and quantized while hot.  A shared step needs every table first: they stay in T. */
             float *t = T + (shared_scale ? pg * n : 0), lo, hi;
-            build(x + p * cin + g * cin_g, cin_g, M, dsub, cbt + (size_t)g * M * dsub * 16, t, &lo, &hi);
+            const float *xg = x + p * cin + g * cin_g;
+            build(xg, cin_g, M, dsub, cbt + (size_t)g * M * dsub * 16, t, &lo, &hi);
             offset_sum[pg] = lo;             /* the offset for now; times M at the end */
             scale[pg] = hi - lo;
             widest_all = hi - lo > widest_all ? hi - lo : widest_all;
             if (!shared_scale) {
                 float s = hi > lo ? (hi - lo) / 255.f : 1.f;
-                quant(t, n, lo, 1.f / s, Q + pg * Mp * 16);
-                memset(Q + pg * Mp * 16 + n, 0, (size_t)(Mp - M) * 16);
+                uint8_t *q = Q + pg * Mp * 16;
+                quant(t, n, lo, 1.f / s, q);
+                memset(q + n, 0, (size_t)(Mp - M) * 16);
                 scale[pg] = s;
                 offset_sum[pg] = lo * (float)M;
+                if (debias) {
+                    const uint16_t *cg = counts + (size_t)g * M * 16;
+                    offset_sum[pg] = debiased_offset(weighted, xg, wmean + (size_t)g * cin_g, cin_g, q, cg, M, table_total(cg), s);
+                }
             }
         }
     if (!shared_scale)
         return;
     const float s = widest_all > 0.f ? widest_all / 255.f : 1.f;
-    for (size_t pg = 0; pg < (size_t)npix * groups; pg++) {
-        quant(T + pg * n, n, offset_sum[pg], 1.f / s, Q + pg * Mp * 16);
-        memset(Q + pg * Mp * 16 + n, 0, (size_t)(Mp - M) * 16);
-        scale[pg] = s;
-        offset_sum[pg] *= (float)M;
-    }
+    for (size_t p = 0, pg = 0; p < (size_t)npix; p++)
+        for (int g = 0; g < groups; g++, pg++) {
+            uint8_t *q = Q + pg * Mp * 16;
+            quant(T + pg * n, n, offset_sum[pg], 1.f / s, q);
+            memset(q + n, 0, (size_t)(Mp - M) * 16);
+            scale[pg] = s;
+            offset_sum[pg] *= (float)M;
+            if (debias) {
+                const uint16_t *cg = counts + (size_t)g * M * 16;
+                offset_sum[pg] = debiased_offset(weighted, x + p * cin + g * cin_g, wmean + (size_t)g * cin_g, cin_g, q, cg, M,
+                                                 table_total(cg), s);
+            }
+        }
 }
 
 static inline size_t quad_bytes(int layout) { return layout == QC_FS_NIBBLES ? 64 : 128; }
@@ -373,6 +498,7 @@ typedef void (*blocks_fn)(const uint8_t *Q, int groups, int quads, const uint8_t
 
 static void blocks_scalar(const uint8_t *Q, int groups, int quads, const uint8_t *codes, size_t tap_stride,
                           int nibbles, int nb, int g, const fs_taps *tp, const fs_out *out) {
+    qc_ran(QC_FAMILY_FS_LOOKUPS, QC_ISA_SCALAR);
     const size_t qb = quad_bytes(nibbles ? QC_FS_NIBBLES : QC_FS_BYTES);
     for (int b = 0; b < nb; b++) {
         uint32_t sum[QC_FS_BLOCK] = {0};
@@ -397,6 +523,7 @@ static void blocks_scalar(const uint8_t *Q, int groups, int quads, const uint8_t
 static void dot_scalar(const uint8_t *Q, int groups, int quads, const uint8_t *codes, size_t tap_stride,
                        int unused, int nb, int g, const fs_taps *tp, const fs_out *out) {
     (void)unused;
+    qc_ran(QC_FAMILY_FS_LOOKUPS, QC_ISA_SCALAR);
     for (int b = 0; b < nb; b++) {
         uint32_t sum[QC_FS_BLOCK] = {0};
         const uint8_t *codes_b = codes + (size_t)b * quads * 128;
@@ -502,6 +629,7 @@ QC_AVX2 QC_INLINE void blocks_avx2_n(const uint8_t *Q, int groups, int quads, co
 
 QC_AVX2 static void blocks_avx2(const uint8_t *Q, int groups, int quads, const uint8_t *codes, size_t tap_stride,
                                 int nibbles, int nb, int g, const fs_taps *tp, const fs_out *out) {
+    qc_ran(QC_FAMILY_FS_LOOKUPS, QC_ISA_AVX2);
     /* Constant arguments let the inlined body specialise: accumulators stay in registers.  Sixteen
      * 256-bit registers hold the accumulators of two blocks, so larger groups go in pairs. */
     const size_t bstride = (size_t)quads * quad_bytes(nibbles ? QC_FS_NIBBLES : QC_FS_BYTES);
@@ -578,6 +706,7 @@ QC_AVX512 QC_INLINE void blocks_avx512_n(const uint8_t *Q, int groups, int quads
 QC_AVX512 static void blocks_avx512(const uint8_t *Q, int groups, int quads, const uint8_t *codes,
                                     size_t tap_stride, int nibbles, int nb, int g, const fs_taps *tp,
                                     const fs_out *out) {
+    qc_ran(QC_FAMILY_FS_LOOKUPS, QC_ISA_AVX512);
 #define FS512_CALL(NB, NIB) blocks_avx512_n(Q, groups, quads, codes, tap_stride, NIB, NB, g, tp, out)
     FS_SPECIALISE(nb, nibbles, FS512_CALL);
 #undef FS512_CALL
@@ -648,6 +777,7 @@ QC_VNNI QC_INLINE void dot_vnni_n(const uint8_t *Q, int groups, int quads, const
 
 QC_VNNI static void dot_pair(const uint8_t *Q, int groups, int quads, const uint8_t *codes, size_t tap_stride,
                              int nb, int g, const fs_taps *tp, size_t pstep, const fs_out *out, const fs_out *outb) {
+    qc_ran(QC_FAMILY_FS_LOOKUPS, QC_ISA_AVX512VNNI);
 #define FSD_CALL(NB, TWO) dot_vnni_n(Q, groups, quads, codes, tap_stride, NB, TWO, g, tp, pstep, out, outb)
     FS_SPECIALISE(nb, outb != NULL, FSD_CALL);
 #undef FSD_CALL
@@ -764,6 +894,7 @@ QC_INLINE void blocks_neon_n(const uint8_t *Q, int groups, int quads, const uint
  * out of the 32 registers (stores in the loop). */
 static void blocks_neon(const uint8_t *Q, int groups, int quads, const uint8_t *codes, size_t tap_stride,
                         int nibbles, int nb, int g, const fs_taps *tp, const fs_out *out) {
+    qc_ran(QC_FAMILY_FS_LOOKUPS, QC_ISA_NEON);
     const size_t bstride = (size_t)quads * quad_bytes(nibbles ? QC_FS_NIBBLES : QC_FS_BYTES);
     for (int b = 0; b < nb; b += 2) {
         const uint8_t *c = codes + b * bstride;
@@ -804,6 +935,7 @@ static void blocks_neon(const uint8_t *Q, int groups, int quads, const uint8_t *
 QC_DOTPROD static void dot_neondot(const uint8_t *Q, int groups, int quads, const uint8_t *codes, size_t tap_stride,
                                    int unused, int nb, int g, const fs_taps *tp, const fs_out *out) {
     (void)unused;
+    qc_ran(QC_FAMILY_FS_LOOKUPS, QC_ISA_NEONDOT);
     const uint8x16_t ones = vdupq_n_u8(1);
     for (int b = 0; b < nb; b++) {
         const uint8_t *codes_b = codes + (size_t)b * quads * 128;

@@ -14,6 +14,7 @@ static inline int sub_width(int m, int dsub, int cin_g) {
 }
 
 static void rows_scalar(const float *xg, int cin_g, int M, int dsub, int ksub, const float *cbt_g, float *t) {
+    qc_ran(QC_FAMILY_PQ_TABLES, QC_ISA_SCALAR);
     for (int m = 0; m < M; m++) {
         const float *xs = xg + m * dsub, *cb = cbt_g + (size_t)m * dsub * ksub;
         int dm = sub_width(m, dsub, cin_g);
@@ -28,6 +29,7 @@ static void rows_scalar(const float *xg, int cin_g, int M, int dsub, int ksub, c
 
 #if QC_HAVE_X86
 QC_AVX2 static void rows_avx2(const float *xg, int cin_g, int M, int dsub, int ksub, const float *cbt_g, float *t) {
+    qc_ran(QC_FAMILY_PQ_TABLES, QC_ISA_AVX2);
     for (int m = 0; m < M; m++) {
         const float *xs = xg + m * dsub, *cb = cbt_g + (size_t)m * dsub * ksub;
         float *tm = t + (size_t)m * ksub;
@@ -58,6 +60,7 @@ QC_AVX512 static void rows_avx512(const float *xg, int cin_g, int M, int dsub, i
         rows_avx2(xg, cin_g, M, dsub, ksub, cbt_g, t);
         return;
     }
+    qc_ran(QC_FAMILY_PQ_TABLES, QC_ISA_AVX512);
     int m = 0;
     const int full = cin_g / dsub;            /* subspaces of full width */
     for (; m + 4 <= full; m += 4) {
@@ -82,6 +85,7 @@ QC_AVX512 static void rows_avx512(const float *xg, int cin_g, int M, int dsub, i
 #if QC_HAVE_NEON
 /* Sixteen codewords (four vectors) per pass: four independent chains, one broadcast per channel. */
 static void rows_neon(const float *xg, int cin_g, int M, int dsub, int ksub, const float *cbt_g, float *t) {
+    qc_ran(QC_FAMILY_PQ_TABLES, QC_ISA_NEON);
     for (int m = 0; m < M; m++) {
         const float *xs = xg + m * dsub, *cb = cbt_g + (size_t)m * dsub * ksub;
         float *tm = t + (size_t)m * ksub;

@@ -24,6 +24,16 @@ int qc_isa_cap(void);           /* qc_isa_best capped by QCNN_ISA (a level's nam
 int qc_isa(void);               /* variant in use */
 int qc_set_isa(int isa);        /* force a variant (capped at qc_isa_cap); returns the one in use */
 
+/* Which variants of a family ran since the last qc_variants_reset: bit (1 << QC_ISA_x) for each.
+ * The variants are bit-identical, so a dispatch table that sends a level to the wrong variant
+ * (AVX2 fast-scan to the scalar one: same numbers, 40x slower) shows only here; tests read it.
+ * A variant marks itself (not its caller), so the mark says what really ran.  The AVX-512 table
+ * and quantization variants also serve AVX512VNNI, the NEON ones NEONDOT. */
+enum { QC_FAMILY_FS_TABLES = 0, QC_FAMILY_FS_QUANT = 1, QC_FAMILY_FS_LOOKUPS = 2, QC_FAMILY_PQ_TABLES = 3,
+       QC_FAMILY_PQ_EXACT = 4, QC_FAMILY_COUNT = 5 };
+int qc_variants_ran(int family);
+void qc_variants_reset(void);
+
 /* Depthwise convolution, NHWC.  x: (n, h, w, c); wt: (kh, kw, c); bias: (c) or NULL;
  * y: (n, oh, ow, c).  Zero padding pt/pl before, implied after. */
 void qc_depthwise_f32(const float *x, int n, int h, int w, int c, const float *wt, const float *bias,

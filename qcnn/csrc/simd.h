@@ -4,6 +4,16 @@
 #define QCNN_SIMD_H
 
 #include "qcnn.h"
+#include <stdatomic.h>
+
+/* qc_variants_ran's record (isa.c): a variant calls qc_ran(family, its level) on entry.  A relaxed
+ * load first, so the shared word is written once per variant, not on every call. */
+extern _Atomic int qc_ran_[QC_FAMILY_COUNT];
+static inline void qc_ran(int family, int isa) {
+    const int bit = 1 << isa;
+    if (!(atomic_load_explicit(&qc_ran_[family], memory_order_relaxed) & bit))
+        atomic_fetch_or_explicit(&qc_ran_[family], bit, memory_order_relaxed);
+}
 
 #if defined(__x86_64__) || defined(__i386__)
 #define QC_HAVE_X86 1

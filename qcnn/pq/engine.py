@@ -1,11 +1,19 @@
 """Which implementation runs each product-quantized layer: the numpy reference, exact float-table
 lookups or fast-scan uint8 lookups (C kernels), or the dense kernels on weights reconstructed from
-the codebooks.  The choice changes speed, not the model: files and caches hold the canonical
-layers, and a graph is re-targeted here when it is loaded.
+the codebooks.  Files and caches hold the canonical layers, and a graph is re-targeted here when it
+is loaded.  Reference, exact and reconstructed compute the same model (up to float rounding);
+fast-scan does not: its uint8 tables round every table entry, and the error depends on the layer
+(on Lite0's narrow 1x1 layers a few percent of the output, see scripts/fastscan_error.py).
 
 Lookups win when a layer's subspaces are wide and it has many output channels (AlexNet's conv2-5
 and FC layers); with C_s' = 1 or 2 and few output channels, building the tables costs more than
-the dense product, and reconstruction is faster.  "auto" times the candidates on one input."""
+the dense product, and reconstruction is faster.
+
+"auto" follows a kernel plan (`kernel_plan`): per layer the fastest of exact and reconstructed,
+and fast-scan only where its error on real inputs (calibration images), against the exact
+lookups, stays within FASTSCAN_BUDGET.  A plan is measured once for a model, its settings and the
+SIMD level, and stored (beside the cached model, or in a .qcnn file): loading the same model again
+gives the same kernels, not a new timing race."""
 from __future__ import annotations
 
 import dataclasses
@@ -23,12 +31,15 @@ DESCRIPTIONS = {
     "exact": "exact float tables (C, SIMD permutes/gathers)",
     "fastscan": "fast-scan: uint8 tables, 4-bit codes, byte shuffles or permutes (C); K > 16 layers fall back to exact",
     "reconstructed": "weights reconstructed from the codebooks at load, run by the dense kernels (no lookups)",
-    "auto": "per layer the fastest of fast-scan (K <= 16), exact and reconstructed, timed at load",
+    "auto": "per layer the fastest of exact, reconstructed and fast-scan (K <= 16, where its measured error "
+            "is within budget), measured once and stored with the model",
 }
 
 
 def impl_for(layer: PQLayer, kernel: str) -> str:
-    """The implementation `kernel` means for this layer ("auto" untimed: fast-scan where it can)."""
+    """The implementation `kernel` means for this layer, as `qcnn cost` estimates it: "auto" as
+    fast-scan where it can run (its plan, measured when a model is loaded, may choose otherwise;
+    with_kernel follows the plan, not this)."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; choose from {', '.join(KERNELS)}")
     if kernel in ("fastscan", "auto"):
@@ -43,38 +54,110 @@ def _retarget(layer: PQLayer, impl: str) -> PQLayer:
     return layer
 
 
-def fastest_layers(graph: Graph, input_hw: tuple[int, int], repeats: int = 3, seed: int = 0) -> dict[str, PQLayer]:
-    """For each PQ layer, the retargeted layer whose implementation ran its input fastest (best of
-    `repeats`) in one forward pass of a random input of input_hw pixels, already prepared."""
-    x = np.random.default_rng(seed).standard_normal((1, *input_hw, 3)).astype(np.float32)
-    env, chosen = {graph.input_name: x}, {}
+#: "auto" admits fast-scan for a layer when RMS(fast-scan - exact) / RMS(exact), over the layer's
+#: outputs on the plan's calibration inputs, is at most this.  2 %: on Lite0's 1x1 layers the
+#: corrected uint8 tables measure 1.2-4.8 % (scripts/fastscan_error.py), and the layers at 4-5 %
+#: are the narrow project layers that cost the most accuracy when fast-scan runs them all.
+FASTSCAN_BUDGET = 0.02
+PLAN_VERSION = 1        # what a stored plan must say to be reused (bump when the measure changes)
+PLAN_IMAGES = 4         # calibration images a plan measures errors on
+
+
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    """RMS(got - want) / RMS(want) (0 when both are zero)."""
+    ref = float(np.sqrt(np.mean(np.square(want, dtype=np.float64))))
+    err = float(np.sqrt(np.mean(np.square(got - want, dtype=np.float64))))
+    return err / ref if ref > 0 else (0.0 if err == 0 else float("inf"))
+
+
+def kernel_plan(graph: Graph, calib: np.ndarray, budget: float = FASTSCAN_BUDGET, repeats: int = 3) -> dict:
+    """Measure the plan "auto" follows: for each PQ layer, on its inputs when the network (weights
+    reconstructed) runs the calibration batch `calib`, fast-scan's relative error against exact
+    lookups, then the fastest (best of `repeats` on one image) of exact, reconstructed and, when
+    within budget, fast-scan.  JSON-ready: {"version", "isa", "budget", "images", "layers": {name:
+    {"kernel", "error" (fast-scan's, or None without it), "ms": {impl: ms}}}}."""
+    from .. import kernels as dense_kernels
+    calib = np.ascontiguousarray(calib, dtype=np.float32)
+    env, layers = {graph.input_name: calib}, {}
     for node in graph:
         args = [env[i] for i in node.inputs]
         layer = node.layer
         if isinstance(layer, PQLayer):
-            timed = {}
-            for impl in (["fastscan"] if fastscan_supported(layer) else []) + ["exact", "reconstructed"]:
-                candidate = _retarget(layer, impl)
+            rebuilt = _retarget(layer, "reconstructed")
+            out = rebuilt(*args)
+            error = None
+            candidates = {"exact": _retarget(layer, "exact"), "reconstructed": rebuilt}
+            if fastscan_supported(layer):
+                fast = _retarget(layer, "fastscan")
+                error = relative_error(fast(*args), candidates["exact"](*args))
+                if error <= budget:
+                    candidates["fastscan"] = fast
+            one = [a[:1] for a in args]
+            ms = {}
+            for impl, candidate in candidates.items():
                 best = float("inf")
-                for _ in range(repeats):
+                for _ in range(repeats + 1):           # the first call makes the buffers: not timed
                     t0 = time.perf_counter()
-                    candidate(*args)
+                    candidate(*one)
                     best = min(best, time.perf_counter() - t0)
-                timed[impl] = (best, candidate)
-            layer = chosen[node.name] = min(timed.values(), key=lambda t: t[0])[1]
-        env[node.name] = layer(*args)
-    return chosen
+                ms[impl] = round(best * 1e3, 4)
+            choice = min(ms, key=lambda k: (ms[k], k))
+            layers[node.name] = {"kernel": choice, "error": None if error is None else round(error, 6), "ms": ms}
+            env[node.name] = out
+        else:
+            env[node.name] = layer(*args)
+    return {"version": PLAN_VERSION, "isa": dense_kernels.isa(), "budget": budget, "images": int(len(calib)),
+            "layers": layers}
 
 
-def with_kernel(graph: Graph, kernel: str, input_hw: tuple[int, int] | None = None) -> Graph:
+def plan_problem(graph: Graph, plan) -> str:
+    """Why `plan` cannot be followed for `graph` on this machine ("" when it can): a stored plan is
+    checked before use, and one made elsewhere (another SIMD level, version or budget) is not."""
+    from .. import kernels as dense_kernels
+    if not isinstance(plan, dict) or not isinstance(plan.get("layers"), dict):
+        return "not a kernel plan"
+    if plan.get("version") != PLAN_VERSION or plan.get("budget") != FASTSCAN_BUDGET:
+        return "made by another version or budget"
+    if plan.get("isa") != dense_kernels.isa():
+        return f"made for SIMD level {plan.get('isa')}, this one runs {dense_kernels.isa()}"
+    pq = {n.name: n.layer for n in graph if isinstance(n.layer, PQLayer)}
+    if set(plan["layers"]) != set(pq):
+        return "made for other layers"
+    for name, entry in plan["layers"].items():
+        kernel = entry.get("kernel") if isinstance(entry, dict) else None
+        if kernel not in ("exact", "reconstructed", "fastscan") or (kernel == "fastscan" and not fastscan_supported(pq[name])):
+            return f"layer {name}: kernel {kernel!r} cannot run it"
+    return ""
+
+
+def format_plan(plan: dict) -> str:
+    """The plan, one line per layer: kernel, fast-scan's measured error and the timings."""
+    lines = [f"kernel plan ({plan['isa']}, fast-scan admitted at relative RMS error <= {plan['budget'] * 100:g} % "
+             f"on {plan['images']} calibration images):"]
+    for name, e in plan["layers"].items():
+        err = "   n/a" if e.get("error") is None else f"{e['error'] * 100:5.2f}%"
+        times = "  ".join(f"{k} {v:.3f}" for k, v in sorted(e.get("ms", {}).items()))
+        lines.append(f"  {name:<14} {e['kernel']:<13} fast-scan error {err}   ms: {times}")
+    return "\n".join(lines)
+
+
+def with_kernel(graph: Graph, kernel: str, input_hw: tuple[int, int] | None = None, plan: dict | None = None) -> Graph:
     """A graph whose PQ layers run `kernel`; layouts for the C kernels are made here, once.
-    With "auto" and an input size, each layer gets the implementation timed fastest."""
-    timed = fastest_layers(graph, input_hw) if kernel == "auto" and input_hw else {}
+    "auto" follows `plan` (kernel_plan); without one it runs exact lookups, which keep the model
+    (input_hw is accepted for the callers that time nothing)."""
+    if kernel == "auto" and plan is not None:
+        problem = plan_problem(graph, plan)
+        if problem:
+            raise ValueError(f"kernel plan: {problem}")
     nodes = []
     for node in graph:
         layer = node.layer
         if isinstance(layer, PQLayer):
-            layer = timed.get(node.name) or _retarget(layer, impl_for(layer, kernel))
+            if kernel == "auto":
+                impl = plan["layers"][node.name]["kernel"] if plan is not None else "exact"
+            else:
+                impl = impl_for(layer, kernel)
+            layer = _retarget(layer, impl)
         nodes.append(Node(node.name, layer, node.inputs))
     return Graph(nodes, graph.input_name, graph.output)
 

@@ -23,8 +23,58 @@ TABLE_BUDGET_BYTES = 2 << 20
 
 
 
+# Kernel families that record which of their variants ran (qc_variants_ran in qcnn.h).
+FAMILIES = {"fastscan_tables": lib.QC_FAMILY_FS_TABLES, "fastscan_quant": lib.QC_FAMILY_FS_QUANT,
+            "fastscan_lookups": lib.QC_FAMILY_FS_LOOKUPS, "pq_tables": lib.QC_FAMILY_PQ_TABLES,
+            "pq_exact": lib.QC_FAMILY_PQ_EXACT}
+
+
+def reset_variants_ran() -> None:
+    lib.qc_variants_reset()
+
+
+def variants_ran() -> dict[str, set[str]]:
+    """Per family, the SIMD variants (qcnn.kernels.ISA_NAMES) that ran since reset_variants_ran():
+    what really ran, as the variants themselves record it, whatever the dispatch tables say."""
+    from ..kernels import ISA_NAMES
+    return {name: {isa for bit, isa in ISA_NAMES.items() if lib.qc_variants_ran(f) >> bit & 1}
+            for name, f in FAMILIES.items()}
+
+
 def fastscan_supported(layer: PQLayer) -> bool:
     return layer.ksub <= 16
+
+
+COUNT_LIMIT = 32767       # pq.h: each table's code counts sum to at most this
+
+
+def code_statistics(layer: PQLayer, cb16: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What fast-scan's rounding correction needs, made once at load: how often each code occurs
+    per (group, subspace) over the kernel offsets and the group's outputs, (G, M, 16) uint32, and
+    the weights averaged the same way, (G, C_in/G) float32 (codebooks cb16: (G, M, 16, dsub)).
+    Counts are uint16: scaled to COUNT_LIMIT per table when a layer has more outputs and taps."""
+    g, m, k, d = cb16.shape
+    kh, kw = layer.kernel
+    cout_g = layer.out_channels // g
+    cin_g = layer.in_channels // g
+    # codes (kh, kw, M, cout) -> (G, M, taps * cout_g)
+    codes = layer.codes.reshape(kh * kw, m, g, cout_g).transpose(2, 1, 0, 3).reshape(g, m, -1).astype(np.int64)
+    offsets = (np.arange(g * m, dtype=np.int64) * 16).reshape(g, m, 1)
+    counts = np.bincount((codes + offsets).ravel(), minlength=g * m * 16).reshape(g, m, 16)
+    total = codes.shape[-1]
+    if total > COUNT_LIMIT:
+        # The C side multiplies 16-bit counts: scale every table to the same total COUNT_LIMIT,
+        # rounding by largest remainder (frequencies to 1 / 32767).
+        exact = counts * (COUNT_LIMIT / total)
+        counts = np.floor(exact).astype(np.int64)
+        short = COUNT_LIMIT - counts.sum(axis=-1, keepdims=True)
+        order = np.argsort(-(exact - counts), axis=-1, kind="stable")
+        counts += (np.argsort(order, axis=-1, kind="stable") < short).astype(np.int64)
+        total = COUNT_LIMIT
+    freq = counts / total
+    wmean = np.einsum("gmk,gmkd->gmd", freq, cb16.astype(np.float64)).reshape(g, m * d)[:, :cin_g]
+    return (np.ascontiguousarray(counts, dtype=np.uint16),
+            np.ascontiguousarray(wmean, dtype=np.float32))
 
 
 class PreparedPQ:
@@ -52,8 +102,12 @@ class PreparedPQ:
         # over calls: the benchmark's per-layer breakdown reads and resets them.
         self.seconds = {"tables": 0.0, "lookups": 0.0}
         self.layout, self._packed_for = None, None
+        # Fast-scan: remove the expected rounding error of the uint8 tables (pq_fastscan.c).  Off
+        # only to measure what it brings (scripts/fastscan_error.py).
+        self.debias = True
         if kernel == "fastscan":
             self.pack_codes()
+            self.code_counts, self.mean_weight = code_statistics(layer, cb)
 
     def best_layout(self) -> str:
         """FC layers read each code once per image (memory-bound): two codes per byte.  Convolutions
@@ -127,8 +181,11 @@ class PreparedPQ:
         """Pointers to the arrays every call reads, made once."""
         if self._fixed is None:
             l = self.layer
+            fs = self.kernel == "fastscan"
             self._fixed = (_ptr(self.cbt), _ptr(self.codes, "uint8_t *"), _ptr(l.bias),
-                           _ptr(self.packed, "uint8_t *") if self.kernel == "fastscan" else ffi.NULL)
+                           _ptr(self.packed, "uint8_t *") if fs else ffi.NULL,
+                           _ptr(self.mean_weight) if fs and self.debias else ffi.NULL,
+                           _ptr(self.code_counts, "uint16_t *") if fs and self.debias else ffi.NULL)
         return self._fixed
 
     def _band(self, xb: np.ndarray, yb: np.ndarray, pt: int, pl: int, sh: int, sw: int) -> None:
@@ -145,7 +202,7 @@ class PreparedPQ:
         if self._packed_for is not None and self._packed_for != lib.qc_isa():
             self.pack_codes()
         px, py = _ptr(np.ascontiguousarray(xb)), _ptr(yb)
-        cbt, codes, bias, packed = self._pointers()
+        cbt, codes, bias, packed, wmean, counts = self._pointers()
         act = _ACT[l.activation]
         t0 = time.perf_counter()
         if self.kernel == "exact":
@@ -162,7 +219,7 @@ class PreparedPQ:
         Q = self._scratch("q", (h * w, g, -(-m // 4) * 4, 16), np.uint8)
         scale = self._scratch("scale", (h * w, g), np.float32)
         offset_sum = self._scratch("offset_sum", (h * w, g), np.float32)
-        lib.qc_fs_tables_u8(px, h * w, c, g, m, l.dsub, cbt, shared, T, Q, scale, offset_sum)
+        lib.qc_fs_tables_u8(px, h * w, c, g, m, l.dsub, cbt, wmean, counts, shared, T, Q, scale, offset_sum)
         t1 = time.perf_counter()
         lib.qc_pq_conv_fastscan(Q, scale, offset_sum, h, w, g, m, packed, kh, kw, sh, sw, pt, pl, cout, bias,
                                 py, oh, ow, act, LAYOUTS[self.layout])

@@ -377,6 +377,36 @@ def _nonnegative(v) -> float:
     return v
 
 
+def _kernel_plan_entry(v) -> dict:
+    _object(v, "layer plan", {"kernel"}, {"error", "ms"})
+    _field("kernel", _one_of("exact", "reconstructed", "fastscan"), v["kernel"])
+    if "error" in v:
+        _field("error", _optional(_nonnegative), v["error"])
+    if "ms" in v:
+        for impl, ms in _dict(v["ms"], "ms").items():
+            _field(f"ms {impl!r:.20}", _nonnegative, ms)
+    return v
+
+
+def _kernel_plan(v) -> dict:
+    """qcnn.pq.engine.kernel_plan(): what "auto" runs per layer, for one SIMD level."""
+    _object(v, "kernel plan", {"version", "isa", "budget", "layers"}, {"images", "source"})
+    _field("version", _int(0, 2**31), v["version"])
+    _field("isa", _str, v["isa"])
+    _field("budget", _nonnegative, v["budget"])
+    if "images" in v:
+        _field("images", _int(0, 2**31), v["images"])
+    for name, entry in _dict(v["layers"], "layers").items():
+        _field(f"layer {name!r:.40}", _kernel_plan_entry, entry)
+    return v
+
+
+def _kernel_plans(v) -> dict:
+    for isa, plan in _dict(v, "kernel_plans").items():
+        _field(f"SIMD level {isa!r:.20}", _kernel_plan, plan)
+    return v
+
+
 _seed = _int(-2**63, 2**64)
 #: Metadata keys qcnn writes and reads, and their schema: checked on load and on save, so the
 #: readers (the workbench, eval, bench, the app) get the types they expect.  Other keys: any JSON.
@@ -395,6 +425,8 @@ METADATA: dict[str, Callable[[Any], Any]] = {
     "app": _str,
     "calibration_count": _int(0, 2**62),
     "quantize_seconds": _nonnegative,
+    # kernel plans measured for this model ("auto"), by SIMD level name: qcnn.pq.engine.kernel_plan
+    "kernel_plans": _kernel_plans,
 }
 
 

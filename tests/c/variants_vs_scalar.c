@@ -456,11 +456,25 @@ static void check_pq(int isa) {
             float *cb16 = codebooks(&c, 16), *T = malloc((size_t)(shared ? npix : 1) * gm * 16 * 4);
             uint8_t *qref = malloc(nq), *qgot = malloc(nq);
             float *sref = malloc(ns * 4), *sgot = malloc(ns * 4), *oref = malloc(ns * 4), *ogot = malloc(ns * 4);
-            BOTH(isa, qc_fs_tables_u8(x, npix, c.cin, c.groups, c.M, c.dsub, cb16, shared, T, qref, sref, oref),
-                 qc_fs_tables_u8(x, npix, c.cin, c.groups, c.M, c.dsub, cb16, shared, T, qgot, sgot, ogot));
-            compare_u8(&tq, qref, qgot, nq, what);
-            compare(&tq, sref, sgot, ns, 0, what);
-            compare(&tq, oref, ogot, ns, 0, what);
+            /* the rounding correction's inputs, as qcnn/pq/kernels.py makes them: code counts per
+             * (group, subspace) over taps and the group's outputs, and a mean weight per channel */
+            const int cout_g = c.cout / c.groups, cin_g = c.cin / c.groups;
+            uint16_t *counts = calloc((size_t)gm * 16, sizeof *counts);
+            for (int t = 0; t < taps; t++)
+                for (int m = 0; m < c.M; m++)
+                    for (int o = 0; o < c.cout; o++)
+                        counts[((size_t)(o / cout_g) * c.M + m) * 16 + codes[((size_t)t * c.M + m) * c.cout + o]]++;
+            float *wmean = randf((size_t)c.groups * cin_g, 1.f);
+            for (int debias = 0; debias < 2; debias++) {
+                const float *wm = debias ? wmean : NULL;
+                const uint16_t *cn = debias ? counts : NULL;
+                BOTH(isa, qc_fs_tables_u8(x, npix, c.cin, c.groups, c.M, c.dsub, cb16, wm, cn, shared, T, qref, sref, oref),
+                     qc_fs_tables_u8(x, npix, c.cin, c.groups, c.M, c.dsub, cb16, wm, cn, shared, T, qgot, sgot, ogot));
+                compare_u8(&tq, qref, qgot, nq, what);
+                compare(&tq, sref, sgot, ns, 0, what);
+                compare(&tq, oref, ogot, ns, 0, what);
+            }
+            free(counts), free(wmean);
             for (int layout = 0; layout < 3; layout++) {
                 uint8_t *packed = malloc(qc_fs_packed_size(c.k, c.k, c.groups, c.M, c.cout, layout));
                 qc_fs_pack_codes(codes, c.k, c.k, c.groups, c.M, c.cout, layout, packed);
