@@ -413,7 +413,8 @@ def find_settings(model, folder, objective: str = "compression", budget: Budget 
                     progress=lambda text, f: report(text, reading + (1 - reading) * f))
     seconds = time.perf_counter() - t0
     out = {"model": model.name, "objective": objective, "budget": vars(budget),
-           "folder": settings.calib_folder, "calibration_photos": len(calib), "probe_photos": len(probe), "skipped": skipped,
+           "folder": settings.calib_folder, "calibration_photos": len(calib), "probe_photos": len(probe),
+           "probe_files": [p.name for p in probe_files], "skipped": skipped,
            "layers_searched": sorted(layers) if layers is not None else "all",
            "probe_metrics": {k: result.metrics[k] for k in ("agree", "keep5", "kl")},
            "speedup": result.speedup, "compression": result.compression, "search_seconds": round(seconds, 1),
