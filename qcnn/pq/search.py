@@ -133,7 +133,8 @@ def sensitivity(model, calib: np.ndarray, probe: np.ndarray, ladder: list[PQSett
     """{layer: {setting: agreement metrics}}, each layer quantized alone (rest dense) and error
     corrected on `calib`, measured on `probe` (`config`: how to fit; its layers are ignored).  One
     pass through the dense network.  Settings for which useful(layer, setting) is False are
-    skipped (e.g. ones that save nothing)."""
+    skipped (e.g. ones that save nothing).  progress(layer, step, fraction) comes after each
+    setting (step "C_s'xK") and once per layer (step "sensitivity"), so a big layer shows moving."""
     graph: Graph = model.graph
     options = fit_options(config or QuantSettings())
     check = _checker(cancel)
@@ -150,14 +151,15 @@ def sensitivity(model, calib: np.ndarray, probe: np.ndarray, ladder: list[PQSett
         if node.name in layers:
             out[node.name] = {}
             x = cal_env[node.inputs[0]]
-            for setting in ladder:
-                if useful is not None and not useful(node.name, setting):
-                    continue
+            todo = [s for s in ladder if useful is None or useful(node.name, s)]
+            for j, setting in enumerate(todo):
                 check()
                 pq = quantize_layer(node.layer, setting, x, x, **options, check=check)
                 probs = model.probabilities(_forward_from(graph, probe_env, i, {node.name: pq.to_dense()}, last,
                                                           check=check))
                 out[node.name][setting] = agreement(ref, probs)
+                if progress and j + 1 < len(todo):
+                    progress(node.name, f"{setting.dsub}x{setting.ksub}", (done + (j + 1) / len(todo)) / len(layers))
             done += 1
             if progress:
                 progress(node.name, "sensitivity", done / len(layers))
@@ -244,8 +246,9 @@ def search(model, calib: np.ndarray, probe: np.ndarray, objective: str, budget: 
         t0 = time.perf_counter()
         share = SENSITIVITY_SHARE
 
-        def sens_progress(name, _step, f):
-            log(f"sensitivity {f * 100:5.1f}%  {name}")
+        def sens_progress(name, step, f):
+            if step == "sensitivity":          # a layer done
+                log(f"sensitivity {f * 100:5.1f}%  {name}")
             report(f"sensitivity: {name}", share * f)
         sens = sensitivity(model, calib, probe[:sens_probe] if sens_probe else probe, ladder, layers=layers,
                            config=sens_config or config, cancel=cancel,
@@ -284,7 +287,7 @@ def search(model, calib: np.ndarray, probe: np.ndarray, objective: str, budget: 
             done = len(checks)
             base = start + (1 - start) * done / max(expected, done + 1)
             width = (1 - start) / max(expected, done + 1)
-            report(f"checks: {done + 1} of about {expected}, {k} layers quantized", base)
+            report(f"checks: {done + 1} of about {expected}, the first {k} moves of the path", base)
             q = quantize_model(model, cfg, calib, cancel=cancel,
                                progress=lambda n, st, f: report(f"checks: {done + 1} of about {expected}, {n}",
                                                                 base + 0.9 * width * f))
@@ -587,7 +590,8 @@ def _main_labelled(args, model, budget, layers, log) -> int:
             t0 = time.perf_counter()
             sens_config = QuantSettings(iterations=min(2, args.iterations), shrinkage=args.shrinkage)
             sens = sensitivity(model, calib, probe[:sens_probe], union, config=sens_config, useful=useful,
-                               layers=layers, progress=lambda n, s, f: log(f"sensitivity {f * 100:5.1f}%  {n}"))
+                               layers=layers, progress=lambda n, s, f: s == "sensitivity" and
+                               log(f"sensitivity {f * 100:5.1f}%  {n}"))
             log(f"sensitivity: {time.perf_counter() - t0:.0f} s")
             from ..files import write_json_atomic
             write_json_atomic(args.sensitivity, {n: {f"{s.dsub}x{s.ksub}": m for s, m in o.items()}
