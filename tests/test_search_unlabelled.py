@@ -16,6 +16,7 @@ from onnx_models import Builder
 from qcnn import cli
 from qcnn.models import load_model
 from qcnn.paths import SAMPLES
+from qcnn.pq.layer import PQSetting
 from qcnn.pq.quantize import Cancelled
 from qcnn.pq.search import Budget, find_settings, split_folder
 
@@ -200,3 +201,20 @@ def test_search_needs_images_or_labels(capsys):
     with pytest.raises(SystemExit):
         cli.main(["search", "--model", "alexnet"])
     assert "--images DIR" in capsys.readouterr().err
+
+
+def test_the_checks_can_measure_the_kernel_that_will_run(tmp_path, photos):
+    model = load_model(small_cnn(tmp_path / "small.onnx"))
+    fc = [n.name for n in model.graph if n.layer.kind == "fc"]
+    found = find_settings(model, photos, "speed", Budget(max_kl=10.0), layers=fc, iterations=1, kernel="fastscan",
+                          ladder=[PQSetting(4, 16)])
+    assert found.report["checked_with_kernel"] == "fastscan" and found.result.checks
+    # the same settings run by the fast-scan kernel agree with the check's figure
+    from qcnn.pq.engine import with_kernel
+    from qcnn.pq.quantize import calibration_for, quantize_model
+    from qcnn.pq.search import agreement
+    settings, probe, _, _ = split_folder(model, photos)
+    q = quantize_model(model, found.settings, calibration_for(model, found.settings))
+    m = agreement(model.probabilities(model.graph.forward(probe)),
+                  model.probabilities(with_kernel(q, "fastscan", (32, 32)).forward(probe)))
+    assert m["kl"] == pytest.approx(found.result.metrics["kl"], rel=1e-4, abs=1e-7)

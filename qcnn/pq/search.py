@@ -212,7 +212,7 @@ def search(model, calib: np.ndarray, probe: np.ndarray, objective: str, budget: 
            ladder: list[PQSetting] | None = None, sens: dict | None = None, config: QuantSettings | None = None,
            target: float | None = None, log: Callable[[str], None] = lambda s: None, cancel=None,
            layers: list[str] | None = None, sens_probe: int | None = None, sens_config: QuantSettings | None = None,
-           progress: Callable[[str, float], None] | None = None) -> SearchResult:
+           progress: Callable[[str, float], None] | None = None, kernel: str | None = None) -> SearchResult:
     """Per-layer settings maximising `objective` ("speed" or "compression") within `budget`.
     With a `target` (speed-up or compression factor) the greedy path stops at the first step that
     reaches it: the result is then the most accurate point of the path that does, if within budget.
@@ -221,7 +221,12 @@ def search(model, calib: np.ndarray, probe: np.ndarray, objective: str, budget: 
     `layers` restricts the search to those layers (the others stay dense); the sensitivity table is
     measured on the first `sens_probe` probe images (all by default) with `sens_config`'s fit
     (default: `config`'s).  progress(text, fraction) reports the whole search ("sensitivity: LAYER",
-    then "checks: ..."), and `cancel` (an Event or a callable) stops it with Cancelled."""
+    then "checks: ..."), and `cancel` (an Event or a callable) stops it with Cancelled.
+
+    The checks measure each whole model as `kernel` runs it (qcnn.pq.engine: "auto", "fastscan",
+    ...); by default as the codebooks' float reconstruction, which the fast-scan kernels' 8-bit
+    tables approximate: on ResNet-50 that approximation cost far more agreement than the search
+    saw (README, "Finding settings without labels")."""
     if objective not in LADDERS:
         raise ValueError(f"objective must be one of {sorted(LADDERS)}")
     if len(calib) == 0 or len(probe) == 0:
@@ -292,7 +297,12 @@ def search(model, calib: np.ndarray, probe: np.ndarray, objective: str, budget: 
                                progress=lambda n, st, f: report(f"checks: {done + 1} of about {expected}, {n}",
                                                                 base + 0.9 * width * f))
             check_cancel()
-            m = agreement(ref, model.probabilities(reconstructed(q).forward(probe)))
+            if kernel in (None, "reconstructed"):
+                run = reconstructed(q)
+            else:
+                from .engine import with_kernel
+                run = with_kernel(q, kernel, tuple(probe.shape[1:3]))
+            m = agreement(ref, model.probabilities(run.forward(probe)))
             speedup, compression = totals(cfg.plan(graph))
             m.update(step=k, speedup=speedup, compression=compression, seconds=time.perf_counter() - t0,
                      met=budget.met(m))
@@ -324,8 +334,8 @@ def search(model, calib: np.ndarray, probe: np.ndarray, objective: str, budget: 
 # photos stands in for accuracy: a quantized model that changes the top-1 class of at most one photo
 # in ten, and keeps the dense top-1 among its top 5 nearly always, is an "accurate"-style model (on
 # labelled photos its top-1 differs from the dense model's by at most the share it disagrees on;
-# README, "Finding settings without labels", has a measured case).  KL is left unbounded: its scale depends on the
-# number of classes and on how confident the model is.
+# README, "Finding settings without labels", has a measured case).  KL is left unbounded: its
+# scale depends on the number of classes and on how confident the model is.
 DEFAULT_BUDGET = Budget(min_agree=0.90, min_keep5=0.97)
 DEFAULT_CALIB = 64          # at most, and at most half the folder
 DEFAULT_PROBE = 128         # at most: the readable photos the calibration half leaves
@@ -393,10 +403,11 @@ def find_settings(model, folder, objective: str = "compression", budget: Budget 
                   calib_count: int | None = None, probe_count: int | None = None,
                   sens_probe: int | None = DEFAULT_SENS_PROBE, iterations: int = 4, shrinkage: float = 1.0,
                   seed: int = 0, target: float | None = None, progress: Callable[[str, float], None] | None = None,
-                  log: Callable[[str], None] = lambda s: None, cancel=None) -> Found:
+                  log: Callable[[str], None] = lambda s: None, cancel=None, kernel: str | None = None) -> Found:
     """Per-layer settings for `model` from a folder of unlabelled photos: the folder is split into
     a calibration half and probe photos (split_folder), and search() measures every candidate by
-    its agreement with the dense model on the probe photos.  progress(text, fraction) covers it all
+    its agreement with the dense model on the probe photos (the checks as `kernel` runs the model:
+    see search()).  progress(text, fraction) covers it all
     (reading the photos, the sensitivity table, the checks); `cancel` stops it with Cancelled."""
     from .quantize import calibration_for
     budget = budget or DEFAULT_BUDGET
@@ -416,12 +427,13 @@ def find_settings(model, folder, objective: str = "compression", budget: Budget 
     result = search(model, calib, probe, objective, budget, ladder=ladder, config=config, target=target, log=log,
                     cancel=cancel, layers=layers, sens_probe=sens_probe,
                     sens_config=config.replace(iterations=min(2, iterations)),
-                    progress=lambda text, f: report(text, reading + (1 - reading) * f))
+                    progress=lambda text, f: report(text, reading + (1 - reading) * f), kernel=kernel)
     seconds = time.perf_counter() - t0
     out = {"model": model.name, "objective": objective, "budget": vars(budget),
            "folder": settings.calib_folder, "calibration_photos": len(calib), "probe_photos": len(probe),
            "probe_files": [p.name for p in probe_files], "skipped": skipped,
            "layers_searched": sorted(layers) if layers is not None else "all",
+           "checked_with_kernel": kernel or "reconstructed",
            "probe_metrics": {k: result.metrics[k] for k in ("agree", "keep5", "kl")},
            "speedup": result.speedup, "compression": result.compression, "search_seconds": round(seconds, 1),
            "checks": result.checks, "config": result.config.to_dict()}
@@ -504,6 +516,10 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=4)
     p.add_argument("--shrinkage", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="calibration half and k-means seed (without labels)")
+    p.add_argument("--kernel", choices=("reference", "exact", "fastscan", "reconstructed", "auto"),
+                   default="reconstructed", help="how the whole-model checks run the PQ layers (default: "
+                   "reconstructed float weights; auto or fastscan to measure what `qcnn eval|bench` and the app "
+                   "run by default, whose fast-scan tables are less exact)")
     p.add_argument("--sensitivity", help="JSON file to cache the sensitivity table in (read if it exists; labelled mode)")
     p.add_argument("--out", help="write the found settings (a JSON search report) here")
     from ..preprocess import PRESET_NOTES
@@ -550,7 +566,7 @@ def _main_unlabelled(args, model, budget, layers, log) -> int:
                               else None, layers=layers, calib_count=args.calib, probe_count=args.probe,
                               sens_probe=args.sens_probe or DEFAULT_SENS_PROBE, iterations=args.iterations,
                               shrinkage=args.shrinkage, seed=args.seed, target=args.target, progress=progress,
-                              log=log)
+                              log=log, kernel=args.kernel)
     except (KeyboardInterrupt, Cancelled):
         print(f"\nqcnn search: cancelled" + (f": {args.out} not written" if args.out else ""), file=sys.stderr)
         return 130
@@ -597,7 +613,7 @@ def _main_labelled(args, model, budget, layers, log) -> int:
             write_json_atomic(args.sensitivity, {n: {f"{s.dsub}x{s.ksub}": m for s, m in o.items()}
                                                  for n, o in sens.items()})
     result = search(model, calib, probe, args.objective, budget, ladder=ladder, sens=sens, config=config,
-                    target=args.target, log=log, layers=layers)
+                    target=args.target, log=log, layers=layers, kernel=args.kernel)
     log(f"chosen: speed-up {result.speedup:.2f}x compression {result.compression:.2f}x metrics {result.metrics}")
 
     # Final evaluation on the held-out even rows, quantizing once more from the whole search half.
