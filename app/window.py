@@ -8,9 +8,9 @@ sources, workers and widgets together and keeps what the panels show true:
   ran, and results of an older one never reach a panel;
 - a model switch clears both panels; while new settings are prepared the quantized panel is greyed
   and its note says what is coming; a result of an older frame is greyed too;
-- each kind of work has its own slot ("load", "quantize", "eval"), so no action cancels another
-  silently: a model switch stops the old model's quantization only once the new model is loaded,
-  and says so.
+- each kind of work has its own slot ("load", "quantize", "eval", "search"), so no action cancels
+  another silently: a model switch stops the old model's quantization (and its settings search)
+  only once the new model is loaded, and says so; a second search waits for Cancel on the first.
 """
 from __future__ import annotations
 
@@ -73,6 +73,7 @@ class MainWindow(QMainWindow):
     model_ready = Signal(str)
     quantized_ready = Signal(object)        # Quantized
     frame_done = Signal(object, object)     # dense EngineRun|None, quantized EngineRun|None
+    settings_found = Signal(object)         # qcnn.pq.search.Found, shown in the codebook panel
 
     def __init__(self, model: str = DEFAULT_MODEL, settings: QuantSettings | None = None,
                  quantize: bool = True, kernel: str | None = None):
@@ -83,7 +84,7 @@ class MainWindow(QMainWindow):
         self.auto_quantize = quantize
         self.initial_settings = settings
         self.still = None                   # the last still picture, re-run when an engine changes
-        self.tasks: dict[str, Job] = {}     # slot ("load", "quantize", "eval") -> running job
+        self.tasks: dict[str, Job] = {}     # slot ("load", "quantize", "eval", "search") -> running job
         self.last_pair = (None, None)
         self.last_evaluation = None
         self.errors: list[str] = []
@@ -99,6 +100,9 @@ class MainWindow(QMainWindow):
         self._latest_serial: int | None = None
         self._shown_gen: dict[str, int | None] = {}     # the engine generation each panel's result is of
         self._engine_errors: dict[str, str] = {}        # why an engine could not load what it was given
+        self.found = None                   # the last settings search's result for the model in use
+        self._found_pending = False         # ... shown in the codebook panel and not applied yet
+        self._photo: str | None = None      # the last photo opened from a file (its folder: a search default)
         self._closed = False
 
         self.setWindowTitle("Quantized-CNN workbench")      # Qt adds " — qcnn", the app's name
@@ -130,6 +134,7 @@ class MainWindow(QMainWindow):
         self.pipeline.engine_restarted.connect(self._engine_restarted)
         self.jobs = JobProcess("jobs", self)                     # quantizing (started now: imports)
         self.eval_jobs = JobProcess("eval", self, start=False)   # evaluating, when asked
+        self.search_jobs = JobProcess("search", self, start=False)   # finding settings, when asked
 
         self.video = VideoFileSource(self)
         self.video.frame.connect(self.submit)
@@ -174,6 +179,11 @@ class MainWindow(QMainWindow):
         self.save_qcnn_action.setShortcut(QKeySequence.StandardKey.Save)
         self.save_qcnn_action.setEnabled(False)
         self.save_qcnn_action.triggered.connect(self.choose_save_model_file)
+        self.find_action = QAction("Find settings…", self)
+        self.find_action.setToolTip("Search per-layer codebooks for the model in use on a folder of photos "
+                                    "(no labels needed)")
+        self.find_action.setEnabled(False)
+        self.find_action.triggered.connect(self.choose_search_folder)
         self.quit_action = QAction("Quit", self)
         self.quit_action.setShortcut(QKeySequence.StandardKey.Quit)
         self.quit_action.triggered.connect(self.close)
@@ -192,6 +202,8 @@ class MainWindow(QMainWindow):
         f.addSeparator()
         for a in (self.onnx_action, self.open_qcnn_action, self.save_qcnn_action):
             f.addAction(a)
+        f.addSeparator()
+        f.addAction(self.find_action)
         f.addSeparator()
         f.addAction(self.quit_action)
         h = menu.addMenu("&Help")
@@ -266,6 +278,9 @@ class MainWindow(QMainWindow):
         self.codebook.kernel_changed.connect(self.set_kernel)
         self.codebook.threads_changed.connect(self.set_threads)
         self.codebook.evaluate_requested.connect(self.evaluate_folder)
+        self.codebook.find_requested.connect(lambda folder, options: self.find_settings(folder, options))
+        self.codebook.save_found_requested.connect(self.choose_save_settings)
+        self.codebook.set_search_default(wb.search_folder())
         self.codebook.set_kernels(wb.kernel_choices())
         self.codebook.set_kernel(self.bench.kernel)
         side = QScrollArea()
@@ -292,7 +307,11 @@ class MainWindow(QMainWindow):
         self.eval_bar = TaskBar(vertical=True)
         self.eval_bar.cancel_requested.connect(lambda: self.cancel_task("eval"))
         self.codebook.eval_progress.addWidget(self.eval_bar)
-        self.bars = {"load": self.load_bar, "quantize": self.task_bar, "eval": self.eval_bar}
+        self.search_bar = TaskBar(vertical=True)
+        self.search_bar.cancel_requested.connect(lambda: self.cancel_task("search"))
+        self.codebook.search_progress.addWidget(self.search_bar)
+        self.bars = {"load": self.load_bar, "quantize": self.task_bar, "eval": self.eval_bar,
+                     "search": self.search_bar}
         self.frames_label = QLabel("")
         # Wide enough for long runs, so a new count never re-lays out the status bar.
         self.frames_label.setMinimumWidth(self.frames_label.fontMetrics().horizontalAdvance(
@@ -384,6 +403,9 @@ class MainWindow(QMainWindow):
     def _update_busy(self) -> None:
         self.codebook.set_busy("quantize" in self.tasks)
         self.codebook.evaluate.setEnabled("eval" not in self.tasks)
+        searchable = "search" not in self.tasks and self.bench.model is not None
+        self.codebook.find.setEnabled(searchable)
+        self.find_action.setEnabled(searchable)
         self._refresh_panels()
 
     # ------------------------------------------------------------------ what the panels say
@@ -474,6 +496,14 @@ class MainWindow(QMainWindow):
         old = self.bench.model
         if "quantize" in self.tasks and old is not None:
             self.drop_task("quantize", f"Stopped quantizing {old.name}: switched to {model.name}")
+        if "search" in self.tasks and old is not None:
+            self.drop_task("search", f"Stopped finding settings for {old.name}: switched to {model.name}")
+            self.codebook.search_result.setText(f"The search for {html.escape(old.name)} was stopped: "
+                                                f"switched to {html.escape(model.name)}.")
+        elif old is not None:
+            self.codebook.search_result.setText("")
+        self.found, self._found_pending = None, False
+        self.codebook.save_found.setEnabled(False)
         self._model_spec = spec
         self.bench.set_model(model, dense_graph, note, source=spec if spec.lower().endswith(".onnx") else None)
         self.gen += 1
@@ -508,7 +538,7 @@ class MainWindow(QMainWindow):
             self._adopt(adopted, final=True)
         elif self.auto_quantize:
             self.apply_settings(settings)
-        self._refresh_panels()
+        self._update_busy()                    # refreshes the panels too
         self._rerun_still()
 
     def _select_model_box(self, spec: str | None) -> None:
@@ -596,6 +626,7 @@ class MainWindow(QMainWindow):
             return
         if "quantize" in self.tasks:
             self.drop_task("quantize", "The previous quantization was cancelled: new settings applied")
+        self._found_pending = False
         self._requested, self._requested_shown = settings, False
         self._quant_text = f"preparing {self._settings_name(settings)}…"
         job = self.jobs.submit("quantize", (self._model_ref(self._model_spec), settings, self.bench.source),
@@ -627,7 +658,7 @@ class MainWindow(QMainWindow):
         self._engine_errors.pop("quantized", None)
         self.pipeline.set_quantized(self.gen, quantized.path, self.bench.kernel)
         if final:
-            self.codebook.set_settings(quantized.settings, applied=True)
+            self._show_applied(quantized.settings)
         if getattr(quantized, "note", ""):                 # e.g. the cache could not be written
             self.statusBar().showMessage(quantized.note, 15000)
         self.save_qcnn_action.setEnabled(True)
@@ -640,14 +671,22 @@ class MainWindow(QMainWindow):
             message = f"{what}: there is no quantized model yet (press Apply to try again)"
         elif self.quant_stage:
             self.quant_stage = "k-means only (error correction " + ("failed)" if failed else "cancelled)")
-            self.codebook.set_settings(q.settings, applied=True)
+            self._show_applied(q.settings)
             self.panels["quantized"].set_subtitle(self._quantized_subtitle())
             message = f"{what}: keeping the k-means model in use ({q.settings.describe()})"
         else:
-            self.codebook.set_settings(q.settings, applied=True)
+            self._show_applied(q.settings)
             message = f"{what}: keeping the model in use ({q.settings.describe()})"
         self.statusBar().showMessage(message, 10000)
         self._refresh_panels()
+
+    def _show_applied(self, settings: QuantSettings) -> None:
+        """The codebook panel learns what the quantized engine runs; settings a search found and the
+        user has not applied yet stay in view (a quantization ending must not wipe them)."""
+        if self._found_pending:
+            self.codebook.set_applied(settings)
+        else:
+            self.codebook.set_settings(settings, applied=True)
 
     def _quantize_failed(self, message: str) -> None:
         self._quantize_cancelled(failed=True)
@@ -708,6 +747,92 @@ class MainWindow(QMainWindow):
         print(f"qcnn-app: {message}", file=sys.stderr)
         self._refresh_panels()
 
+    # ------------------------------------------------------------------ finding settings
+    def choose_search_folder(self) -> None:
+        """Find settings… (menu): pick the folder of photos, then search."""
+        start = self.codebook.search_folder.text().strip() or str(wb.search_folder(self._photo))
+        folder = QFileDialog.getExistingDirectory(self, "Photos to find settings with (no labels needed)", start)
+        if folder:
+            self.codebook.search_folder.setText(folder)
+            self.find_settings(folder)
+
+    def find_settings(self, folder: str | None = None, options: dict | None = None) -> Job | None:
+        """Search per-layer settings for the model in use on a folder of unlabelled photos (default:
+        the folder of the photo in view, else the bundled ones), in the search's worker process.
+        `options`: qcnn.pq.search.find_settings keywords and "objective" (default: the panel's).
+        The result is shown in the codebook panel, not applied: Apply builds it, Save keeps it."""
+        if self.bench.model is None:
+            return None
+        if "search" in self.tasks:             # never replaced silently: Cancel first
+            self.statusBar().showMessage("A settings search is running: cancel it first", 8000)
+            return None
+        folder = str(folder or wb.search_folder(self._photo))
+        options = dict(self.codebook.search_options() if options is None else options)
+        objective = options.pop("objective", "compression")
+        model = self.bench.model
+        job = self.search_jobs.submit("find_settings", (self._model_ref(self._model_spec), folder, objective, options,
+                                                        self.codebook.threads.value()),
+                                      title=f"Finding settings for {model.name}")
+
+        def done(found):
+            self._show_found(found, model.name)
+
+        self.codebook.search_result.setText(f"Searching {html.escape(folder)} ({objective})…")
+        self.run_task("search", job, done,
+                      on_cancel=lambda: self.codebook.search_result.setText("Search cancelled: nothing changed."),
+                      on_fail=lambda msg: self.codebook.search_result.setText(
+                          f"<span style='color:#8a1c13'>The search failed: {html.escape(msg)}</span>"))
+        return job
+
+    def _show_found(self, found, model_name: str) -> None:
+        r, m, rep = found.result, found.result.metrics, found.report
+        skipped = ""
+        if found.skipped:
+            names = "; ".join(found.skipped[:3]) + ("; …" if len(found.skipped) > 3 else "")
+            skipped = f"<br>{len(found.skipped)} unreadable photo(s) skipped: {html.escape(names)}"
+        quantized = len(r.config.quantized(self.bench.model.graph))
+        where = (f"{rep['calibration_photos']} calibration and {rep['probe_photos']} probe photos, "
+                 f"{rep['search_seconds']:.0f} s")
+        if not quantized:
+            self.codebook.search_result.setText(
+                f"No layer of {html.escape(model_name)} could be quantized within the budget ({where}): lower the "
+                f"agreement or use more photos." + skipped)
+            self.settings_found.emit(found)
+            return
+        self.found, self._found_pending = found, True
+        self.codebook.set_settings(found.settings)          # shown, not applied: Apply builds it
+        self.codebook.save_found.setEnabled(True)
+        self.codebook.search_result.setText(
+            f"<b>Found</b> for {html.escape(model_name)}: {quantized} layers quantized, compression "
+            f"{r.compression:.2f}x, theoretical speed-up {r.speedup:.2f}x; top-1 agreement {100 * m['agree']:.0f} %, "
+            f"top-5 kept {100 * m['keep5']:.0f} % ({where}).<br>Press <b>Apply</b> to build it, or "
+            f"<b>Save settings…</b> to keep it." + skipped)
+        self.statusBar().showMessage(f"Settings found for {model_name}: shown in the codebook panel", 10000)
+        self.settings_found.emit(found)
+
+    def choose_save_settings(self) -> None:
+        if self.found is None:
+            return
+        dialog = QFileDialog(self, "Save settings", str(Path.home() / f"{self.bench.model.name}-settings.json"),
+                             "Settings (*.json);;All files (*)")
+        dialog.setAcceptMode(QFileDialog.AcceptMode.AcceptSave)
+        dialog.setDefaultSuffix("json")
+        if dialog.exec() and dialog.selectedFiles():
+            self.save_found_settings(dialog.selectedFiles()[0])
+
+    def save_found_settings(self, path) -> Path | None:
+        """Save the settings the last search found (`qcnn eval|bench|quantize --config FILE` reads it)."""
+        if self.found is None:
+            return None
+        path = Path(path)
+        try:
+            Workbench.save_settings(path, self.found)
+        except (OSError, ValueError) as exc:
+            self.show_error(f"Could not save {path.name}: {getattr(exc, 'strerror', None) or exc}")
+            return None
+        self.statusBar().showMessage(f"Saved the settings to {path}", 8000)
+        return path
+
     # ------------------------------------------------------------------ evaluation
     def evaluate_folder(self, folder: str) -> None:
         folder = folder.strip()
@@ -757,6 +882,8 @@ class MainWindow(QMainWindow):
 
     def open_image(self, path) -> None:
         """Classify an image file with both engines (asynchronously)."""
+        self._photo = str(path)
+        self.codebook.set_search_default(wb.search_folder(path))
         self._submit_still(file_frame(path))
 
     def choose_image(self) -> None:
@@ -934,6 +1061,7 @@ class MainWindow(QMainWindow):
             relay.close()
         self.jobs.close()
         self.eval_jobs.close()
+        self.search_jobs.close()
         self.pipeline.stop(wait_s=0.1)
 
 
@@ -948,6 +1076,10 @@ the window, play a video, or use a webcam.</p>
 <b>Apply</b>. The k-means model shows as soon as it is built; with error correction the corrected one
 replaces it when ready. Results are cached: switching back is instant.</p>
 <p><b>Kernel</b>: how the quantized layers run (auto picks the fastest per layer).
+<b>Find settings</b>: for a model without presets (your own ONNX file, say), search per-layer codebooks
+on a folder of photos, no labels needed: half calibrate, the rest measure how often the quantized model
+agrees with the dense one. The result shows in the panel: Apply builds it, Save settings keeps it for
+<code>qcnn … --config FILE</code>.
 <b>Accuracy</b>: score both engines on a folder of images with a labels.csv (file,class_index).</p>
 <p><b>Latency</b> and <b>Footprint</b> (tabs): per-frame and per-layer times, sizes and operation
 counts (the numbers of <code>qcnn cost</code>).</p>

@@ -16,6 +16,8 @@ Messages are tuples, kind first:
                                                     then ("done", job_id, value) | ("failed", job_id, message)
                                                     | ("cancelled", job_id)
     ("cancel", job_id)                              (the job ends with "cancelled")
+
+Jobs (JOBS): "quantize", "evaluate", "find_settings" (the label-free settings search).
     ("quit",)                                       -
 
 An engine is told what to run once per model or settings change ("load"): a model reference
@@ -252,7 +254,17 @@ def job_evaluate(ctx: JobContext, model_ref, quant_path, kernel, labels, folder,
                           cancel=ctx.cancel, limit=limit)
 
 
-JOBS = {"quantize": job_quantize, "evaluate": job_evaluate}
+def job_find_settings(ctx: JobContext, model_ref, folder, objective="compression", options=None, threads=1):
+    """Per-layer settings from a folder of unlabelled photos (Workbench.find_settings): a Found."""
+    from qcnn import threads as qthreads
+    from qcnn import workbench as wb
+    qthreads.set_num_threads(threads)
+    bench = wb.Workbench()
+    bench.set_model(load_ref(model_ref))
+    return bench.find_settings(folder, objective, progress=ctx.progress, cancel=ctx.cancel, **(options or {}))
+
+
+JOBS = {"quantize": job_quantize, "evaluate": job_evaluate, "find_settings": job_find_settings}
 
 
 # --------------------------------------------------------------------------- the loop

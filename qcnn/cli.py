@@ -456,8 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     quant_options(b)
     b.set_defaults(func=cmd_bench)
 
-    s = sub.add_parser("search", help="sensitivity analysis and per-layer setting search (see --help)",
-                       add_help=False)
+    s = sub.add_parser("search", help="find per-layer settings for a model from a folder of photos, no labels "
+                       "needed (qcnn search --images DIR --out FILE; see its --help)", add_help=False)
     s.add_argument("search_args", nargs=argparse.REMAINDER)
     s.set_defaults(func=cmd_search)
 

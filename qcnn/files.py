@@ -15,7 +15,7 @@ import os
 import stat
 from typing import Any, BinaryIO
 
-__all__ = ["NotARegularFile", "open_regular", "open_text", "read_regular", "read_json"]
+__all__ = ["NotARegularFile", "open_regular", "open_text", "read_regular", "read_json", "write_json_atomic"]
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
@@ -92,3 +92,23 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise ValueError(f"{what} {name}: {exc}") from None
     except RecursionError:
         raise ValueError(f"{what} {name}: JSON nested too deeply") from None
+
+
+def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
+    """Write `value` as JSON to `path` so that readers, and an interruption at any point, see either
+    the old file (or none) or the whole new one: a temporary file beside it, then a rename."""
+    import tempfile
+    name = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(name))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(name)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(value, f, indent=1, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, name)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

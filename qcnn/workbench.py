@@ -565,6 +565,23 @@ class Workbench:
             return None
         return footprint(self.model, self.dense_graph, self.quantized, self.quant_graph)
 
+    # ---- finding settings
+    def find_settings(self, folder: str | os.PathLike, objective: str = "compression",
+                      progress: Callable[[str, float], None] | None = None, cancel: threading.Event | None = None,
+                      model: Model | None = None, **options):
+        """Per-layer settings for the model from a folder of unlabelled photos, measured by agreement
+        with the dense model (qcnn.pq.search.find_settings, whose keyword options pass through):
+        a Found, whose `settings` go to `quantize` and whose `report` is a settings file."""
+        from .pq.search import find_settings
+        return find_settings(model or self.model, folder, objective, progress=progress, cancel=cancel, **options)
+
+    @staticmethod
+    def save_settings(path: str | os.PathLike, found) -> None:
+        """Write what find_settings found as a settings file (`qcnn ... --config FILE` reads it),
+        atomically."""
+        from .pq.search import write_report
+        write_report(path, found.report)
+
     # ---- evaluation
     def evaluate(self, labels_csv: str | os.PathLike, images_dir: str | os.PathLike | None = None,
                  progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
@@ -582,6 +599,18 @@ class Workbench:
                 progress(i, n)
 
         return evaluate(model, labels_csv, images_dir, engines=engines, limit=limit, progress=on_progress)
+
+
+def search_folder(photo: str | os.PathLike | None = None) -> Path:
+    """Where to look for settings by default: the folder of the photo in view when it holds enough
+    photos for a search, else the bundled samples."""
+    from .pq.search import MIN_PHOTOS
+    if photo is not None:
+        folder = Path(photo).resolve().parent
+        with contextlib.suppress(OSError):
+            if len(image_files(folder)) >= MIN_PHOTOS:
+                return folder
+    return SAMPLES
 
 
 def footprint(model: Model, dense_graph: Graph, quantized: Quantized, kernel_graph: Graph | None = None,

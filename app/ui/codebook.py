@@ -1,5 +1,5 @@
 """Codebook controls: C_s' and K per layer kind (and per layer), error correction, kernel, threads,
-and the evaluation folder."""
+the search for settings on a folder of unlabelled photos, and the evaluation folder."""
 from __future__ import annotations
 
 import os
@@ -12,6 +12,7 @@ from PySide6.QtWidgets import (
     QApplication,
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -32,6 +33,10 @@ from qcnn.pq.layer import PQSetting
 from qcnn.workbench import DEFAULT_SETTINGS, QuantSettings, sample_images
 
 K_CHOICES = (2, 4, 8, 16, 32, 64, 128, 256)
+# What the search maximises: (label, objective, ladder).  "Faster" keeps to the fast-scan kernel's
+# settings (K = 16), whose measured speed follows the theory; K > 16 runs the slower exact kernel.
+SEARCH_GOALS = (("smaller model (compression)", "compression", None),
+                ("faster model (fast-scan kernels)", "speed", "fastscan"))
 LAYER_MODES = ("default", "custom", "dense")
 
 
@@ -179,6 +184,8 @@ class CodebookPanel(QWidget):
     kernel_changed = Signal(str)
     threads_changed = Signal(int)
     evaluate_requested = Signal(str)          # folder holding labels.csv
+    find_requested = Signal(str, dict)        # folder of unlabelled photos ("" = default), search options
+    save_found_requested = Signal()
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -231,6 +238,35 @@ class CodebookPanel(QWidget):
         self.threads.setToolTip("Threads per engine (BLAS and C kernels); 1 is how the paper measures")
         self.threads.valueChanged.connect(self.threads_changed.emit)
 
+        self.search_folder = QLineEdit()
+        self.search_folder.setToolTip("Unlabelled photos: half calibrate the codebooks, the rest measure how often "
+                                      "the quantized model agrees with the dense one")
+        search_browse = QPushButton("…")
+        search_browse.setFixedWidth(30)
+        search_browse.clicked.connect(self._browse_search)
+        self.search_goal = QComboBox()
+        for label, objective, ladder in SEARCH_GOALS:
+            self.search_goal.addItem(label, (objective, ladder))
+        self.search_agree = QDoubleSpinBox()
+        self.search_agree.setRange(50.0, 100.0)
+        self.search_agree.setDecimals(0)
+        self.search_agree.setSuffix(" %")
+        self.search_agree.setValue(90.0)
+        self.search_agree.setToolTip("Budget: the quantized model's top-1 must match the dense model's on at least "
+                                     "this share of the probe photos (and the dense top-1 stay in its top 5 on 97 %)")
+        self.find = QPushButton("Find settings")
+        self.find.setToolTip("Search per-layer codebooks for this model on the folder's photos (background; "
+                             "no labels needed); the result shows here, to Apply or save")
+        self.find.clicked.connect(lambda: self.find_requested.emit(self.search_folder.text().strip(),
+                                                                   self.search_options()))
+        self.save_found = QPushButton("Save settings…")
+        self.save_found.setToolTip("Save the settings found as a file for `qcnn eval|bench|quantize --config FILE`")
+        self.save_found.setEnabled(False)
+        self.save_found.clicked.connect(self.save_found_requested.emit)
+        self.search_result = QLabel("")
+        self.search_result.setWordWrap(True)
+        self.search_result.setTextFormat(Qt.TextFormat.RichText)
+
         self.eval_folder = QLineEdit()
         self.eval_folder.setPlaceholderText("folder with images + labels.csv")
         browse = QPushButton("…")
@@ -276,6 +312,25 @@ class CodebookPanel(QWidget):
         r.addRow("kernel", self.kernel)
         r.addRow("threads", self.threads)
 
+        found = QGroupBox("Find settings (unlabelled photos)")
+        fl = QVBoxLayout(found)
+        fr = QHBoxLayout()
+        fr.addWidget(self.search_folder, 1)
+        fr.addWidget(search_browse)
+        fl.addLayout(fr)
+        fform = QFormLayout()
+        fform.addRow("goal", self.search_goal)
+        fform.addRow("agreement", self.search_agree)
+        fl.addLayout(fform)
+        fb = QHBoxLayout()
+        fb.addWidget(self.save_found)
+        fb.addStretch(1)
+        fb.addWidget(self.find)
+        fl.addLayout(fb)
+        self.search_progress = QVBoxLayout()       # the window puts the search's progress here
+        fl.addLayout(self.search_progress)
+        fl.addWidget(self.search_result)
+
         ev = QGroupBox("Accuracy on a labelled folder")
         e = QVBoxLayout(ev)
         er = QHBoxLayout()
@@ -293,6 +348,7 @@ class CodebookPanel(QWidget):
 
         layout = QVBoxLayout(self)
         layout.addWidget(quant)
+        layout.addWidget(found)
         layout.addWidget(run)
         layout.addWidget(ev)
         layout.addStretch(1)
@@ -375,6 +431,23 @@ class CodebookPanel(QWidget):
         self._set_calib_folder(s.calib_folder)
         self._mark()
 
+    def set_applied(self, s: QuantSettings) -> None:
+        """`s` is what the quantized engine runs now; the controls keep showing what they show (settings
+        found by a search, say, that the user has not applied yet)."""
+        self.applied = s
+        self._mark()
+
+    def search_options(self) -> dict:
+        """The search's options (qcnn.pq.search.find_settings keywords, and its objective)."""
+        from qcnn.pq.search import DEFAULT_BUDGET, LADDERS, Budget
+        objective, ladder = self.search_goal.currentData()
+        return {"objective": objective, "ladder": LADDERS[ladder] if ladder else None,
+                "budget": Budget(min_agree=self.search_agree.value() / 100, min_keep5=DEFAULT_BUDGET.min_keep5)}
+
+    def set_search_default(self, folder) -> None:
+        """The folder searched when the field is left empty (shown greyed in it)."""
+        self.search_folder.setPlaceholderText(f"{folder}")
+
     def set_busy(self, busy: bool) -> None:
         """While the quantized model is being rebuilt: no second Apply (Cancel first).  The kernel
         stays free: it changes how the model in use runs, and the next one runs with it."""
@@ -424,6 +497,12 @@ class CodebookPanel(QWidget):
         folder = QFileDialog.getExistingDirectory(self, "Calibration images")
         self._set_calib_folder(folder or None)
         self._mark()
+
+    def _browse_search(self) -> None:
+        start = self.search_folder.text().strip() or self.search_folder.placeholderText()
+        folder = QFileDialog.getExistingDirectory(self, "Unlabelled photos to find settings with", start)
+        if folder:
+            self.search_folder.setText(folder)
 
     def _browse_eval(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Labelled images (with labels.csv)")

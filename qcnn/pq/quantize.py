@@ -226,6 +226,20 @@ def calibration_for(model, settings: QuantSettings) -> np.ndarray:
     return calibration_batch(model, folder=settings.calib_folder, count=settings.calib_count, seed=settings.seed)
 
 
+def _choose(paths: list, count: int, rng: np.random.Generator) -> list:
+    """The files a calibration batch of `count` uses as they are: all, or a seeded random subset."""
+    if len(paths) > count:
+        return [paths[i] for i in np.sort(rng.choice(len(paths), count, replace=False))]
+    return list(paths)
+
+
+def calibration_files(folder, count: int, seed: int = 0) -> list[Path]:
+    """The image files of `folder` that calibration_batch(folder=folder, count, seed) uses as they
+    are (the search keeps them out of its probe images)."""
+    from ..imageio import image_files
+    return _choose(image_files(folder or SAMPLES), count, np.random.default_rng(seed))
+
+
 def calibration_batch(model, folder=None, count: int = 128, seed: int = 0, files=None) -> np.ndarray:
     """(count, H, W, 3) preprocessed calibration inputs; no labels needed.
 
@@ -236,8 +250,7 @@ def calibration_batch(model, folder=None, count: int = 128, seed: int = 0, files
     from ..imageio import ImageLoadError, image_files, load_image
     paths = [Path(p) for p in files] if files is not None else image_files(folder or SAMPLES)
     rng = np.random.default_rng(seed)
-    if len(paths) > count:
-        paths = [paths[i] for i in np.sort(rng.choice(len(paths), count, replace=False))]
+    paths = _choose(paths, count, rng)
     images = []
     for p in paths:
         try:
