@@ -27,7 +27,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture
 def window(qtbot):
-    w = MainWindow(settings=FAST)
+    w = MainWindow("efficientnet-lite0", settings=FAST)     # quick: the window mechanics, not the demo
     qtbot.addWidget(w)
     w.show()
     qtbot.waitUntil(w.ready, timeout=WAIT)

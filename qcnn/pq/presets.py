@@ -90,6 +90,18 @@ LITE0_NOTES = {
 
 PRESETS: dict[str, dict[str, dict]] = {"alexnet": _ALEXNET, "efficientnet-lite0": _LITE0}
 
+#: Measured figures per model and preset (the app's quantized panel shows "agreement" of those
+#: that have it).
+NOTES: dict[str, dict[str, dict]] = {"efficientnet-lite0": LITE0_NOTES}
+
+
+def measured(model_name: str, settings: QuantSettings) -> dict | None:
+    """The notes of the preset that `settings` is (NOTES), None for other settings."""
+    for name in preset_names(model_name):
+        if preset(model_name, name) == settings:
+            return NOTES.get(model_name, {}).get(name)
+    return None
+
 
 def preset_names(model_name: str) -> list[str]:
     return sorted(PRESETS.get(model_name, {}))

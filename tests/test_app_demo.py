@@ -1,0 +1,86 @@
+"""The demo's first start: ResNet-18 with its `fast` preset is the window's default, its quantized
+model ships in assets/quantized (so a newcomer does not wait for error correction), and the
+quantized panel says in one line how much faster and smaller it is and how often it agrees."""
+import re
+import time
+
+import pytest
+
+from app.window import DEFAULT_MODEL, MainWindow
+from qcnn import workbench as wb
+from qcnn.models import load_model
+from qcnn.paths import SAMPLES
+from qcnn.pq.presets import DEFAULT_PRESET, NOTES, measured, preset
+
+from app_fixtures import WAIT, both, cache_dir  # noqa: F401  (cache_dir: an empty cache per module)
+
+LINE = re.compile(r"^(\d+\.\d)× (faster|slower), (\d+\.\d)× smaller, agrees with dense on (\d+) % of "
+                  r"(\d+) ImageNet photos \((\d+) of (\d+) shown\)$")
+
+
+def test_the_default_is_resnet18_fast_and_its_notes_say_what_eval_measured():
+    assert DEFAULT_MODEL == "resnet18" and DEFAULT_PRESET["resnet18"] == "fast"
+    notes = NOTES["resnet18"]["fast"]
+    assert measured("resnet18", preset("resnet18", "fast")) is notes
+    assert 0.5 < notes["agreement"] <= 1 and notes["eval_images"] == 250
+    # The preset's promise: top-5 within 3 points of the float model on the evaluation rows.
+    assert NOTES["resnet18"]["dense"]["top5"] - notes["top5"] <= 0.03 + 1e-9
+    assert measured("resnet18", preset("resnet18", "fast").replace(seed=7)) is None
+
+
+def test_the_shipped_model_is_current_and_loads_without_quantizing(tmp_path, monkeypatch):
+    monkeypatch.setenv("QCNN_CACHE_DIR", str(tmp_path))         # nothing cached
+    model = load_model("resnet18")
+    settings = preset("resnet18", "fast")
+    path = wb.shipped_path(model, settings)
+    assert path.is_file(), f"{path} missing or stale: run scripts/build-shipped-models.py"
+    assert 0.5e6 < path.stat().st_size < 8e6          # codes and codebooks: a few MB
+    assert wb.progressive_stages(model, settings) == [settings]      # no k-means-only stage first
+    t0 = time.perf_counter()
+    q = wb.Workbench(model).quantize(settings)
+    assert q.from_cache and q.path == path and time.perf_counter() - t0 < 30
+    assert q.settings == settings and q.metadata["cache_key"] == wb.cache_key(model, settings)
+    # Another setting is not served by the shipped file, and a stale shipped file is never removed.
+    other = settings.replace(seed=1)
+    assert not wb.shipped_path(model, other).is_file()
+
+
+def test_demo_line_words():
+    assert wb.demo_line(None, 8.04) == "speed-up: measuring…, 8.0× smaller"
+    assert wb.demo_line(0.8, 2.0, 3, 4) == "1.2× slower, 2.0× smaller, agrees with dense on 75 % of photos (3 of 4 shown)"
+    assert (wb.demo_line(2.46, 9.1, 1, 1, (0.924, 250))
+            == "2.5× faster, 9.1× smaller, agrees with dense on 92 % of 250 ImageNet photos (1 of 1 shown)")
+
+
+@pytest.fixture
+def default_window(qtbot):
+    w = MainWindow()                  # what `make demo` opens
+    qtbot.addWidget(w)
+    w.show()
+    qtbot.waitUntil(w.ready, timeout=WAIT)
+    yield w
+    w.close()
+
+
+def test_first_start_shows_the_shipped_model_and_a_line_with_measured_numbers(default_window, qtbot):
+    w = default_window
+    assert w.bench.model.name == "resnet18" and w.model_box.currentData() == "resnet18"
+    qtbot.waitUntil(lambda: w.bench.quantized is not None and w.pipeline.ready("quantized"), timeout=WAIT)
+    q = w.bench.quantized
+    assert q.path.parent == wb.SHIPPED and q.settings == preset("resnet18", "fast")
+    assert "shipped with qcnn" in w.panels["quantized"].subtitle.text()
+    photos = sorted(SAMPLES.glob("*.jpg"))[:2]
+    for photo in photos:
+        with qtbot.waitSignal(w.frame_done, timeout=WAIT, check_params_cb=both):
+            w.open_image(photo)
+    qtbot.waitUntil(lambda: w.bench.timings.compared >= len(photos), timeout=WAIT)
+    text = w.panels["quantized"].summary.text()
+    m = LINE.match(text)
+    assert m, text
+    t, fp, notes = w.bench.timings, w.footprint.footprint, NOTES["resnet18"]["fast"]
+    speedup = t.speedup()
+    assert m[1] == f"{(speedup if speedup >= 1 else 1 / speedup):.1f}" and (m[2] == "faster") == (speedup >= 1)
+    assert m[3] == f"{fp.storage_ratio:.1f}" and fp.storage_ratio > 4
+    assert int(m[4]) == round(100 * notes["agreement"]) and int(m[5]) == notes["eval_images"]
+    assert int(m[7]) == t.compared and int(m[6]) == t.agreed <= t.compared
+    assert w.panels["dense"].summary.text() == ""
