@@ -34,7 +34,9 @@ def test_the_shipped_model_is_current_and_loads_without_quantizing(tmp_path, mon
     settings = preset("resnet18", "fast")
     path = wb.shipped_path(model, settings)
     assert path.is_file(), f"{path} missing or stale: run scripts/build-shipped-models.py"
-    assert 0.5e6 < path.stat().st_size < 8e6          # codes and codebooks: a few MB
+    # Codes and codebooks of the quantized layers, float32 weights of the dense ones (most of them
+    # in `fast`): about a quarter of the 46.7 MB of dense weights.
+    assert 1e6 < path.stat().st_size < 16e6
     assert wb.progressive_stages(model, settings) == [settings]      # no k-means-only stage first
     t0 = time.perf_counter()
     q = wb.Workbench(model).quantize(settings)
