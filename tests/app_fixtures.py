@@ -27,7 +27,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture
 def window(qtbot):
-    w = MainWindow("efficientnet-lite0", settings=FAST)     # quick: the window mechanics, not the demo
+    w = MainWindow(settings=FAST)
     qtbot.addWidget(w)
     w.show()
     qtbot.waitUntil(w.ready, timeout=WAIT)

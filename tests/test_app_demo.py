@@ -1,12 +1,12 @@
-"""The demo's first start: ResNet-18 with its `fast` preset is the window's default, its quantized
-model ships in assets/quantized (so a newcomer does not wait for error correction), and the
-quantized panel says in one line how much faster and smaller it is and how often it agrees."""
+"""ResNet-18 with its `fast` preset in the window: its quantized model ships in assets/quantized
+(so choosing it does not mean waiting for error correction), and the quantized panel says in one
+line how much faster and smaller it is and how often it agrees with the dense network."""
 import re
 import time
 
 import pytest
 
-from app.window import DEFAULT_MODEL, MainWindow
+from app.window import MainWindow
 from qcnn import workbench as wb
 from qcnn.models import load_model
 from qcnn.paths import SAMPLES
@@ -16,10 +16,14 @@ from app_fixtures import WAIT, both, cache_dir  # noqa: F401  (cache_dir: an emp
 
 LINE = re.compile(r"^(\d+\.\d)× (faster|slower), (\d+\.\d)× smaller, agrees with dense on (\d+) % of "
                   r"(\d+) ImageNet photos \((\d+) of (\d+) shown\)$")
+# With the fast-scan kernel on some layer the preset's measured agreement (float tables) does not
+# apply: only the frames shown count.
+LIVE = re.compile(r"^(\d+\.\d)× (faster|slower), (\d+\.\d)× smaller, agrees with dense on (\d+) % of "
+                  r"photos \((\d+) of (\d+) shown\)$")
 
 
-def test_the_default_is_resnet18_fast_and_its_notes_say_what_eval_measured():
-    assert DEFAULT_MODEL == "resnet18" and DEFAULT_PRESET["resnet18"] == "fast"
+def test_resnet18_starts_with_fast_and_its_notes_say_what_eval_measured():
+    assert DEFAULT_PRESET["resnet18"] == "fast"
     notes = NOTES["resnet18"]["fast"]
     assert measured("resnet18", preset("resnet18", "fast")) is notes
     assert 0.5 < notes["agreement"] <= 1 and notes["eval_images"] == 250
@@ -54,9 +58,11 @@ def test_demo_line_words():
             == "2.5× faster, 9.1× smaller, agrees with dense on 92 % of 250 ImageNet photos (1 of 1 shown)")
 
 
-@pytest.fixture
-def default_window(qtbot):
-    w = MainWindow()                  # what `make demo` opens
+@pytest.fixture(params=[None, "exact"])
+def default_window(qtbot, request):
+    # ResNet-18 as the model menu opens it (kernel `auto`, which may pick fast-scan layers), and
+    # with the float-table kernel.
+    w = MainWindow("resnet18") if request.param is None else MainWindow("resnet18", kernel=request.param)
     qtbot.addWidget(w)
     w.show()
     qtbot.waitUntil(w.ready, timeout=WAIT)
@@ -64,7 +70,7 @@ def default_window(qtbot):
     w.close()
 
 
-def test_first_start_shows_the_shipped_model_and_a_line_with_measured_numbers(default_window, qtbot):
+def test_resnet18_shows_the_shipped_model_at_once_and_a_line_with_measured_numbers(default_window, qtbot):
     w = default_window
     assert w.bench.model.name == "resnet18" and w.model_box.currentData() == "resnet18"
     qtbot.waitUntil(lambda: w.bench.quantized is not None and w.pipeline.ready("quantized"), timeout=WAIT)
@@ -77,12 +83,18 @@ def test_first_start_shows_the_shipped_model_and_a_line_with_measured_numbers(de
             w.open_image(photo)
     qtbot.waitUntil(lambda: w.bench.timings.compared >= len(photos), timeout=WAIT)
     text = w.panels["quantized"].summary.text()
-    m = LINE.match(text)
+    fastscan = "fastscan" in w.quant_kernels.values()
+    m = (LIVE if fastscan else LINE).match(text)
     assert m, text
     t, fp, notes = w.bench.timings, w.footprint.footprint, NOTES["resnet18"]["fast"]
     speedup = t.speedup()
     assert m[1] == f"{(speedup if speedup >= 1 else 1 / speedup):.1f}" and (m[2] == "faster") == (speedup >= 1)
-    assert m[3] == f"{fp.storage_ratio:.1f}" and fp.storage_ratio > 4
-    assert int(m[4]) == round(100 * notes["agreement"]) and int(m[5]) == notes["eval_images"]
-    assert int(m[7]) == t.compared and int(m[6]) == t.agreed <= t.compared
+    assert m[3] == f"{fp.storage_ratio:.1f}" and fp.storage_ratio > 3.5
+    assert not (fastscan and w.bench.kernel == "exact")
+    if fastscan:
+        assert int(m[4]) == round(100 * t.agreed / t.compared)
+        assert int(m[6]) == t.compared and int(m[5]) == t.agreed <= t.compared
+    else:
+        assert int(m[4]) == round(100 * notes["agreement"]) and int(m[5]) == notes["eval_images"]
+        assert int(m[7]) == t.compared and int(m[6]) == t.agreed <= t.compared
     assert w.panels["dense"].summary.text() == ""

@@ -26,7 +26,7 @@ def test_screenshot_mode_waits_for_both_engines_then_saves_the_window(qapp, tmp_
             "--conv", "dense", "--fc", "16/16", "--no-error-correction"]
     assert main(argv) == 0
     assert Image.open(shot).size == (1400, 820)
-    assert list((tmp_path / "cache" / "quantized").glob("resnet18-*.qcnn"))        # the default model
+    assert list((tmp_path / "cache" / "quantized").glob("efficientnet-lite0-*.qcnn"))
 
 
 def test_entry_points_name_app_window_main():
