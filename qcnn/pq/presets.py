@@ -141,7 +141,7 @@ PRESETS: dict[str, dict[str, dict]] = {"alexnet": _ALEXNET, "efficientnet-lite0"
 RESNET18_NOTES = {
     "dense": {"top1": 0.768, "top5": 0.924},
     "accurate": {"top1": 0.732, "top5": 0.892, "agreement": 0.856, "kl": 0.165, "eval_images": 250,
-                 "compression": 2.94},
+                 "compression": 2.94, "measured_speedup": 1.36},     # kernel auto, --peers, 3 x 20 images
     "fast": {"top1": 0.728, "top5": 0.908, "agreement": 0.84, "kl": 0.202, "eval_images": 250, "compression": 4.06,
              # kernel auto (fast-scan on the six layers), 3 x 30 images; fastscan 1.33x, exact 0.84x,
              # reconstructed 1.02x (same load)
@@ -152,7 +152,7 @@ RESNET50_NOTES = {
     "accurate": {"top1": 0.740, "top5": 0.920, "agreement": 0.844, "kl": 0.225, "eval_images": 250,
                  "compression": 2.61},
     "fast": {"top1": 0.720, "top5": 0.920, "agreement": 0.804, "kl": 0.294, "eval_images": 250,
-             "compression": 3.93},
+             "compression": 3.93, "measured_speedup": 1.26},     # kernel auto, 2 x 10 images
 }
 
 #: Measured figures per model and preset (the app's quantized panel shows "agreement" of those
