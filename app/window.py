@@ -430,7 +430,8 @@ class MainWindow(QMainWindow):
         text = wb.demo_line(t.speedup(), fp.storage_ratio, t.agreed, t.compared, reference)
         tip = ("Speed-up: median latency of the dense engine over the quantized one, recent frames on this "
                "machine. Smaller: dense float32 weights over the .qcnn file. Agreement: same most likely "
-               "class as the dense network" + (f" ({notes.get('agreement_command', 'qcnn eval')})" if reference else "")
+               "class as the dense network" + (f" (`qcnn eval` of the preset on {reference[1]} ImageNet photos)"
+                                                if reference else "")
                + ", and on the frames shown since this model was loaded.")
         self.panels["quantized"].set_summary(text, tip)
 

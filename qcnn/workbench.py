@@ -52,7 +52,7 @@ ENGINES = ("dense", "quantized")
 KERNELS = {"reference": "reference (numpy)", "exact": "exact (C)", "fastscan": "fast-scan (C, 4-bit)",
            "reconstructed": "reconstructed (dense kernels)",
            "auto": "auto (fastest per layer, timed)"}
-SHIPPED = ASSETS / "quantized"     # quantized models built ahead (the default model's first start)
+SHIPPED = ASSETS / "quantized"     # quantized models built ahead (ResNet-18 `fast`: no wait when chosen)
 STALE_TEMP_SECONDS = 3600      # a save's temporary file this old was left by a killed process
 
 
