@@ -16,6 +16,10 @@ EfficientNet-Lite0 (found by qcnn.pq.search on the odd rows of imagenet-sample-5
   fastscan  K = 16 (the fast-scan kernels) on the nine 14x14 and 7x7 layers where those kernels
             beat the dense product and the single-layer loss was smallest: the fastest measured
             Lite0 setting, at a clear accuracy cost (LITE0_NOTES).
+ResNet-18, ResNet-50 (C_s'=2, K=16 on the layers where the kernels pay most; RESNET18_NOTES):
+  accurate  layer4's convolutions (ResNet-50: and the FC layer), aiming at <= 1 point top-5 loss
+            (not reached: 3.2 and 2.0 points measured);
+  fast      (the default) also layer3.1's (ResNet-50: layer3's) 3x3 convolutions, <= 3 points top-5.
 """
 from __future__ import annotations
 
@@ -89,7 +93,8 @@ LITE0_NOTES = {
 }
 
 # ResNet-18 and ResNet-50: C_s'=2, K=16 (the fast-scan kernels' codebooks) on the layers named,
-# the rest dense; error correction on 64 inputs made from the bundled photos (RESNET_NOTES says why).
+# the rest dense; error correction on 64 inputs made from the bundled photos (16 overfit the 7x7
+# layers: RESNET18_NOTES below).
 # ResNet-18's layers came from the search's sensitivity table (`python -m qcnn.pq.search
 # --ladder fastscan`) walked greedily by MEASURED per-layer time (fast) or by storage (accurate):
 # scripts/measured_search.py.  ResNet-50's follow the same rule by stage (no search of its own yet).
