@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="qcnn-app", description="Compare a dense CNN with its product-quantized "
                                      "version (Quantized-CNN, Wu et al. CVPR 2016) on photos, videos and a webcam.")
     parser.add_argument("image", nargs="?", help="image to classify at start (default: the first bundled sample)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="efficientnet-lite0 | alexnet | PATH.onnx | PATH.qcnn")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="efficientnet-lite0 (default) | resnet18 | resnet50 | alexnet | PATH.onnx | PATH.qcnn")
     parser.add_argument("--video", metavar="FILE", help="play and classify a video file at start")
     parser.add_argument("--screenshot", metavar="FILE",
                         help="classify the image with both engines, save a picture of the window to FILE and exit")

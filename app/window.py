@@ -14,6 +14,7 @@ sources, workers and widgets together and keeps what the panels show true:
 """
 from __future__ import annotations
 
+import functools
 import html
 import sys
 from pathlib import Path
@@ -59,7 +60,7 @@ from .ui.taskbar import TaskBar
 from .workers import FramePipeline, Job, JobProcess, Relay, ThreadTask
 
 ICON = Path(__file__).resolve().parent.parent / "assets" / "icons" / "qcnn.svg"
-DEFAULT_MODEL = "efficientnet-lite0"
+DEFAULT_MODEL = "efficientnet-lite0"   # see README "Measured here": ResNet-18 `fast` is not yet the default
 MODEL_FILE_FILTER = "qcnn quantized models (*.qcnn);;All files (*)"
 PLOT_INTERVAL_MS = 500
 STALE_AFTER_MS = 300        # a still's old result is greyed if the new one takes longer than this
@@ -434,6 +435,28 @@ class MainWindow(QMainWindow):
             panel.set_stale(run is not None and (loading is not None or not ready or old_frame or old_engine
                                                  or settings_coming))
 
+    def _update_summary(self) -> None:
+        """The quantized panel's line: speed-up from the latency medians of the recent frames (both
+        engines, measured here), storage ratio of the files, agreement on the frames shown and, for
+        a preset, the agreement `qcnn eval` measured (qcnn.pq.presets NOTES)."""
+        q, fp = self.bench.quantized, self.footprint.footprint
+        if q is None or fp is None or fp.quant_file_bytes != q.file_bytes:
+            self.panels["quantized"].set_summary("")
+            return
+        t = self.bench.timings
+        notes = _preset_notes(self.bench.model.name, q.settings)
+        # The notes measured float tables (reconstructed weights); the fast-scan kernel's uint8
+        # tables compute something else, so with it only the frames shown here count.
+        float_tables = "fastscan" not in self.quant_kernels.values()
+        reference = (notes["agreement"], notes["eval_images"]) if "agreement" in notes and float_tables else None
+        text = wb.demo_line(t.speedup(), fp.storage_ratio, t.agreed, t.compared, reference)
+        tip = ("Speed-up: median latency of the dense engine over the quantized one, recent frames on this "
+               "machine. Smaller: dense float32 weights over the .qcnn file. Agreement: same most likely "
+               "class as the dense network" + (f" (`qcnn eval` of the preset on {reference[1]} ImageNet photos)"
+                                                if reference else "")
+               + ", and on the frames shown since this model was loaded.")
+        self.panels["quantized"].set_summary(text, tip)
+
     def _quantized_note(self, ready: bool) -> str:
         q = self.bench.quantized
         if "quantize" in self.tasks:
@@ -451,7 +474,8 @@ class MainWindow(QMainWindow):
         if not q.from_cache:
             origin = f"built in {q.seconds:.1f} s"
         else:                                   # the app's cache, or a file the user opened
-            origin = "cached" if q.path.parent == wb.cache_dir() / "quantized" else q.path.name
+            origin = ("cached" if q.path.parent == wb.cache_dir() / "quantized"
+                      else "shipped with qcnn" if q.path.parent == wb.SHIPPED else q.path.name)
         if self.quant_stage and "quantize" in self.tasks and self._requested is not None:
             name = self._settings_name(self._requested)     # the k-means stage of what was asked for
         else:
@@ -513,7 +537,7 @@ class MainWindow(QMainWindow):
         self._select_model_box(spec)
         self.codebook.set_layers(layers)
         self.codebook.set_presets(presets)
-        settings = self.initial_settings or _default_settings(presets, model.speed_test_only)
+        settings = self.initial_settings or _default_settings(presets, model.speed_test_only, model.name)
         self.initial_settings = None
         self.codebook.set_settings(adopted.settings if adopted else settings, applied=adopted is not None)
         if model.speed_test_only:
@@ -530,6 +554,7 @@ class MainWindow(QMainWindow):
         self.layer_plot.reset()
         self._plot_queue.clear()
         self.footprint.clear()
+        self._update_summary()
         if "eval" not in self.tasks:           # a running one says which model it scores
             self.codebook.eval_result.setText("")
         self.save_qcnn_action.setEnabled(False)
@@ -721,6 +746,7 @@ class MainWindow(QMainWindow):
                               kernels=self.quant_kernels)
             self.footprint.show_footprint(fp, self.bench.timings.speedups())
             self.panels["quantized"].set_subtitle(self._quantized_subtitle())
+            self._update_summary()
             self.quantized_ready.emit(self.bench.quantized)
         self._refresh_panels()
         self._rerun_still()
@@ -974,6 +1000,9 @@ class MainWindow(QMainWindow):
             pixmap = QPixmap.fromImage(pil_to_qimage(run.crop)) if run.crop is not None else None
             self.panels[engine].show_run(run, pixmap)
             self.panels[engine].badge.set_state(agree)
+        if quantized is not None and self._shown_gen.get("quantized") == self.quant_gen:
+            self.bench.timings.add_pair(agree)       # only the quantized model in use counts
+        self._update_summary()
         if dense is not None or quantized is not None:
             if self.pipeline.error_serial != (dense or quantized).serial:
                 self.error_banner.clear()        # a frame went through: the last error is over
@@ -1097,11 +1126,22 @@ AlexNet has random weights (a speed test only). Sample photos: see
 """
 
 
-def _default_settings(presets: dict[str, QuantSettings], speed_test_only: bool = False) -> QuantSettings:
-    # EfficientNet-Lite0: "accurate" (its quick presets lose too much top-1 to show anything);
-    # AlexNet: "fast4", the kernels' speed test ("paper" takes minutes of k-means at K=128),
-    # without error correction: its weights are random, so there are no outputs worth keeping.
-    for name in ("default", "accurate", "fast4"):
+@functools.lru_cache(maxsize=64)
+def _preset_notes(model_name: str, settings: QuantSettings) -> dict:
+    """What qcnn.pq.presets measured for the preset `settings` is ({} for other settings); cached,
+    since the panel's line asks at every frame."""
+    from qcnn.pq.presets import measured
+    return measured(model_name, settings) or {}
+
+
+def _default_settings(presets: dict[str, QuantSettings], speed_test_only: bool = False,
+                      model_name: str = "") -> QuantSettings:
+    # The model's DEFAULT_PRESET, as on the command line (EfficientNet-Lite0: "accurate", its quick
+    # presets lose too much top-1 to show anything; ResNet-18: "fast", the demo's speed-up;
+    # AlexNet: "fast4", the kernels' speed test).  AlexNet without error correction: its weights
+    # are random, so there are no outputs worth keeping.
+    from qcnn.pq.presets import DEFAULT_PRESET
+    for name in (DEFAULT_PRESET.get(model_name), "default", "accurate", "fast4"):
         if name in presets:
             settings = presets[name]
             break

@@ -31,7 +31,7 @@ from . import threads
 from .graph import Graph
 from .imageio import image_files, load_image
 from .models import Model, Prediction, load_model
-from .paths import SAMPLES, cache_dir
+from .paths import ASSETS, SAMPLES, cache_dir
 from .pq import engine
 from .pq.layer import PQLayer
 from .evaluate import evaluate
@@ -52,6 +52,7 @@ ENGINES = ("dense", "quantized")
 KERNELS = {"reference": "reference (numpy)", "exact": "exact (C)", "fastscan": "fast-scan (C, 4-bit)",
            "reconstructed": "reconstructed (dense kernels)",
            "auto": "auto (fastest within budget)"}
+SHIPPED = ASSETS / "quantized"     # quantized models built ahead (ResNet-18 `fast`: no wait when chosen)
 STALE_TEMP_SECONDS = 3600      # a save's temporary file this old was left by a killed process
 
 
@@ -218,18 +219,37 @@ def agree(dense: EngineRun | None, quantized: EngineRun | None) -> bool | None:
 
 
 class LayerTimings:
-    """Recent per-layer times of each engine, for the measured per-layer speed-up."""
+    """Recent per-layer and whole-frame times of each engine, for the measured speed-ups, and the
+    top-1 agreement of the frames both engines classified since the quantized model changed."""
 
     def __init__(self, keep: int = 30):
         self.keep = keep
         self._runs = {e: deque(maxlen=keep) for e in ENGINES}
+        self._latency = {e: deque(maxlen=keep) for e in ENGINES}
+        self.agreed = self.compared = 0
 
     def clear(self, engine: str | None = None) -> None:
         for e in ([engine] if engine else ENGINES):
             self._runs[e].clear()
+            self._latency[e].clear()
+        self.agreed = self.compared = 0        # either side changed: earlier frames say nothing of it
 
     def add(self, run: EngineRun) -> None:
         self._runs[run.engine].append({t.name: t.ms for t in run.layers})
+        self._latency[run.engine].append(run.latency_ms)
+
+    def add_pair(self, agrees: bool | None) -> None:
+        """One frame both engines classified (None: only one did, nothing to count)."""
+        if agrees is not None:
+            self.compared += 1
+            self.agreed += bool(agrees)
+
+    def speedup(self) -> float | None:
+        """Median dense / median quantized latency of the recent frames; None before both ran."""
+        d, q = self._latency["dense"], self._latency["quantized"]
+        if not d or not q:
+            return None
+        return float(np.median(d)) / max(float(np.median(q)), 1e-9)
 
     def median_ms(self, engine: str) -> dict[str, float]:
         runs = list(self._runs[engine])
@@ -271,6 +291,29 @@ class Footprint:
     @property
     def storage_ratio(self) -> float:
         return self.dense_storage_bytes / self.quant_file_bytes if self.quant_file_bytes else float("nan")
+
+
+def _times(ratio: float, more: str, less: str) -> str:
+    """2.61 -> "2.6× faster"; 0.8 -> "1.2× slower" (a ratio below one said the other way round)."""
+    return f"{ratio:.1f}× {more}" if ratio >= 1 else f"{1 / ratio:.1f}× {less}"
+
+
+def demo_line(speedup: float | None, storage_ratio: float | None, agreed: int = 0, compared: int = 0,
+              reference: tuple[float, int] | None = None) -> str:
+    """The quantized panel's line for an audience: how much faster (median latencies measured
+    here), smaller (file sizes) and how often it agrees with dense (top-1 on the frames shown,
+    and `reference` = (agreement, images) measured by `qcnn eval` when the preset's notes have it)."""
+    parts = ["speed-up: measuring…" if speedup is None or not speedup > 0 else _times(speedup, "faster", "slower")]
+    if storage_ratio is not None and storage_ratio > 0 and np.isfinite(storage_ratio):
+        parts.append(_times(storage_ratio, "smaller", "larger"))
+    here = f"{agreed} of {compared} shown" if compared else ""
+    if reference is not None:
+        agreement, images = reference
+        parts.append(f"agrees with dense on {100 * agreement:.0f} % of {images} ImageNet photos"
+                     + (f" ({here})" if here else ""))
+    elif compared:
+        parts.append(f"agrees with dense on {100 * agreed / compared:.0f} % of photos ({here})")
+    return ", ".join(parts)
 
 
 def model_key(model: Model) -> dict:
@@ -351,6 +394,12 @@ def cache_path(model: Model, settings: QuantSettings) -> Path:
     return cache_dir() / "quantized" / f"{safe}-{cache_key(model, settings)}.qcnn"
 
 
+def shipped_path(model: Model, settings: QuantSettings) -> Path:
+    """Where a quantized model shipped with qcnn would be (assets/quantized, built by
+    scripts/build-shipped-models.py): the cache's file name, so a stale one is never a match."""
+    return SHIPPED / cache_path(model, settings).name
+
+
 def _remove_stale_temporaries(folder: Path) -> None:
     """Temporary files of saves killed before they could clean up (modelfile.save_model names
     them .NAME.XXXX.tmp); one an hour old belongs to no running save."""
@@ -365,7 +414,7 @@ def progressive_stages(model: Model, settings: QuantSettings) -> list[QuantSetti
     """What to build, in order, to show a settings change as early as possible: with error
     correction, first the k-means-only model (quick; its own cache entry), then the corrected one.
     Just `settings` when it needs no error correction or is cached already."""
-    if not settings.error_correction or cache_path(model, settings).is_file():
+    if not settings.error_correction or cache_path(model, settings).is_file() or shipped_path(model, settings).is_file():
         return [settings]
     return [settings.replace(error_correction=False), settings]
 
@@ -438,7 +487,9 @@ class Workbench:
         path = cache_path(model, settings)
         notes = []
         if use_cache:
-            cached = self._load_cached(path, key, settings, notes)
+            # The user's cache first, then what qcnn ships (read only: never removed when stale).
+            cached = (self._load_cached(path, key, settings, notes)
+                      or self._load_cached(shipped_path(model, settings), key, settings, notes, remove=False))
             if cached is not None:
                 cached.seconds = time.perf_counter() - t0
                 return cached
@@ -465,7 +516,8 @@ class Workbench:
         return Quantized(graph, settings, path, size, metadata, False, seconds, "; ".join(notes))
 
     @staticmethod
-    def _load_cached(path: Path, key: str, settings: QuantSettings, notes: list[str]) -> Quantized | None:
+    def _load_cached(path: Path, key: str, settings: QuantSettings, notes: list[str],
+                     remove: bool = True) -> Quantized | None:
         if not path.is_file():
             return None
         try:
@@ -476,9 +528,10 @@ class Workbench:
         except (ModelFileError, OSError) as exc:
             problem = getattr(exc, "reason", None) or str(exc)
         if problem is not None:
-            with contextlib.suppress(OSError):
-                path.unlink()
-            notes.append(f"cached model {path.name} was unusable ({problem}): made again")
+            if remove:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            notes.append(f"{'cached' if remove else 'shipped'} model {path.name} was unusable ({problem}): made again")
             return None
         return Quantized(loaded.graph, settings, path, path.stat().st_size, metadata, True)
 

@@ -57,6 +57,7 @@ def test_every_model_with_presets_has_a_default_one():
     assert set(DEFAULT_PRESET) == set(PRESETS)
     assert all(DEFAULT_PRESET[m] in PRESETS[m] for m in PRESETS)
     assert DEFAULT_PRESET["alexnet"] == "fast4"
+    assert DEFAULT_PRESET["resnet18"] == DEFAULT_PRESET["resnet50"] == "fast"     # the demo's speed-up
 
 
 def test_cost_and_quantize_use_the_default_preset(capsys):
@@ -74,6 +75,7 @@ def test_help_lists_every_preset_and_marks_the_default(command, capsys):
         names = [n + "*" * (n == DEFAULT_PRESET.get(model)) for n in preset_names(model)]
         assert f"{model}: {', '.join(names)}" in text
     assert "alexnet: fast4*, fast4-conv1, paper" in text
+    assert "resnet18: accurate, fast*" in text and "resnet50: accurate, fast*" in text
 
 
 @pytest.mark.parametrize("ratio, words", [(1.52, "1.52x faster"), (1 / 1.52, "1.52x slower"), (1.0, "1.00x faster"),

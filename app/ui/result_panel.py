@@ -173,6 +173,17 @@ class ResultPanel(QFrame):
         self.note.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         self.note.setStyleSheet(f"QLabel#note {{ color: {NOTE_COLOR}; }}")
 
+        # The quantized panel's line for an audience (faster, smaller, agreement); one line high in
+        # both panels, so their pictures line up.
+        self.summary = QLabel("")
+        self.summary.setObjectName("summary")
+        sf = QFont(self.summary.font())
+        sf.setBold(True)
+        self.summary.setFont(sf)
+        self.summary.setFixedHeight(self.summary.fontMetrics().height() + 2)
+        self.summary.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.summary.setStyleSheet(f"QLabel#summary {{ color: {color}; }}")
+
         self.image = Picture()
         self.latency = QLabel("— ms")
         lf = QFont(self.latency.font())
@@ -232,6 +243,7 @@ class ResultPanel(QFrame):
         layout.addLayout(head)
         layout.addWidget(self.subtitle)
         layout.addWidget(self.note)
+        layout.addWidget(self.summary)
         layout.addWidget(self.body, 1)
         layout.addWidget(self.status)
         self.stale = False
@@ -248,6 +260,12 @@ class ResultPanel(QFrame):
         """What is being prepared for this panel ("" when nothing)."""
         self.note.setText(text)
         self.note.setToolTip(text)
+
+    def set_summary(self, text: str, tooltip: str = "") -> None:
+        """How the quantized engine compares, in words ("" when there is nothing measured yet)."""
+        if text != self.summary.text():
+            self.summary.setText(text)
+        self.summary.setToolTip(tooltip or text)
 
     def set_placeholder(self, text: str) -> None:
         """What the picture's place says while there is no result."""
