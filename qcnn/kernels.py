@@ -233,6 +233,20 @@ def _conv_output(xp, m, cout, out, bias, activation, what):
     return out, ldy
 
 
+def _padded_input(xp, channels, kernel, stride, out_hw, what: str):
+    """(n, hp, wp, c, c0, cc) of an already padded NHWC float32 input whose input-channel range
+    [c0, c0 + cc) (`channels`, default all) and windows the C convolutions may read."""
+    if not isinstance(xp, np.ndarray) or xp.ndim != 4:
+        raise ValueError(f"{what}: need a (N, H, W, C) input")
+    n, hp, wp, c = xp.shape
+    _f32(xp, (n, hp, wp, c), f"{what} input")
+    c0, cc = channels if channels is not None else (0, c)
+    if c0 < 0 or cc < 1 or c0 + cc > c:
+        raise ValueError(f"{what}: channel range [{c0}, {c0 + cc}) outside 0..{c}")
+    _window_fits(hp, wp, *kernel, *stride, (0, 0, 0, 0), *out_hw, what)
+    return n, hp, wp, c, c0, cc
+
+
 def conv_gemm(xp: np.ndarray, packed: PackedWeights, kernel: tuple[int, int], stride: tuple[int, int],
               out_hw: tuple[int, int], bias: np.ndarray | None = None, activation: str | None = None,
               channels: tuple[int, int] | None = None, out: np.ndarray | None = None) -> np.ndarray:
@@ -242,17 +256,10 @@ def conv_gemm(xp: np.ndarray, packed: PackedWeights, kernel: tuple[int, int], st
     (N*OH*OW, N) result into `out` (possibly a column slice) or a new array."""
     if not isinstance(packed, PackedWeights):
         raise ValueError("conv_gemm: weights must come from pack_weights")
-    if not isinstance(xp, np.ndarray) or xp.ndim != 4:
-        raise ValueError("conv_gemm: need a (N, H, W, C) input")
-    n, hp, wp, c = xp.shape
-    _f32(xp, (n, hp, wp, c), "conv_gemm input")
     kh, kw = kernel
     sh, sw = stride
     oh, ow = out_hw
-    c0, cc = channels if channels is not None else (0, c)
-    if c0 < 0 or cc < 1 or c0 + cc > c:
-        raise ValueError(f"conv_gemm: channel range [{c0}, {c0 + cc}) outside 0..{c}")
-    _window_fits(hp, wp, kh, kw, sh, sw, (0, 0, 0, 0), oh, ow, "conv_gemm")
+    n, hp, wp, c, c0, cc = _padded_input(xp, channels, kernel, stride, out_hw, "conv_gemm")
     if packed.k != kh * kw * cc:
         raise ValueError(f"conv_gemm: weights have K = {packed.k}, the patches {kh * kw * cc}")
     _f32(packed.data, (-(-packed.n // PANEL), packed.k, PANEL), "conv_gemm packed weights")
@@ -307,15 +314,8 @@ def winograd(xp: np.ndarray, weights: WinogradWeights, out_hw: tuple[int, int], 
     otherwise as conv_gemm (input channels [c0, c0 + cc), output into `out` or a new array)."""
     if not isinstance(weights, WinogradWeights):
         raise ValueError("winograd: weights must come from winograd_weights")
-    if not isinstance(xp, np.ndarray) or xp.ndim != 4:
-        raise ValueError("winograd: need a (N, H, W, C) input")
-    n, hp, wp, c = xp.shape
-    _f32(xp, (n, hp, wp, c), "winograd input")
     oh, ow = out_hw
-    c0, cc = channels if channels is not None else (0, c)
-    if c0 < 0 or cc < 1 or c0 + cc > c:
-        raise ValueError(f"winograd: channel range [{c0}, {c0 + cc}) outside 0..{c}")
-    _window_fits(hp, wp, 3, 3, 1, 1, (0, 0, 0, 0), oh, ow, "winograd")
+    n, hp, wp, c, c0, cc = _padded_input(xp, channels, (3, 3), (1, 1), out_hw, "winograd")
     if weights.k != cc:
         raise ValueError(f"winograd: weights have C_in = {weights.k}, the input range {cc}")
     _f32(weights.data, (16, -(-weights.n // PANEL), weights.k, PANEL), "winograd weights")

@@ -30,7 +30,7 @@ from qcnn.models import load_model
 from qcnn.pq.layer import PQSetting
 from qcnn.pq.cost import SettingCosts
 from qcnn.pq.quantize import calibration_for, quantize_model, reconstructed
-from qcnn.pq.search import Budget, _load_split, agreement, greedy_path, read_sensitivity
+from qcnn.pq.search import Budget, _load_split, agreement, greedy_path, longest_prefix, read_sensitivity
 from qcnn.pq.settings import QuantSettings
 from qcnn.threads import ensure_thread_limit
 
@@ -156,20 +156,13 @@ def main() -> int:
                 f"{'ok' if m['met'] else 'over budget'}  ({m['seconds']:.0f} s)")
         return cache[k]["met"]
 
-    lo, hi = 0, len(path)
+    lo = 0
     if args.steps:
         for k in (int(v) for v in args.steps.split(",")):
             if check(k) and k > lo:
                 lo = k
-        hi = lo
-    elif check(hi):
-        lo = hi
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if check(mid):
-            lo = mid
-        else:
-            hi = mid
+    else:
+        lo = longest_prefix(len(path), check)
     chosen = state(lo)
     report = {"model": model.name, "objective": args.objective, "budget": vars(budget),
               "calibration": "bundled photos" if args.bundled else f"odd rows, first {len(calib)}",

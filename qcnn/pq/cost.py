@@ -199,8 +199,8 @@ def layer_costs(graph: Graph, shapes: dict[str, Shape]) -> list[LayerCost]:
         x = shapes[node.inputs[0]] if node.inputs else None
         if isinstance(layer, PQLayer):
             cost = _pq_cost(node.name, layer, x, out)
-            if node.inputs and isinstance(graph[node.inputs[0]].layer if node.inputs[0] != graph.input_name
-                                          else None, L.Patches):
+            source = node.inputs[0]
+            if source != graph.input_name and isinstance(graph[source].layer, L.Patches):   # qcnn.pq.taps
                 cost.setting = PQSetting(cost.setting.dsub, cost.setting.ksub, taps=True)
             costs.append(cost)
         elif isinstance(layer, (L.Conv2D, L.Dense)):

@@ -208,6 +208,21 @@ def greedy_path(sens: dict, cost: Callable[[str, PQSetting | None], float]) -> l
 SENSITIVITY_SHARE = 0.6      # of the progress fraction, when the sensitivity table is measured here
 
 
+def longest_prefix(n: int, within_budget: Callable[[int], bool]) -> int:
+    """The longest prefix length k <= n of a greedy path with within_budget(k), by bisection (the
+    budget is assumed monotone along the path; k = 0, all dense, always qualifies)."""
+    lo, hi = 0, n
+    if within_budget(hi):
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if within_budget(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 def search(model, calib: np.ndarray, probe: np.ndarray, objective: str, budget: Budget,
            ladder: list[PQSetting] | None = None, sens: dict | None = None, config: QuantSettings | None = None,
            target: float | None = None, log: Callable[[str], None] = lambda s: None, cancel=None,
@@ -312,15 +327,7 @@ def search(model, calib: np.ndarray, probe: np.ndarray, objective: str, budget: 
                 f"agree {m['agree']:.3f} keep5 {m['keep5']:.3f} kl {m['kl']:.4f}  {'ok' if m['met'] else 'over budget'}")
         return cache[k]["met"]
 
-    lo, hi = 0, len(path)            # invariant: prefix lo is within budget (all dense is)
-    if check(hi):
-        lo = hi
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if check(mid):
-            lo = mid
-        else:
-            hi = mid
+    lo = longest_prefix(len(path), check)
     final = config.replace(layers=settings_at(lo))
     speedup, compression = totals(final.plan(graph))
     metrics = cache.get(lo, {"agree": 1.0, "keep5": 1.0, "kl": 0.0})
