@@ -35,7 +35,7 @@ from .worker_process import message_of
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT_S = 15.0        # an engine that takes longer than this and 20x its model's usual frame is hung
-LOAD_TIMEOUT_S = 300.0      # loading + preparing a kernel ("auto" times every layer) is slower
+LOAD_TIMEOUT_S = 300.0      # loading + preparing a kernel ("auto" measures its kernel plan on first use) is slower
 CANCEL_GRACE_S = 3.0        # a job that does not stop this long after Cancel is killed
 RESTARTS_PER_MINUTE = 3     # an engine that dies more often than this stays down until the next model
 ENGINE_MODULES = ("qcnn.models", "qcnn.pq.engine", "qcnn.pq.modelfile")
