@@ -177,55 +177,54 @@ QC_AVX512 static void tables16_avx512(const float *xg, int cin_g, int M, int dsu
 /* tables16_avx512_d on 256-bit registers: a table is two, and four subspaces at a time keep eight
  * fused multiply-add chains in flight, enough to cover the latency (4-5 cycles) at the one or two
  * issued per cycle (the row-by-row build ran two chains: latency bound, 2-3x slower for wide
- * subspaces such as conv1's 33-wide kernel rows).  Same order as rows_scalar: bit-identical. */
-#define FS_FMA8(a, x, row) (a) = _mm256_fmadd_ps(_mm256_set1_ps(x), _mm256_loadu_ps(row), (a))
+ * subspaces such as conv1's 33-wide kernel rows).  The J < 4 full subspaces left over go
+ * together too, the narrower last one alone.  Same order as rows_scalar: bit-identical. */
+QC_AVX2 QC_INLINE void tables16_avx2_j(const float *xs, const float *cb, const int J, const int dsub, float *t,
+                                      __m256 *mn, __m256 *mx) {
+    __m256 a[4], b[4];
+    QC_UNROLL
+    for (int j = 0; j < J; j++) a[j] = b[j] = _mm256_setzero_ps();
+    for (int d = 0; d < dsub; d++) {
+        QC_UNROLL
+        for (int j = 0; j < J; j++) {
+            const __m256 x = _mm256_set1_ps(xs[j * dsub + d]);
+            const float *row = cb + (size_t)(j * dsub + d) * 16;
+            a[j] = _mm256_fmadd_ps(x, _mm256_loadu_ps(row), a[j]);
+            b[j] = _mm256_fmadd_ps(x, _mm256_loadu_ps(row + 8), b[j]);
+        }
+    }
+    QC_UNROLL
+    for (int j = 0; j < J; j++) {
+        _mm256_storeu_ps(t + 16 * j, a[j]);
+        _mm256_storeu_ps(t + 16 * j + 8, b[j]);
+        *mn = _mm256_min_ps(*mn, _mm256_min_ps(a[j], b[j]));
+        *mx = _mm256_max_ps(*mx, _mm256_max_ps(a[j], b[j]));
+    }
+}
+
 QC_AVX2 QC_INLINE void tables16_avx2_d(const float *xg, int cin_g, int M, const int dsub, const float *cbt_g,
                                       float *t, float *lo, float *hi) {
     __m256 mn = _mm256_set1_ps(INFINITY), mx = _mm256_set1_ps(-INFINITY);
     const int full = cin_g / dsub;
     int m = 0;
-    for (; m + 4 <= full; m += 4) {
-        const float *xs = xg + m * dsub, *cb = cbt_g + (size_t)m * dsub * 16;
-        __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
-        for (int d = 0; d < dsub; d++) {
-            FS_FMA8(a0, xs[d], cb + d * 16);
-            FS_FMA8(b0, xs[d], cb + d * 16 + 8);
-            FS_FMA8(a1, xs[dsub + d], cb + (dsub + d) * 16);
-            FS_FMA8(b1, xs[dsub + d], cb + (dsub + d) * 16 + 8);
-            FS_FMA8(a2, xs[2 * dsub + d], cb + (2 * dsub + d) * 16);
-            FS_FMA8(b2, xs[2 * dsub + d], cb + (2 * dsub + d) * 16 + 8);
-            FS_FMA8(a3, xs[3 * dsub + d], cb + (3 * dsub + d) * 16);
-            FS_FMA8(b3, xs[3 * dsub + d], cb + (3 * dsub + d) * 16 + 8);
-        }
-        float *tm = t + (size_t)m * 16;
-        _mm256_storeu_ps(tm, a0), _mm256_storeu_ps(tm + 8, b0), _mm256_storeu_ps(tm + 16, a1);
-        _mm256_storeu_ps(tm + 24, b1), _mm256_storeu_ps(tm + 32, a2), _mm256_storeu_ps(tm + 40, b2);
-        _mm256_storeu_ps(tm + 48, a3), _mm256_storeu_ps(tm + 56, b3);
-        mn = _mm256_min_ps(mn, _mm256_min_ps(_mm256_min_ps(_mm256_min_ps(a0, b0), _mm256_min_ps(a1, b1)),
-                                             _mm256_min_ps(_mm256_min_ps(a2, b2), _mm256_min_ps(a3, b3))));
-        mx = _mm256_max_ps(mx, _mm256_max_ps(_mm256_max_ps(_mm256_max_ps(a0, b0), _mm256_max_ps(a1, b1)),
-                                             _mm256_max_ps(_mm256_max_ps(a2, b2), _mm256_max_ps(a3, b3))));
+    for (; m + 4 <= full; m += 4)
+        tables16_avx2_j(xg + m * dsub, cbt_g + (size_t)m * dsub * 16, 4, dsub, t + (size_t)m * 16, &mn, &mx);
+    const float *xs = xg + m * dsub, *cb = cbt_g + (size_t)m * dsub * 16;
+    switch (full - m) {
+    case 3: tables16_avx2_j(xs, cb, 3, dsub, t + (size_t)m * 16, &mn, &mx); break;
+    case 2: tables16_avx2_j(xs, cb, 2, dsub, t + (size_t)m * 16, &mn, &mx); break;
+    case 1: tables16_avx2_j(xs, cb, 1, dsub, t + (size_t)m * 16, &mn, &mx); break;
+    default: break;
     }
-    for (; m < M; m++) {
-        const int rest = cin_g - m * dsub, dm = rest < dsub ? rest : dsub;
-        const float *cb = cbt_g + (size_t)m * dsub * 16;
-        __m256 a = _mm256_setzero_ps(), b = a;
-        for (int d = 0; d < dm; d++) {
-            FS_FMA8(a, xg[m * dsub + d], cb + d * 16);
-            FS_FMA8(b, xg[m * dsub + d], cb + d * 16 + 8);
-        }
-        _mm256_storeu_ps(t + (size_t)m * 16, a);
-        _mm256_storeu_ps(t + (size_t)m * 16 + 8, b);
-        mn = _mm256_min_ps(mn, _mm256_min_ps(a, b));
-        mx = _mm256_max_ps(mx, _mm256_max_ps(a, b));
-    }
+    m = full;
+    if (m < M)          /* the narrower last subspace */
+        tables16_avx2_j(xg + m * dsub, cbt_g + (size_t)m * dsub * 16, 1, cin_g - m * dsub, t + (size_t)m * 16, &mn, &mx);
     float mnv[8], mxv[8], unused;
     _mm256_storeu_ps(mnv, mn);
     _mm256_storeu_ps(mxv, mx);
     range_scalar(mnv, 8, lo, &unused);
     range_scalar(mxv, 8, &unused, hi);
 }
-#undef FS_FMA8
 
 QC_AVX2 static void tables16_avx2(const float *xg, int cin_g, int M, int dsub, const float *cbt_g, float *t,
                                   float *lo, float *hi) {
@@ -237,6 +236,52 @@ QC_AVX2 static void tables16_avx2(const float *xg, int cin_g, int M, int dsub, c
     case 4: tables16_avx2_d(xg, cin_g, M, 4, cbt_g, t, lo, hi); break;
     case 8: tables16_avx2_d(xg, cin_g, M, 8, cbt_g, t, lo, hi); break;
     default: tables16_avx2_d(xg, cin_g, M, dsub, cbt_g, t, lo, hi); break;
+    }
+}
+
+/* The tables of four pixels (x[p * xstride ...], p < 4) of one group at once, for wide subspaces
+ * (C_s' >= FS_WIDE: conv1's kernel rows across taps): each codebook row is loaded once for the
+ * four pixels, so the multiply-adds, not the loads (two codebook vectors and a broadcast per two
+ * multiply-adds for one pixel), bound the build.  Eight chains, in rows_scalar's order. */
+#define FS_WIDE 8
+#define FS_FOUR_FLOATS (64 * 16)     /* a pixel's share of the stack buffer: M <= 64 */
+QC_AVX2 static void tables16x4_avx2(const float *x, size_t xstride, int cin_g, int M, int dsub, const float *cbt_g,
+                                    float *t, float lo[4], float hi[4]) {
+    qc_ran(QC_FAMILY_FS_TABLES, QC_ISA_AVX2);
+    const size_t n = (size_t)M * 16;
+    __m256 mn[4], mx[4];
+    for (int p = 0; p < 4; p++) mn[p] = _mm256_set1_ps(INFINITY), mx[p] = _mm256_set1_ps(-INFINITY);
+    for (int m = 0; m < M; m++) {
+        const int rest = cin_g - m * dsub, dm = rest < dsub ? rest : dsub;
+        const float *cb = cbt_g + (size_t)m * dsub * 16, *x0 = x + m * dsub;
+        __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
+        for (int d = 0; d < dm; d++) {
+            const __m256 c0 = _mm256_loadu_ps(cb + d * 16), c1 = _mm256_loadu_ps(cb + d * 16 + 8);
+            __m256 v = _mm256_set1_ps(x0[d]);
+            a0 = _mm256_fmadd_ps(v, c0, a0), b0 = _mm256_fmadd_ps(v, c1, b0);
+            v = _mm256_set1_ps(x0[xstride + d]);
+            a1 = _mm256_fmadd_ps(v, c0, a1), b1 = _mm256_fmadd_ps(v, c1, b1);
+            v = _mm256_set1_ps(x0[2 * xstride + d]);
+            a2 = _mm256_fmadd_ps(v, c0, a2), b2 = _mm256_fmadd_ps(v, c1, b2);
+            v = _mm256_set1_ps(x0[3 * xstride + d]);
+            a3 = _mm256_fmadd_ps(v, c0, a3), b3 = _mm256_fmadd_ps(v, c1, b3);
+        }
+        float *tm = t + (size_t)m * 16;
+        _mm256_storeu_ps(tm, a0), _mm256_storeu_ps(tm + 8, b0);
+        _mm256_storeu_ps(tm + n, a1), _mm256_storeu_ps(tm + n + 8, b1);
+        _mm256_storeu_ps(tm + 2 * n, a2), _mm256_storeu_ps(tm + 2 * n + 8, b2);
+        _mm256_storeu_ps(tm + 3 * n, a3), _mm256_storeu_ps(tm + 3 * n + 8, b3);
+        mn[0] = _mm256_min_ps(mn[0], _mm256_min_ps(a0, b0)), mx[0] = _mm256_max_ps(mx[0], _mm256_max_ps(a0, b0));
+        mn[1] = _mm256_min_ps(mn[1], _mm256_min_ps(a1, b1)), mx[1] = _mm256_max_ps(mx[1], _mm256_max_ps(a1, b1));
+        mn[2] = _mm256_min_ps(mn[2], _mm256_min_ps(a2, b2)), mx[2] = _mm256_max_ps(mx[2], _mm256_max_ps(a2, b2));
+        mn[3] = _mm256_min_ps(mn[3], _mm256_min_ps(a3, b3)), mx[3] = _mm256_max_ps(mx[3], _mm256_max_ps(a3, b3));
+    }
+    for (int p = 0; p < 4; p++) {
+        float mnv[8], mxv[8], unused;
+        _mm256_storeu_ps(mnv, mn[p]);
+        _mm256_storeu_ps(mxv, mx[p]);
+        range_scalar(mnv, 8, &lo[p], &unused);
+        range_scalar(mxv, 8, &unused, &hi[p]);
     }
 }
 #endif
@@ -423,12 +468,23 @@ void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int d
     const size_t n = (size_t)M * 16;
     const int debias = wmean != NULL && counts != NULL;
     float widest_all = 0.f;
+#if QC_HAVE_X86
+    /* Wide subspaces on AVX2: four pixels per build, through a buffer on the stack. */
+    float four[4 * FS_FOUR_FLOATS], lo4[4], hi4[4];
+    const int by4 = qc_isa() == QC_ISA_AVX2 && dsub >= FS_WIDE && groups == 1 && !shared_scale && n <= FS_FOUR_FLOATS;
+#endif
     for (size_t p = 0, pg = 0; p < (size_t)npix; p++)
         for (int g = 0; g < groups; g++, pg++) {
             /* Per-pixel steps: each pixel's tables go through one L1-sized buffer, built, measured
              * and quantized while hot.  A shared step needs every table first: they stay in T. */
             float *t = T + (shared_scale ? pg * n : 0), lo, hi;
             const float *xg = x + p * cin + g * cin_g;
+#if QC_HAVE_X86
+            if (by4 && (p & ~(size_t)3) + 4 <= (size_t)npix) {
+                if (p % 4 == 0) tables16x4_avx2(xg, (size_t)cin, cin_g, M, dsub, cbt, four, lo4, hi4);
+                t = four + (p % 4) * n, lo = lo4[p % 4], hi = hi4[p % 4];
+            } else
+#endif
             build(xg, cin_g, M, dsub, cbt + (size_t)g * M * dsub * 16, t, &lo, &hi);
             offset_sum[pg] = lo;             /* the offset for now; times M at the end */
             scale[pg] = hi - lo;
