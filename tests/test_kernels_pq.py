@@ -27,6 +27,8 @@ CASES = [
     ("fc", 64, 200, 1, 2, 16, 1, (1, 1), (0, 0, 0, 0), (1, 1)),    # 7 blocks: 4 + 3
     ("conv", 12, 40, 3, 3, 32, 1, (1, 1), "same", (5, 6)),        # K = 32: two registers of tables
     ("fc", 96, 50, 1, 2, 64, 1, (1, 1), (0, 0, 0, 0), (1, 1)),     # K = 64: NEON's largest in-register rows
+    ("conv", 160, 40, 1, 33, 16, 1, (1, 1), (0, 0, 0, 0), (5, 3)),  # wide subspaces (kernel rows, as taps): 4 + 1 narrower, 15 pixels: 3 builds of four + 3 alone
+    ("conv", 23, 36, 3, 3, 16, 1, (1, 1), (1, 1, 1, 1), (6, 5)),   # C_s' = 3: 8 subspaces, the last narrower
 ]
 
 

@@ -87,20 +87,6 @@ static void tables16_scalar(const float *xg, int cin_g, int M, int dsub, const f
 }
 
 #if QC_HAVE_X86
-QC_AVX2 static void range_avx2(const float *t, size_t n, float *lo, float *hi) {
-    __m256 a = _mm256_loadu_ps(t), b = a;
-    for (size_t i = 8; i < n; i += 8) {
-        __m256 v = _mm256_loadu_ps(t + i);
-        a = _mm256_min_ps(a, v);
-        b = _mm256_max_ps(b, v);
-    }
-    float av[8], bv[8], unused;
-    _mm256_storeu_ps(av, a);
-    _mm256_storeu_ps(bv, b);
-    range_scalar(av, 8, lo, &unused);
-    range_scalar(bv, 8, &unused, hi);
-}
-
 QC_AVX2 static void quant_avx2(const float *t, size_t n, float lo, float inv, uint8_t *q) {
     qc_ran(QC_FAMILY_FS_QUANT, QC_ISA_AVX2);
     const __m256 vinv = _mm256_set1_ps(inv), l = _mm256_set1_ps(lo);
@@ -188,11 +174,115 @@ QC_AVX512 static void tables16_avx512(const float *xg, int cin_g, int M, int dsu
     }
 }
 
+/* tables16_avx512_d on 256-bit registers: a table is two, and four subspaces at a time keep eight
+ * fused multiply-add chains in flight, enough to cover the latency (4-5 cycles) at the one or two
+ * issued per cycle (the row-by-row build ran two chains: latency bound, 2-3x slower for wide
+ * subspaces such as conv1's 33-wide kernel rows).  The J < 4 full subspaces left over go
+ * together too, the narrower last one alone.  Same order as rows_scalar: bit-identical. */
+QC_AVX2 QC_INLINE void tables16_avx2_j(const float *xs, const float *cb, const int J, const int dsub, float *t,
+                                      __m256 *mn, __m256 *mx) {
+    __m256 a[4], b[4];
+    QC_UNROLL
+    for (int j = 0; j < J; j++) a[j] = b[j] = _mm256_setzero_ps();
+    for (int d = 0; d < dsub; d++) {
+        QC_UNROLL
+        for (int j = 0; j < J; j++) {
+            const __m256 x = _mm256_set1_ps(xs[j * dsub + d]);
+            const float *row = cb + (size_t)(j * dsub + d) * 16;
+            a[j] = _mm256_fmadd_ps(x, _mm256_loadu_ps(row), a[j]);
+            b[j] = _mm256_fmadd_ps(x, _mm256_loadu_ps(row + 8), b[j]);
+        }
+    }
+    QC_UNROLL
+    for (int j = 0; j < J; j++) {
+        _mm256_storeu_ps(t + 16 * j, a[j]);
+        _mm256_storeu_ps(t + 16 * j + 8, b[j]);
+        *mn = _mm256_min_ps(*mn, _mm256_min_ps(a[j], b[j]));
+        *mx = _mm256_max_ps(*mx, _mm256_max_ps(a[j], b[j]));
+    }
+}
+
+QC_AVX2 QC_INLINE void tables16_avx2_d(const float *xg, int cin_g, int M, const int dsub, const float *cbt_g,
+                                      float *t, float *lo, float *hi) {
+    __m256 mn = _mm256_set1_ps(INFINITY), mx = _mm256_set1_ps(-INFINITY);
+    const int full = cin_g / dsub;
+    int m = 0;
+    for (; m + 4 <= full; m += 4)
+        tables16_avx2_j(xg + m * dsub, cbt_g + (size_t)m * dsub * 16, 4, dsub, t + (size_t)m * 16, &mn, &mx);
+    const float *xs = xg + m * dsub, *cb = cbt_g + (size_t)m * dsub * 16;
+    switch (full - m) {
+    case 3: tables16_avx2_j(xs, cb, 3, dsub, t + (size_t)m * 16, &mn, &mx); break;
+    case 2: tables16_avx2_j(xs, cb, 2, dsub, t + (size_t)m * 16, &mn, &mx); break;
+    case 1: tables16_avx2_j(xs, cb, 1, dsub, t + (size_t)m * 16, &mn, &mx); break;
+    default: break;
+    }
+    m = full;
+    if (m < M)          /* the narrower last subspace */
+        tables16_avx2_j(xg + m * dsub, cbt_g + (size_t)m * dsub * 16, 1, cin_g - m * dsub, t + (size_t)m * 16, &mn, &mx);
+    float mnv[8], mxv[8], unused;
+    _mm256_storeu_ps(mnv, mn);
+    _mm256_storeu_ps(mxv, mx);
+    range_scalar(mnv, 8, lo, &unused);
+    range_scalar(mxv, 8, &unused, hi);
+}
+
 QC_AVX2 static void tables16_avx2(const float *xg, int cin_g, int M, int dsub, const float *cbt_g, float *t,
                                   float *lo, float *hi) {
     qc_ran(QC_FAMILY_FS_TABLES, QC_ISA_AVX2);
-    qc_pq_table_rows(xg, cin_g, M, dsub, 16, cbt_g, t);
-    range_avx2(t, (size_t)M * 16, lo, hi);
+    switch (dsub) {
+    case 1: tables16_avx2_d(xg, cin_g, M, 1, cbt_g, t, lo, hi); break;
+    case 2: tables16_avx2_d(xg, cin_g, M, 2, cbt_g, t, lo, hi); break;
+    case 3: tables16_avx2_d(xg, cin_g, M, 3, cbt_g, t, lo, hi); break;
+    case 4: tables16_avx2_d(xg, cin_g, M, 4, cbt_g, t, lo, hi); break;
+    case 8: tables16_avx2_d(xg, cin_g, M, 8, cbt_g, t, lo, hi); break;
+    default: tables16_avx2_d(xg, cin_g, M, dsub, cbt_g, t, lo, hi); break;
+    }
+}
+
+/* The tables of four pixels (x[p * xstride ...], p < 4) of one group at once, for wide subspaces
+ * (C_s' >= FS_WIDE: conv1's kernel rows across taps): each codebook row is loaded once for the
+ * four pixels, so the multiply-adds, not the loads (two codebook vectors and a broadcast per two
+ * multiply-adds for one pixel), bound the build.  Eight chains, in rows_scalar's order. */
+#define FS_WIDE 8
+#define FS_FOUR_FLOATS (64 * 16)     /* a pixel's share of the stack buffer: M <= 64 */
+QC_AVX2 static void tables16x4_avx2(const float *x, size_t xstride, int cin_g, int M, int dsub, const float *cbt_g,
+                                    float *t, float lo[4], float hi[4]) {
+    qc_ran(QC_FAMILY_FS_TABLES, QC_ISA_AVX2);
+    const size_t n = (size_t)M * 16;
+    __m256 mn[4], mx[4];
+    for (int p = 0; p < 4; p++) mn[p] = _mm256_set1_ps(INFINITY), mx[p] = _mm256_set1_ps(-INFINITY);
+    for (int m = 0; m < M; m++) {
+        const int rest = cin_g - m * dsub, dm = rest < dsub ? rest : dsub;
+        const float *cb = cbt_g + (size_t)m * dsub * 16, *x0 = x + m * dsub;
+        __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
+        for (int d = 0; d < dm; d++) {
+            const __m256 c0 = _mm256_loadu_ps(cb + d * 16), c1 = _mm256_loadu_ps(cb + d * 16 + 8);
+            __m256 v = _mm256_set1_ps(x0[d]);
+            a0 = _mm256_fmadd_ps(v, c0, a0), b0 = _mm256_fmadd_ps(v, c1, b0);
+            v = _mm256_set1_ps(x0[xstride + d]);
+            a1 = _mm256_fmadd_ps(v, c0, a1), b1 = _mm256_fmadd_ps(v, c1, b1);
+            v = _mm256_set1_ps(x0[2 * xstride + d]);
+            a2 = _mm256_fmadd_ps(v, c0, a2), b2 = _mm256_fmadd_ps(v, c1, b2);
+            v = _mm256_set1_ps(x0[3 * xstride + d]);
+            a3 = _mm256_fmadd_ps(v, c0, a3), b3 = _mm256_fmadd_ps(v, c1, b3);
+        }
+        float *tm = t + (size_t)m * 16;
+        _mm256_storeu_ps(tm, a0), _mm256_storeu_ps(tm + 8, b0);
+        _mm256_storeu_ps(tm + n, a1), _mm256_storeu_ps(tm + n + 8, b1);
+        _mm256_storeu_ps(tm + 2 * n, a2), _mm256_storeu_ps(tm + 2 * n + 8, b2);
+        _mm256_storeu_ps(tm + 3 * n, a3), _mm256_storeu_ps(tm + 3 * n + 8, b3);
+        mn[0] = _mm256_min_ps(mn[0], _mm256_min_ps(a0, b0)), mx[0] = _mm256_max_ps(mx[0], _mm256_max_ps(a0, b0));
+        mn[1] = _mm256_min_ps(mn[1], _mm256_min_ps(a1, b1)), mx[1] = _mm256_max_ps(mx[1], _mm256_max_ps(a1, b1));
+        mn[2] = _mm256_min_ps(mn[2], _mm256_min_ps(a2, b2)), mx[2] = _mm256_max_ps(mx[2], _mm256_max_ps(a2, b2));
+        mn[3] = _mm256_min_ps(mn[3], _mm256_min_ps(a3, b3)), mx[3] = _mm256_max_ps(mx[3], _mm256_max_ps(a3, b3));
+    }
+    for (int p = 0; p < 4; p++) {
+        float mnv[8], mxv[8], unused;
+        _mm256_storeu_ps(mnv, mn[p]);
+        _mm256_storeu_ps(mxv, mx[p]);
+        range_scalar(mnv, 8, &lo[p], &unused);
+        range_scalar(mxv, 8, &unused, &hi[p]);
+    }
 }
 #endif
 
@@ -378,12 +468,23 @@ void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int d
     const size_t n = (size_t)M * 16;
     const int debias = wmean != NULL && counts != NULL;
     float widest_all = 0.f;
+#if QC_HAVE_X86
+    /* Wide subspaces on AVX2: four pixels per build, through a buffer on the stack. */
+    float four[4 * FS_FOUR_FLOATS], lo4[4], hi4[4];
+    const int by4 = qc_isa() == QC_ISA_AVX2 && dsub >= FS_WIDE && groups == 1 && !shared_scale && n <= FS_FOUR_FLOATS;
+#endif
     for (size_t p = 0, pg = 0; p < (size_t)npix; p++)
         for (int g = 0; g < groups; g++, pg++) {
             /* Per-pixel steps: each pixel's tables go through one L1-sized buffer, built, measured
              * and quantized while hot.  A shared step needs every table first: they stay in T. */
             float *t = T + (shared_scale ? pg * n : 0), lo, hi;
             const float *xg = x + p * cin + g * cin_g;
+#if QC_HAVE_X86
+            if (by4 && (p & ~(size_t)3) + 4 <= (size_t)npix) {
+                if (p % 4 == 0) tables16x4_avx2(xg, (size_t)cin, cin_g, M, dsub, cbt, four, lo4, hi4);
+                t = four + (p % 4) * n, lo = lo4[p % 4], hi = hi4[p % 4];
+            } else
+#endif
             build(xg, cin_g, M, dsub, cbt + (size_t)g * M * dsub * 16, t, &lo, &hi);
             offset_sum[pg] = lo;             /* the offset for now; times M at the end */
             scale[pg] = hi - lo;
@@ -592,7 +693,12 @@ QC_AVX2 static void store_avx2(const __m256i t[4], const fs_out *o) {
         A1 = _mm256_add_epi16(A1, _mm256_srli_epi16(rlo_, 8));                                 \
         A2 = _mm256_add_epi16(A2, rhi_);                                                       \
         A3 = _mm256_add_epi16(A3, _mm256_srli_epi16(rhi_, 8));                                 \
+        FS_KEEP(A0); FS_KEEP(A1); FS_KEEP(A2); FS_KEEP(A3);                                    \
     } while (0)
+/* An empty asm that "changes" a sum: GCC can no longer reassociate the adds into a sum's chain
+ * (it added the two halves of a quad first, which took more live registers than the 16 and
+ * spilled three sums to the stack on every quad). */
+#define FS_KEEP(A) __asm__("" : "+x"(A))
 
 QC_AVX2 QC_INLINE void blocks_avx2_n(const uint8_t *Q, int groups, int quads, const uint8_t *codes,
                                      size_t tap_stride, const int nibbles, const int nb, int g, const fs_taps *tp,
@@ -601,17 +707,32 @@ QC_AVX2 QC_INLINE void blocks_avx2_n(const uint8_t *Q, int groups, int quads, co
     __m256i t[2][4] = {{zero, zero, zero, zero}, {zero, zero, zero, zero}};
     __m256i a0 = zero, a1 = zero, a2 = zero, a3 = zero, b0 = zero, b1 = zero, b2 = zero, b3 = zero;
     const size_t qb = quad_bytes(nibbles ? QC_FS_NIBBLES : QC_FS_BYTES), bstride = (size_t)quads * qb;
+    /* The widening is taken out of the loop over quads: with the count inside, GCC moved the sums
+     * between registers and spilled some on every quad.  A layer with at most FS_FLUSH quads per
+     * tap widens after whole taps; one with more (FC layers) in chunks of a tap. */
+    const int chunk = quads < FS_FLUSH ? quads : FS_FLUSH, per = FS_FLUSH / chunk;
     int pending = 0;
     for (int k = 0; k < tp->n; k++) {
         const uint8_t *lut = Q + (tp->pix[k] * groups + g) * quads * 64;
         const uint8_t *cd = codes + (size_t)tp->tap[k] * tap_stride;
-        for (int u = 0; u < quads; u++) {
-            for (int i = 0; i < 64; i += 32) {
-                const __m256i l = _mm256_loadu_si256((const __m256i *)(lut + (size_t)u * 64 + i));
-                FS256_STEP(cd + (size_t)u * qb + i, a0, a1, a2, a3);
-                if (nb == 2) FS256_STEP(cd + bstride + (size_t)u * qb + i, b0, b1, b2, b3);
+        for (int u0 = 0; u0 < quads; u0 += chunk) {
+            const int u1 = quads - u0 < chunk ? quads : u0 + chunk;
+            for (int u = u0; u < u1; u++) {
+                const __m256i l0 = _mm256_loadu_si256((const __m256i *)(lut + (size_t)u * 64));
+                const __m256i l1 = _mm256_loadu_si256((const __m256i *)(lut + (size_t)u * 64 + 32));
+                const uint8_t *c = cd + (size_t)u * qb;
+                {
+                    const __m256i l = l0;
+                    FS256_STEP(c, a0, a1, a2, a3);
+                    if (nb == 2) FS256_STEP(c + bstride, b0, b1, b2, b3);
+                }
+                {
+                    const __m256i l = l1;
+                    FS256_STEP(c + 32, a0, a1, a2, a3);
+                    if (nb == 2) FS256_STEP(c + bstride + 32, b0, b1, b2, b3);
+                }
             }
-            if (++pending == FS_FLUSH) {
+            if (++pending == per) {
                 FS_FLUSH_INTO(widen2, _mm256_sub_epi16, _mm256_slli_epi16, t[0], a0, a1, a2, a3);
                 if (nb == 2) FS_FLUSH_INTO(widen2, _mm256_sub_epi16, _mm256_slli_epi16, t[1], b0, b1, b2, b3);
                 a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero;
