@@ -645,7 +645,8 @@ def test_conv2d_prepared_call_follows_the_layer(isa):
                               ).reshape(1, 6, 6, -1)
         for _ in range(2):        # the second call runs the prepared one
             np.testing.assert_allclose(conv(x), want(conv), rtol=1e-4, atol=1e-4)
-        assert conv._fast, "the layer prepared no call"
+        # Without SIMD a 1x1 convolution goes to BLAS, which has no prepared call.
+        assert conv._fast or (groups == 1 and not K.has_simd()), "the layer prepared no call"
         fused = copy.copy(conv)
         fused.activation = "relu"
         assert not fused._fast
