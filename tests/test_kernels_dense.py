@@ -1,6 +1,8 @@
 """Dense C kernels (qcnn/csrc/depthwise.c, pointwise.c): each against a float64 numpy reference on odd
 shapes, each SIMD variant against the scalar reference, and the wrappers' argument checks."""
+import copy
 import itertools
+import pickle
 import platform
 
 import numpy as np
@@ -586,3 +588,74 @@ def test_empty_aligned_and_single_row_pitch():
     a = np.lib.stride_tricks.as_strided(rand(1, 8), shape=(1, 8), strides=(4, 4))
     w = rand(8, 3, seed=1)
     np.testing.assert_allclose(K.pointwise(a, K.pack_weights(w)), a @ w, rtol=1e-5, atol=1e-5)
+
+
+# ---- the layers' prepared calls (kernels.PointwiseOp, DepthwiseOp) --------------------------------
+
+
+@pytest.mark.parametrize("variant", ISAS)
+def test_prepared_ops_equal_the_checked_calls(isa, variant):
+    isa(variant)
+    for m, k, n in PW_SIMD_SHAPES:
+        a, w, b = rand(m, k), rand(k, n, seed=1), rand(n, seed=2)
+        p = K.pack_weights(w)
+        for act in ACTS:
+            np.testing.assert_array_equal(K.PointwiseOp(p, b, act)(a), K.pointwise(a, p, b, act))
+        np.testing.assert_array_equal(K.PointwiseOp(p)(a), K.pointwise(a, p))
+    for n, (hw, c, k, stride, pads) in enumerate(DW_CASES[::3]):
+        x, wt, b, resolved = _dw_args(hw, c, k, stride, pads, seed=n)
+        if hw[0] + resolved[0] + resolved[1] < k[0] or hw[1] + resolved[2] + resolved[3] < k[1]:
+            continue
+        out_hw = (out_size(hw[0], k[0], stride[0], *resolved[:2]), out_size(hw[1], k[1], stride[1], *resolved[2:]))
+        bias = None if n % 2 else b
+        op = K.DepthwiseOp(x.shape, wt, bias, stride, resolved, out_hw, ACTS[n % 3])
+        np.testing.assert_array_equal(op(x), K.depthwise(x, wt, bias, stride, resolved, out_hw, ACTS[n % 3]))
+
+
+def test_prepared_ops_check_their_input_and_arguments():
+    a, w, b = rand(6, 5), rand(5, 9), rand(9)
+    p = K.pack_weights(w)
+    op = K.PointwiseOp(p, b, "relu")
+    for bad in (a.astype(np.float64), rand(6, 4), rand(6, 10)[:, ::2], a[None], a.tolist()):
+        with pytest.raises(ValueError):
+            op(bad)
+    for args in ((w, b), (p, rand(8)), (p, b, "gelu"), (K.PackedWeights(p.data[:, :3], 5, 9), b)):
+        with pytest.raises(ValueError):
+            K.PointwiseOp(*args)
+    x, wt = rand(1, 5, 5, 7), rand(3, 3, 7)
+    ok = dict(stride=(1, 1), pads=(1, 1, 1, 1), out_hw=(5, 5), activation=None)
+    op = K.DepthwiseOp(x.shape, wt, rand(7), **ok)
+    for bad in (x.astype(np.float64), rand(1, 5, 6, 7), rand(1, 5, 10, 7)[:, :, ::2], x[0]):
+        with pytest.raises(ValueError):
+            op(bad)
+    for shape, weight, kw in ((x.shape, rand(3, 3, 6), ok), ((1, 5, 5), wt, ok), (x.shape, wt, {**ok, "out_hw": (6, 5)}),
+                              (x.shape, wt, {**ok, "activation": "gelu"}), (x.shape, wt, {**ok, "stride": (0, 1)})):
+        with pytest.raises(ValueError):
+            K.DepthwiseOp(shape, weight, None, **kw)
+
+
+def test_conv2d_prepared_call_follows_the_layer(isa):
+    """A layer's prepared call is the one its settings make: after a copy changes the activation
+    (Graph.fuse_activations), a new bias, or a cap to scalar (BLAS), the result is still the plain one."""
+    x = rand(1, 6, 6, 16)
+    for weight, groups, pads in ((rand(1, 1, 16, 24), 1, (0, 0, 0, 0)), (rand(3, 3, 1, 16), 16, "same")):
+        conv = L.Conv2D(weight, rand(weight.shape[3]), groups=groups, pads=pads)
+        want = lambda layer: (ref_conv(x, weight, layer.bias, (1, 1), (0,) * 4, layer.activation)[0] if groups == 1 else
+                              ref_depthwise(x, weight[:, :, 0], layer.bias, (1, 1), (1, 1, 1, 1), layer.activation)[0]
+                              ).reshape(1, 6, 6, -1)
+        for _ in range(2):        # the second call runs the prepared one
+            np.testing.assert_allclose(conv(x), want(conv), rtol=1e-4, atol=1e-4)
+        # Without SIMD a 1x1 convolution goes to BLAS, which has no prepared call.
+        assert conv._fast or (groups == 1 and not K.has_simd()), "the layer prepared no call"
+        fused = copy.copy(conv)
+        fused.activation = "relu"
+        assert not fused._fast
+        np.testing.assert_allclose(pickle.loads(pickle.dumps(conv))(x), want(conv), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(fused(x), want(fused), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(conv(x), want(conv), rtol=1e-4, atol=1e-4)
+        conv.bias = rand(weight.shape[3], seed=9)
+        np.testing.assert_allclose(conv(x), want(conv), rtol=1e-4, atol=1e-4)
+        isa("scalar")
+        np.testing.assert_allclose(conv(x), want(conv), rtol=1e-4, atol=1e-4)
+        isa(K.best_isa())
+        np.testing.assert_allclose(conv(x), want(conv), rtol=1e-4, atol=1e-4)

@@ -191,9 +191,15 @@ QC_AVX2 QC_INLINE void pw256_kernel(const pw_args *g, const float *a, float *c, 
     for (int r = 0; r < MR; r++) {
         acc0[r] = b0;
         acc1[r] = b1;
+        /* The lines of c the next tile stores (it starts where this one ends, in both blocking
+         * orders): a layer's output is usually not in cache, and a store that misses stalls. */
+        PW_PREFETCH_AT(c + (size_t)(MR + r) * ldc, 0);
     }
     for (int kk = 0; kk < g->k; kk++) {
         PW_PREFETCH_AT(b + (size_t)kk * PANEL, PW_PREFETCH);  /* this half's line, 32 rows ahead */
+        /* The next tile's rows of a, one line per step: row r's line at steps 16 L + r. */
+        if (!IMPLICIT && (kk & 15) < MR)
+            PW_PREFETCH_AT(a + (size_t)(MR + (kk & 15)) * lda + (kk & ~15), 0);
         const __m256 w0 = _mm256_loadu_ps(b + (size_t)kk * PANEL);
         const __m256 w1 = NV == 2 ? _mm256_loadu_ps(b + (size_t)kk * PANEL + 8) : _mm256_setzero_ps();
         const float *ak = a + (IMPLICIT ? (size_t)koff[kk] : (size_t)kk);
