@@ -69,7 +69,7 @@ def test_sensitivity_and_search_on_a_tiny_model():
     assert all(c["met"] == (c["kl"] <= 0.0) for c in strict.checks)
 
 
-@pytest.mark.parametrize("model_name", ["alexnet", "efficientnet-lite0"])
+@pytest.mark.parametrize("model_name", ["alexnet", "efficientnet-lite0", "resnet18", "resnet50"])
 def test_presets_name_real_layers(model_name):
     from qcnn.models.alexnet import CONVS, FCS
     names = presets.preset_names(model_name)

@@ -105,14 +105,18 @@ LITE0_NOTES = {
 # scripts/measured_search.py.  ResNet-50's follow the same rule by stage (no search of its own yet).
 _R18_LAYER4 = ("layer4.0.conv1", "layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2")
 _RESNET_CALIB = 64
+# `accurate`: what `python -m qcnn.pq.search --ladder accurate` chose on the odd rows (every layer,
+# C_s'=1 K=16: RESNET18_NOTES); the preset calibrates on the bundled photos like the others.
+_R18_ALL = ("conv1",) + tuple(f"layer{s}.{b}.conv{c}" for s in range(1, 5) for b in range(2) for c in (1, 2)) \
+    + tuple(f"layer{s}.0.downsample" for s in range(2, 5)) + ("fc",)
 _RESNET18 = {
-    "accurate": {"layers": _uniform(_R18_LAYER4, 2, 16), "calib_count": _RESNET_CALIB},
+    "accurate": {"layers": _uniform(_R18_ALL, 1, 16), "calib_count": _RESNET_CALIB},
     "fast": {"layers": _uniform(_R18_LAYER4 + ("layer3.1.conv1", "layer3.1.conv2"), 2, 16),
              "calib_count": _RESNET_CALIB},
 }
 _R50_LAYER4 = tuple(f"layer4.{b}.{c}" for b in range(3) for c in ("conv1", "conv2", "conv3")) + ("layer4.0.downsample",)
 _RESNET50 = {
-    "accurate": {"layers": _uniform(_R50_LAYER4 + ("fc",), 2, 16), "calib_count": _RESNET_CALIB},
+    "accurate": {"layers": _uniform(_R50_LAYER4 + ("fc",), 1, 16), "calib_count": _RESNET_CALIB},
     "fast": {"layers": _uniform(_R50_LAYER4 + ("fc",) + tuple(f"layer3.{b}.conv2" for b in range(6)), 2, 16),
              "calib_count": _RESNET_CALIB},
 }
