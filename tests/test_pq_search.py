@@ -99,3 +99,12 @@ def test_alexnet_paper_preset_is_the_released_configuration():
     assert all(fast[n] == PQSetting(4, 16) for n in ("conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"))
     with pytest.raises(ValueError):
         presets.preset("alexnet", "nope")
+
+
+def test_resnet18_accurate_preset_is_what_the_accurate_ladder_searches_and_keeps_its_promise():
+    from qcnn.pq.search import LADDERS
+    cfg = presets.preset("resnet18", "accurate")
+    assert {s for _, s in cfg.layers} <= set(LADDERS["accurate"]) and cfg.error_correction
+    notes = presets.NOTES["resnet18"]
+    # issue 10: top-5 within 1 point of the float model on the evaluation rows.
+    assert notes["dense"]["top5"] - notes["accurate"]["top5"] <= 0.01 + 1e-9
