@@ -69,7 +69,7 @@ def test_sensitivity_and_search_on_a_tiny_model():
     assert all(c["met"] == (c["kl"] <= 0.0) for c in strict.checks)
 
 
-@pytest.mark.parametrize("model_name", ["alexnet", "efficientnet-lite0"])
+@pytest.mark.parametrize("model_name", ["alexnet", "efficientnet-lite0", "resnet18", "resnet50"])
 def test_presets_name_real_layers(model_name):
     from qcnn.models.alexnet import CONVS, FCS
     names = presets.preset_names(model_name)
@@ -99,3 +99,12 @@ def test_alexnet_paper_preset_is_the_released_configuration():
     assert all(fast[n] == PQSetting(4, 16) for n in ("conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"))
     with pytest.raises(ValueError):
         presets.preset("alexnet", "nope")
+
+
+def test_resnet18_accurate_preset_is_what_the_accurate_ladder_searches_and_keeps_its_promise():
+    from qcnn.pq.search import LADDERS
+    cfg = presets.preset("resnet18", "accurate")
+    assert {s for _, s in cfg.layers} <= set(LADDERS["accurate"]) and cfg.error_correction
+    notes = presets.NOTES["resnet18"]
+    # issue 10: top-5 within 1 point of the float model on the evaluation rows.
+    assert notes["dense"]["top5"] - notes["accurate"]["top5"] <= 0.01 + 1e-9
