@@ -3,9 +3,11 @@
  *
  * Tables: as in fast-scan, each (pixel, group)'s float tables become uint8,
  * T ~ offset[p, g] + scale[p, g] * Q, Q: (npix, groups, M, ksub).  Sums of Q are integers, scaled
- * back to float once per output; the offsets enter as their per-pixel sum (M * offset).  A k x k
- * convolution sums the tables of several pixels in one integer sum, so all pixels of a band share
- * one step (`shared_scale`); 1x1 and FC layers keep one per pixel.
+ * back to float once per output; the offsets enter as their per-pixel sum, M * offset, or with code
+ * counts and mean weights that sum corrected for the expected rounding error, as fast-scan's
+ * (qc_u8_debiased_offset, pq_fastscan.c; without it AlexNet's fc6 at C_s' = 4, K = 32, M = 2304
+ * is off by 16 % RMS).  A k x k convolution sums the tables of several pixels in one integer sum,
+ * so all pixels of a band share one step (`shared_scale`); 1x1 and FC layers keep one per pixel.
  *
  * Lookups: one subspace's table is one register or a few, and one instruction looks up the codes
  * of many output channels in it:
@@ -282,8 +284,16 @@ static void build_neon(const float *xg, int cin_g, int M, int dsub, int ksub, co
 typedef void (*ws_build4_fn)(const float *x0, size_t xstride, int cin_g, int M, int dsub, int ksub,
                              const float *cbt_g, float *t, float *lo, float *hi);
 
+/* Each table's code counts sum to the same total (qcnn/pq/kernels.py code_statistics). */
+static uint32_t counts_total(const uint16_t *counts_g, int ksub) {
+    uint32_t n = 0;
+    for (int k = 0; k < ksub; k++) n += counts_g[k];
+    return n;
+}
+
 void qc_ws_tables_u8(const float *x, int npix, int cin, int groups, int M, int dsub, int ksub, const float *cbt,
-                     int shared_scale, float *T, uint8_t *Q, float *scale, float *offset_sum) {
+                     const float *wmean, const uint16_t *counts, int shared_scale, float *T, uint8_t *Q, float *scale,
+                     float *offset_sum) {
     static const ws_build_fn builds[QC_ISA_COUNT] = QC_VARIANTS(build_scalar, build_avx2, build_avx512, build_neon);
     static const ws_quant_fn quants[QC_ISA_COUNT] = QC_VARIANTS(quant_scalar, quant_avx2, quant_avx512, quant_neon);
 #if QC_HAVE_X86
@@ -321,6 +331,11 @@ void qc_ws_tables_u8(const float *x, int npix, int cin, int groups, int M, int d
                     quant(T + i * n, n, lo[i], 1.f / step, Q + pg * n);
                     scale[pg] = step;
                     offset_sum[pg] = lo[i] * (float)M;
+                    if (wmean && counts) {
+                        const uint16_t *cg = counts + (size_t)g * n;
+                        offset_sum[pg] = qc_u8_debiased_offset(xg + (size_t)i * cin, wmean + (size_t)g * cin_g, cin_g,
+                                                               Q + pg * n, cg, (int)(n / 16), counts_total(cg, ksub), step);
+                    }
                 }
             }
         }

@@ -15,9 +15,13 @@ int qc_ws_supported(int ksub);
 /* Tables built and quantized to uint8 with one offset and one step per (pixel, group), or one step
  * for all pixels when shared_scale: table ~ offset + scale * Q.
  * x: (npix, cin); cbt: transposed codebooks (groups * M, dsub, ksub); Q: (npix, groups, M, ksub);
- * scale, offset_sum: (npix, groups), offset_sum = M * offset; T: float scratch of 4 * M * ksub floats. */
+ * scale, offset_sum: (npix, groups); T: float scratch of 4 * M * ksub floats.
+ * counts: (groups, M, ksub) code counts, every table's summing to the same total <= 32767, and
+ * wmean: (groups, cin / groups) mean weights, as qc_fs_tables_u8 takes them (pq.h): with both,
+ * offset_sum removes the expected rounding error; with either NULL it is M * offset. */
 void qc_ws_tables_u8(const float *x, int npix, int cin, int groups, int M, int dsub, int ksub, const float *cbt,
-                     int shared_scale, float *T, uint8_t *Q, float *scale, float *offset_sum);
+                     const float *wmean, const uint16_t *counts, int shared_scale, float *T, uint8_t *Q,
+                     float *scale, float *offset_sum);
 
 /* Codes (kh, kw, M, cout) uint8, every code < ksub, into the lookups' block layout. */
 size_t qc_ws_packed_size(int kh, int kw, int groups, int M, int cout);

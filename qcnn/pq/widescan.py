@@ -11,8 +11,9 @@ import time
 
 import numpy as np
 
-from .._kernels import lib
+from .._kernels import ffi, lib
 from ..kernels import _ACT, _ptr, empty_aligned
+from .kernels import code_statistics
 from .layer import PQLayer
 
 SIZES = (32, 64, 128, 256)          # codebook sizes the lookups take; others are padded up
@@ -63,6 +64,10 @@ class PreparedWide:
                              _ptr(self.packed, "uint8_t *"))
         self._buffers: dict[tuple, tuple] = {}
         self._fixed = None
+        # The rounding correction fast-scan has (pq_fastscan.c), on these tables; off only to
+        # measure what it brings (scripts/widescan_layers.py).
+        self.debias = True
+        self.code_counts, self.mean_weight = code_statistics(layer, cb)
         # Seconds building (and quantizing) tables and looking up, summed over calls: the
         # benchmark's per-layer breakdown reads and resets them.
         self.seconds = {"tables": 0.0, "lookups": 0.0}
@@ -112,9 +117,11 @@ class PreparedWide:
         return self._buffers[key][1]
 
     def _pointers(self):
-        if self._fixed is None:
-            self._fixed = (_ptr(self.cbt), _ptr(self.layer.bias), _ptr(self.packed, "uint8_t *"))
-        return self._fixed
+        if self._fixed is None or self._fixed[0] != self.debias:
+            self._fixed = (self.debias, _ptr(self.cbt), _ptr(self.layer.bias), _ptr(self.packed, "uint8_t *"),
+                           _ptr(self.mean_weight) if self.debias else ffi.NULL,
+                           _ptr(self.code_counts, "uint16_t *") if self.debias else ffi.NULL)
+        return self._fixed[1:]
 
     def _band(self, xb: np.ndarray, yb: np.ndarray, pt: int, pl: int, sh: int, sw: int) -> None:
         """Output rows yb from input rows xb; pt, pl: padding before the band."""
@@ -128,7 +135,7 @@ class PreparedWide:
                 (ow - 1) * sw - pl + kw > w + kw or not yb.flags.c_contiguous or cout != l.out_channels:
             raise ValueError("wide-scan kernel: bad band geometry")
         px, py = _ptr(np.ascontiguousarray(xb)), _ptr(yb)
-        cbt, bias, packed = self._pointers()
+        cbt, bias, packed, wmean, counts = self._pointers()
         t0 = time.perf_counter()
         # A k x k output sums tables of several pixels: they share one step (the band's widest).
         shared = int(kh * kw > 1)
@@ -136,7 +143,7 @@ class PreparedWide:
         Q = self._scratch("q", (h * w, g, m, k), np.uint8)
         scale = self._scratch("scale", (h * w, g), np.float32)
         offset_sum = self._scratch("offset_sum", (h * w, g), np.float32)
-        lib.qc_ws_tables_u8(px, h * w, c, g, m, l.dsub, k, cbt, shared, T, Q, scale, offset_sum)
+        lib.qc_ws_tables_u8(px, h * w, c, g, m, l.dsub, k, cbt, wmean, counts, shared, T, Q, scale, offset_sum)
         t1 = time.perf_counter()
         lib.qc_pq_conv_widescan(Q, scale, offset_sum, h, w, g, m, k, packed, kh, kw, sh, sw, pt, pl, cout, bias,
                                 py, oh, ow, _ACT[l.activation])

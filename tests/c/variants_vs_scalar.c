@@ -547,11 +547,24 @@ static void check_widescan_case(const pq_case *c, tally *tq, tally *tl, const ch
     float *T = malloc((size_t)4 * c->M * c->ksub * 4), *yref = malloc(ny * 4), *ygot = malloc(ny * 4);
     uint8_t *qref = malloc(nq), *qgot = malloc(nq);
     float *sref = malloc(ns * 4), *sgot = malloc(ns * 4), *oref = malloc(ns * 4), *ogot = malloc(ns * 4);
-    BOTH(qc_isa_for_both, qc_ws_tables_u8(x, npix, c->cin, c->groups, c->M, c->dsub, c->ksub, cbt, shared, T, qref, sref, oref),
-         qc_ws_tables_u8(x, npix, c->cin, c->groups, c->M, c->dsub, c->ksub, cbt, shared, T, qgot, sgot, ogot));
-    compare_u8(tq, qref, qgot, nq, what);
-    compare(tq, sref, sgot, ns, 0, what);
-    compare(tq, oref, ogot, ns, 0, what);
+    /* the rounding correction's inputs, as qcnn/pq/kernels.py makes them (see check_pq) */
+    const int cout_g = c->cout / c->groups, cin_g = c->cin / c->groups, K = c->ksub;
+    uint16_t *counts = calloc((size_t)c->groups * c->M * K, sizeof *counts);
+    for (int t = 0; t < taps; t++)
+        for (int m = 0; m < c->M; m++)
+            for (int o = 0; o < c->cout; o++)
+                counts[((size_t)(o / cout_g) * c->M + m) * K + codes[((size_t)t * c->M + m) * c->cout + o]]++;
+    float *wmean = randf((size_t)c->groups * cin_g, 1.f);
+    for (int debias = 0; debias < 2; debias++) {     /* the lookups below read the corrected tables */
+        const float *wm = debias ? wmean : NULL;
+        const uint16_t *cn = debias ? counts : NULL;
+        BOTH(qc_isa_for_both, qc_ws_tables_u8(x, npix, c->cin, c->groups, c->M, c->dsub, K, cbt, wm, cn, shared, T, qref, sref, oref),
+             qc_ws_tables_u8(x, npix, c->cin, c->groups, c->M, c->dsub, K, cbt, wm, cn, shared, T, qgot, sgot, ogot));
+        compare_u8(tq, qref, qgot, nq, what);
+        compare(tq, sref, sgot, ns, 0, what);
+        compare(tq, oref, ogot, ns, 0, what);
+    }
+    free(counts), free(wmean);
     uint8_t *packed = malloc(qc_ws_packed_size(c->k, c->k, c->groups, c->M, c->cout));
     qc_ws_pack_codes(codes, c->k, c->k, c->groups, c->M, c->cout, packed);
     for (int a = 0; a < 3; a++) {   /* both runs read the reference tables */
