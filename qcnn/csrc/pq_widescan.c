@@ -149,6 +149,67 @@ QC_AVX2 static void build_avx2(const float *xg, int cin_g, int M, int dsub, int 
     range_avx2(t, (size_t)M * ksub, lo, hi);
 }
 
+/* Four pixels of one group at a time, 16 codewords per pass: eight chains in eight of the sixteen
+ * registers, and each codebook load serves four pixels (one pixel at a time, rows_avx2 loads a
+ * codebook vector per multiply-add).  Same fused multiply-adds in the same order as rows_scalar
+ * (pq_tables.c), so bit-identical tables; the range is taken in registers as they are made. */
+QC_AVX2 QC_INLINE void build4_avx2_d(const float *x0, size_t xstride, int cin_g, int M, const int dsub, int K,
+                                     const float *cbt_g, float *t, float *lo, float *hi) {
+    __m256 mn[4], mx[4];
+    for (int p = 0; p < 4; p++) mn[p] = _mm256_set1_ps(INFINITY), mx[p] = _mm256_set1_ps(-INFINITY);
+    const size_t n = (size_t)M * K;
+    for (int m = 0; m < M; m++) {
+        const int rest = cin_g - m * dsub, dm = rest < dsub ? rest : dsub;
+        const float *cb = cbt_g + (size_t)m * dsub * K, *xs = x0 + m * dsub;
+        for (int k = 0; k < K; k += 16) {
+            __m256 a[4][2];
+            for (int p = 0; p < 4; p++) a[p][0] = a[p][1] = _mm256_setzero_ps();
+#define WS4A_FMAS(DM)                                                                              \
+            for (int d = 0; d < (DM); d++) {                                                       \
+                const float *row = cb + (size_t)d * K + k;                                         \
+                const __m256 c0 = _mm256_loadu_ps(row), c1 = _mm256_loadu_ps(row + 8);             \
+                for (int p = 0; p < 4; p++) {                                                      \
+                    const __m256 xv = _mm256_broadcast_ss(xs + p * xstride + d);                   \
+                    a[p][0] = _mm256_fmadd_ps(xv, c0, a[p][0]);                                    \
+                    a[p][1] = _mm256_fmadd_ps(xv, c1, a[p][1]);                                    \
+                }                                                                                  \
+            }
+            if (dm == dsub) {
+                WS4A_FMAS(dsub)
+            } else {
+                WS4A_FMAS(dm)
+            }
+#undef WS4A_FMAS
+            for (int p = 0; p < 4; p++) {
+                float *tp = t + p * n + (size_t)m * K + k;
+                _mm256_storeu_ps(tp, a[p][0]);
+                _mm256_storeu_ps(tp + 8, a[p][1]);
+                mn[p] = _mm256_min_ps(mn[p], _mm256_min_ps(a[p][0], a[p][1]));
+                mx[p] = _mm256_max_ps(mx[p], _mm256_max_ps(a[p][0], a[p][1]));
+            }
+        }
+    }
+    for (int p = 0; p < 4; p++) {
+        float v[8], unused;
+        _mm256_storeu_ps(v, mn[p]);
+        range_scalar(v, 8, lo + p, &unused);
+        _mm256_storeu_ps(v, mx[p]);
+        range_scalar(v, 8, &unused, hi + p);
+    }
+}
+
+QC_AVX2 static void build4_avx2(const float *x0, size_t xstride, int cin_g, int M, int dsub, int ksub,
+                                const float *cbt_g, float *t, float *lo, float *hi) {
+    switch (dsub) {
+    case 1: build4_avx2_d(x0, xstride, cin_g, M, 1, ksub, cbt_g, t, lo, hi); break;
+    case 2: build4_avx2_d(x0, xstride, cin_g, M, 2, ksub, cbt_g, t, lo, hi); break;
+    case 3: build4_avx2_d(x0, xstride, cin_g, M, 3, ksub, cbt_g, t, lo, hi); break;
+    case 4: build4_avx2_d(x0, xstride, cin_g, M, 4, ksub, cbt_g, t, lo, hi); break;
+    case 8: build4_avx2_d(x0, xstride, cin_g, M, 8, ksub, cbt_g, t, lo, hi); break;
+    default: build4_avx2_d(x0, xstride, cin_g, M, dsub, ksub, cbt_g, t, lo, hi); break;
+    }
+}
+
 /* Up to 128 codewords (eight registers, eight independent chains) per pass, the range taken in
  * registers as the tables are made: the same fused multiply-adds in the same order as rows_scalar
  * (pq_tables.c), so bit-identical tables.  DSUB and K are constants in the instantiations, so the
@@ -297,7 +358,7 @@ void qc_ws_tables_u8(const float *x, int npix, int cin, int groups, int M, int d
     static const ws_build_fn builds[QC_ISA_COUNT] = QC_VARIANTS(build_scalar, build_avx2, build_avx512, build_neon);
     static const ws_quant_fn quants[QC_ISA_COUNT] = QC_VARIANTS(quant_scalar, quant_avx2, quant_avx512, quant_neon);
 #if QC_HAVE_X86
-    const ws_build4_fn build4 = qc_isa() >= QC_ISA_AVX512 ? build4_avx512 : NULL;
+    const ws_build4_fn build4 = qc_isa() >= QC_ISA_AVX512 ? build4_avx512 : qc_isa() == QC_ISA_AVX2 ? build4_avx2 : NULL;
 #else
     const ws_build4_fn build4 = NULL;
 #endif
