@@ -445,9 +445,9 @@ class MainWindow(QMainWindow):
             return
         t = self.bench.timings
         notes = _preset_notes(self.bench.model.name, q.settings)
-        # The notes measured float tables (reconstructed weights); the fast-scan kernel's uint8
-        # tables compute something else, so with it only the frames shown here count.
-        float_tables = "fastscan" not in self.quant_kernels.values()
+        # The notes measured float tables (reconstructed weights); the uint8 tables of fast-scan and
+        # wide-scan compute something else, so with them only the frames shown here count.
+        float_tables = not {"fastscan", "widescan"} & set(self.quant_kernels.values())
         reference = (notes["agreement"], notes["eval_images"]) if "agreement" in notes and float_tables else None
         text = wb.demo_line(t.speedup(), fp.storage_ratio, t.agreed, t.compared, reference)
         tip = ("Speed-up: median latency of the dense engine over the quantized one, recent frames on this "

@@ -50,6 +50,7 @@ BUILTIN_MODELS = {
 }
 ENGINES = ("dense", "quantized")
 KERNELS = {"reference": "reference (numpy)", "exact": "exact (C)", "fastscan": "fast-scan (C, 4-bit)",
+           "widescan": "wide-scan (C, K = 17..256)",
            "reconstructed": "reconstructed (dense kernels)",
            "auto": "auto (fastest within budget)"}
 SHIPPED = ASSETS / "quantized"     # quantized models built ahead (ResNet-18 `fast`: no wait when chosen)

@@ -12,7 +12,7 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 py="${PYTHON:-$repo/.venv/bin/python}"
-tests=(tests/test_kernels_pq.py tests/test_fastscan_accuracy.py tests/test_kernels_dense.py tests/test_layers.py tests/test_kernels_elementwise.py tests/test_pq_kmeans.py)
+tests=(tests/test_kernels_pq.py tests/test_kernels_widescan.py tests/test_fastscan_accuracy.py tests/test_kernels_dense.py tests/test_layers.py tests/test_kernels_elementwise.py tests/test_pq_kmeans.py)
 fuzz_examples="${QCNN_FUZZ_EXAMPLES:-200}"
 fuzz_seconds="${QCNN_FUZZ_SECONDS:-600}"
 

@@ -1,5 +1,6 @@
-"""The kernel plan "auto" follows (qcnn.pq.engine.kernel_plan): fast-scan only within its error
-budget, the same kernels at every load (cached, or stored in the .qcnn file), checked before use."""
+"""The kernel plan "auto" follows (qcnn.pq.engine.kernel_plan): uint8 kernels (fast-scan,
+wide-scan) only within the error budget, the same kernels at every load (cached, or stored in the
+.qcnn file), checked before use."""
 import json
 
 import numpy as np
@@ -21,7 +22,7 @@ def layer(kind, cin, cout, k, dsub, ksub, seed, pads=(0, 0, 0, 0)):
 
 def graph():
     # a wide 3x3 conv (fast-scan's error small), a 1x1 with one channel per subspace whose inputs
-    # span two orders of magnitude (error large), a K = 32 FC (no fast-scan)
+    # span two orders of magnitude (error large), a K = 32 FC (wide-scan, not fast-scan)
     return Graph([Node("wide", layer("conv", 3, 64, 3, 3, 16, 0, (1, 1, 1, 1)), ("input",)),
                   Node("narrow", layer("conv", 64, 16, 1, 1, 16, 1), ("wide",)),
                   Node("fc", layer("fc", 8 * 8 * 16, 10, 1, 4, 32, 2), ("narrow",))])
@@ -31,46 +32,51 @@ def calib(n=2):
     return np.random.default_rng(5).standard_normal((n, 8, 8, 3)).astype(np.float32)
 
 
-def test_plan_admits_fastscan_only_within_the_output_budget_and_says_why():
+UINT8 = {"wide": "fastscan", "narrow": "fastscan", "fc": "widescan"}
+
+
+def test_plan_admits_uint8_kernels_only_within_the_output_budget_and_says_why():
     g, x = graph(), calib()
     plan = engine.kernel_plan(g, x)
     assert plan["isa"] == dense_kernels.isa() and plan["budget"] == engine.FASTSCAN_BUDGET
-    assert set(plan["layers"]) == {"wide", "narrow", "fc"}
-    assert plan["layers"]["fc"]["error"] is None and "fastscan" not in plan["layers"]["fc"]["ms"]
+    assert set(plan["layers"]) == set(UINT8)
+    assert set(plan["layers"]["fc"]["ms"]) == {"exact", "reconstructed", "widescan"} and plan["layers"]["fc"]["error"] > 0
     assert plan["output_error"] <= plan["budget"]
     for name, entry in plan["layers"].items():
         lossless = min(("exact", "reconstructed"), key=lambda k: (entry["ms"][k], k))
-        assert entry["kernel"] in (lossless, "fastscan"), (name, entry)
-        if entry["kernel"] == "fastscan":
-            assert entry["ms"]["fastscan"] < entry["ms"][lossless], (name, entry)
+        assert entry["kernel"] in (lossless, UINT8[name]), (name, entry)
+        if entry["kernel"] == UINT8[name]:
+            assert entry["ms"][UINT8[name]] < entry["ms"][lossless], (name, entry)
     # the output error the plan reports is what running it does to the network's output
     ran = engine.with_kernel(g, "auto", plan=plan)(x)
     assert engine.relative_error(ran, engine.with_kernel(g, "reconstructed")(x)) == \
         pytest.approx(plan["output_error"], rel=1e-3, abs=1e-6)
-    # a budget of zero never admits fast-scan; a huge one admits it wherever it was faster
-    assert all(e["kernel"] != "fastscan" for e in engine.kernel_plan(g, x, budget=0.0)["layers"].values())
+    # a budget of zero never admits a uint8 kernel; a huge one admits it wherever it was faster
+    assert all(e["kernel"] in ("exact", "reconstructed") for e in engine.kernel_plan(g, x, budget=0.0)["layers"].values())
     loose = engine.kernel_plan(g, x, budget=10.0)["layers"]
     for name, entry in loose.items():
-        if "fastscan" in entry["ms"]:
-            faster = entry["ms"]["fastscan"] < min(entry["ms"]["exact"], entry["ms"]["reconstructed"])
-            assert (entry["kernel"] == "fastscan") == faster, (name, entry)
+        faster = entry["ms"][UINT8[name]] < min(entry["ms"]["exact"], entry["ms"]["reconstructed"])
+        assert (entry["kernel"] == UINT8[name]) == faster, (name, entry)
 
 
 def test_admission_takes_the_best_savings_per_error_first_and_stops_at_the_budget():
     layers = {"a": {"kernel": "reconstructed", "error": 0.05, "ms": {"exact": 9, "reconstructed": 4, "fastscan": 1}},
               "b": {"kernel": "exact", "error": 0.01, "ms": {"exact": 2, "reconstructed": 3, "fastscan": 1}},
               "c": {"kernel": "reconstructed", "error": 0.001, "ms": {"exact": 9, "reconstructed": 1, "fastscan": 2}},
-              "d": {"kernel": "reconstructed", "error": None, "ms": {"exact": 9, "reconstructed": 1}}}
+              "d": {"kernel": "reconstructed", "error": None, "ms": {"exact": 9, "reconstructed": 1}},
+              "e": {"kernel": "exact", "error": 0.04, "ms": {"exact": 5, "reconstructed": 6, "widescan": 1}}}
     asked = []
 
     def output_error(names):           # errors adding in quadrature, as independent ones do
         asked.append(list(names))
         return float(np.sqrt(sum(layers[n]["error"] ** 2 for n in names)))
-    # b saves 1 ms at 1 %, a 3 ms at 5 %: b first; c is slower with fast-scan, d cannot run it
-    assert engine.admit_fastscan(layers, output_error, budget=1.0) == (["b", "a"], pytest.approx(0.051, abs=1e-3))
-    assert engine.admit_fastscan(layers, output_error, budget=0.03) == (["b"], pytest.approx(0.01))
-    assert engine.admit_fastscan(layers, output_error, budget=0.0) == ([], 0.0)
-    assert all(set(names) <= {"a", "b"} for names in asked)
+    # b saves 1 ms at 1 %, e (wide-scan) 4 ms at 4 %, a 3 ms at 5 %: b, e, a; c is slower with
+    # fast-scan, d cannot run a uint8 kernel
+    assert engine.admit_uint8(layers, output_error, budget=1.0) == (["b", "e", "a"], pytest.approx(0.065, abs=1e-3))
+    assert engine.admit_uint8(layers, output_error, budget=0.05) == (["b", "e"], pytest.approx(0.0412, abs=1e-3))
+    assert engine.admit_uint8(layers, output_error, budget=0.03) == (["b"], pytest.approx(0.01))
+    assert engine.admit_uint8(layers, output_error, budget=0.0) == ([], 0.0)
+    assert all(set(names) <= {"a", "b", "e"} for names in asked)
 
 
 def test_auto_follows_the_plan_and_refuses_a_foreign_one():
@@ -78,20 +84,22 @@ def test_auto_follows_the_plan_and_refuses_a_foreign_one():
     plan = engine.kernel_plan(g, calib())
     for name in ("wide", "narrow"):
         plan["layers"][name]["kernel"] = "fastscan"
-    plan["layers"]["fc"]["kernel"] = "reconstructed"
+    plan["layers"]["fc"]["kernel"] = "widescan"
     assert engine.kernel_map(engine.with_kernel(g, "auto", plan=plan)) == \
-        {"wide": "fastscan", "narrow": "fastscan", "fc": "reconstructed"}
+        {"wide": "fastscan", "narrow": "fastscan", "fc": "widescan"}
+    plan["layers"]["fc"]["kernel"] = "reconstructed"
     assert set(engine.kernel_map(engine.with_kernel(g, "auto")).values()) == {"exact"}   # no plan: lossless
     for change, why in ((lambda p: p.update(isa="other"), "SIMD level"),
                         (lambda p: p.update(budget=0.5), "budget"),
                         (lambda p: p["layers"].pop("fc"), "other layers"),
-                        (lambda p: p["layers"]["fc"].update(kernel="fastscan"), "cannot run")):
+                        (lambda p: p["layers"]["fc"].update(kernel="fastscan"), "cannot run"),
+                        (lambda p: p["layers"]["wide"].update(kernel="widescan"), "cannot run")):
         bad = json.loads(json.dumps(plan))
         change(bad)
         with pytest.raises(ValueError, match=why):
             engine.with_kernel(g, "auto", plan=bad)
     text = engine.format_plan(plan)
-    assert all(name in text for name in ("wide", "narrow", "fc")) and "n/a" in text
+    assert all(name in text for name in UINT8) and "n/a" not in text   # every layer has a uint8 kernel
 
 
 def test_fastscan_error_measure():

@@ -43,6 +43,13 @@ void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int d
                      const float *wmean, const uint16_t *counts, int shared_scale, float *T, uint8_t *Q,
                      float *scale, float *offset_sum);
 
+/* (Internal: the rounding correction, shared by fast-scan and wide-scan.)  The offset sum of one
+ * (pixel, group) xg whose uint8 tables q (rows of 16 entries: M * ksub / 16 of them) have step
+ * `step`: <xg, wmean_g> - step * sum(counts_g * q) / total, counts_g laid out as q, each table's
+ * counts summing to total <= 32767. */
+float qc_u8_debiased_offset(const float *xg, const float *wmean_g, int cin_g, const uint8_t *q, const uint16_t *counts_g,
+                            int rows, uint32_t total, float step);
+
 /* Fast-scan lookups, K = 16.  packed: codes in one of the block layouts of qc_fs_pack_codes,
  * documented in pq_fastscan.c: one code per byte, two per byte, or one per byte with four
  * subspaces side by side for byte dot products (fast with QC_ISA_AVX512VNNI; the scalar reference

@@ -449,6 +449,12 @@ static float debiased_offset(weighted_fn weighted, const float *xg, const float 
     return (float)((double)mean_output(xg, wmean_g, cin_g) - (double)step * fq);
 }
 
+float qc_u8_debiased_offset(const float *xg, const float *wmean_g, int cin_g, const uint8_t *q, const uint16_t *counts_g,
+                            int rows, uint32_t total, float step) {
+    static const weighted_fn weighteds[QC_ISA_COUNT] = QC_VARIANTS(weighted_scalar, weighted_avx2, weighted_avx512, weighted_scalar);
+    return debiased_offset(weighteds[qc_isa()], xg, wmean_g, cin_g, q, counts_g, rows, total, step);
+}
+
 static uint32_t table_total(const uint16_t *counts_g) {
     uint32_t n = 0;
     for (int k = 0; k < 16; k++) n += counts_g[k];

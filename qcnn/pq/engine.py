@@ -1,18 +1,19 @@
 """Which implementation runs each product-quantized layer: the numpy reference, exact float-table
-lookups or fast-scan uint8 lookups (C kernels), or the dense kernels on weights reconstructed from
-the codebooks.  Files and caches hold the canonical layers, and a graph is re-targeted here when it
-is loaded.  Reference, exact and reconstructed compute the same model (up to float rounding);
-fast-scan does not: its uint8 tables round every table entry, and the error depends on the layer
-(on Lite0's narrow 1x1 layers a few percent of the output, see scripts/fastscan_error.py).
+lookups or uint8-table lookups (C kernels: fast-scan for K <= 16, wide-scan for K = 17..256), or
+the dense kernels on weights reconstructed from the codebooks.  Files and caches hold the canonical
+layers, and a graph is re-targeted here when it is loaded.  Reference, exact and reconstructed
+compute the same model (up to float rounding); the uint8 kernels do not: their tables round every
+table entry, and the error depends on the layer (on Lite0's narrow 1x1 layers a few percent of the
+output, see scripts/fastscan_error.py).
 
 Lookups win when a layer's subspaces are wide and it has many output channels (AlexNet's conv2-5
 and FC layers); with C_s' = 1 or 2 and few output channels, building the tables costs more than
 the dense product, and reconstruction is faster.
 
 "auto" follows a kernel plan (`kernel_plan`): per layer the fastest of exact and reconstructed,
-and fast-scan on the layers where it is faster still, as many as the network's output error on
-real inputs (calibration images) allows (FASTSCAN_BUDGET).  A plan is measured once for a model, its settings and the
-SIMD level, and stored (beside the cached model, or in a .qcnn file): loading the same model again
+and its uint8 kernel (`uint8_kernel`) on the layers where that is faster still, as many as the
+network's output error on real inputs (calibration images) allows (FASTSCAN_BUDGET).  A plan is
+measured once for a model, its settings and the SIMD level, and stored (beside the cached model, or in a .qcnn file): loading the same model again
 gives the same kernels, not a new timing race."""
 from __future__ import annotations
 
@@ -25,26 +26,43 @@ import numpy as np
 from ..graph import Graph, Node
 from .kernels import fastscan_supported
 from .layer import PQLayer
+from .widescan import widescan_supported
 
-KERNELS = ("reference", "exact", "fastscan", "reconstructed", "auto")
+KERNELS = ("reference", "exact", "fastscan", "widescan", "reconstructed", "auto")
 DESCRIPTIONS = {
     "reference": "numpy reference (the paper's test phase, slow)",
     "exact": "exact float tables (C, SIMD permutes/gathers)",
     "fastscan": "fast-scan: uint8 tables, 4-bit codes, byte shuffles or permutes (C); K > 16 layers fall back to exact",
+    "widescan": "uint8 tables for every layer: wide-scan (K = 17..256, tables in SIMD registers, byte "
+                "permutes/shuffles, C) and fast-scan (K <= 16)",
     "reconstructed": "weights reconstructed from the codebooks at load, run by the dense kernels (no lookups)",
-    "auto": "per layer the fastest of exact, reconstructed and fast-scan (K <= 16, where its measured error "
-            "is within budget), measured once and stored with the model",
+    "auto": "per layer the fastest of exact and reconstructed, and a uint8 kernel (fast-scan for K <= 16, "
+            "wide-scan for K = 17..256) where it is faster still, as far as the network's output error allows; "
+            "measured once and stored with the model",
 }
+
+
+UINT8 = ("fastscan", "widescan")     # the lossy kernels: uint8 tables, admitted by the plan's budget
+
+
+def uint8_kernel(layer: PQLayer) -> str | None:
+    """The uint8-table kernel that can run `layer` (fast-scan for K <= 16, wide-scan for K up to
+    256), or None."""
+    if fastscan_supported(layer):
+        return "fastscan"
+    return "widescan" if widescan_supported(layer) else None
 
 
 def impl_for(layer: PQLayer, kernel: str) -> str:
     """The implementation `kernel` means for this layer, as `qcnn cost` estimates it: "auto" as
-    fast-scan where it can run (its plan, measured when a model is loaded, may choose otherwise;
-    with_kernel follows the plan, not this)."""
+    its uint8 kernel where one can run (its plan, measured when a model is loaded, may choose
+    otherwise; with_kernel follows the plan, not this)."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; choose from {', '.join(KERNELS)}")
-    if kernel in ("fastscan", "auto"):
+    if kernel == "fastscan":
         return "fastscan" if fastscan_supported(layer) else "exact"
+    if kernel in ("widescan", "auto"):
+        return uint8_kernel(layer) or "exact"
     return kernel
 
 
@@ -55,7 +73,7 @@ def _retarget(layer: PQLayer, impl: str) -> PQLayer:
     return layer
 
 
-#: "auto" admits fast-scan layers while RMS(out - ref) / RMS(ref), over the network's final outputs
+#: "auto" admits uint8-kernel layers while RMS(out - ref) / RMS(ref), over the network's final outputs
 #: on the plan's calibration inputs, stays at most this; ref is the same network with every layer
 #: lossless (exact lookups or reconstructed weights).  The budget is on the whole model, not per
 #: layer, because a layer's own error says little about what reaches the labels: ResNet-18 `fast`'s
@@ -63,7 +81,7 @@ def _retarget(layer: PQLayer, impl: str) -> PQLayer:
 #: not at all (73.6 / 90.8 % vs 72.8 / 90.8 % reconstructed, 250 images), while Lite0 `accurate`'s
 #: 1x1 layers at 1-5 % each add up to 7 % at the output and cost 2 points of top-1.
 FASTSCAN_BUDGET = 0.03
-PLAN_VERSION = 2        # what a stored plan must say to be reused (bump when the measure changes)
+PLAN_VERSION = 3        # what a stored plan must say to be reused (bump when the measure changes)
 PLAN_IMAGES = 4         # calibration images a plan measures errors on
 
 
@@ -89,15 +107,21 @@ def _run(graph: Graph, impls: dict[str, str], x: np.ndarray) -> np.ndarray:
     return with_kernel(graph, "reconstructed", overrides=impls)(x)
 
 
-def admit_fastscan(layers: dict, output_error: Callable[[list[str]], float], budget: float) -> tuple[list[str], float]:
-    """The layers that run fast-scan, and the output error they cause: of the `layers` ({name:
-    {"kernel": lossless choice, "error", "ms"}}) where fast-scan is faster, ordered by time saved
-    per squared error, the longest prefix with output_error(prefix) <= budget."""
+def _uint8_ms(entry: dict) -> float:
+    """A plan entry's time with its uint8 kernel (at most one of them is timed per layer)."""
+    return min((entry["ms"][k] for k in UINT8 if k in entry["ms"]), default=float("inf"))
+
+
+def admit_uint8(layers: dict, output_error: Callable[[list[str]], float], budget: float) -> tuple[list[str], float]:
+    """The layers that run their uint8 kernel, and the output error they cause: of the `layers`
+    ({name: {"kernel": lossless choice, "error", "ms"}}) where the uint8 kernel (fast-scan or
+    wide-scan, whichever is in "ms") is faster, ordered by time saved per squared error, the
+    longest prefix with output_error(prefix) <= budget."""
     from .search import longest_prefix
 
     def saving(name):
         e = layers[name]
-        return e["ms"][e["kernel"]] - e["ms"].get("fastscan", float("inf"))
+        return e["ms"][e["kernel"]] - _uint8_ms(e)
     faster = sorted((n for n in layers if saving(n) > 0),
                     key=lambda n: (-saving(n) / max(layers[n]["error"], 1e-6) ** 2, n))
     errors = {0: 0.0}
@@ -113,13 +137,14 @@ def admit_fastscan(layers: dict, output_error: Callable[[list[str]], float], bud
 def kernel_plan(graph: Graph, calib: np.ndarray, budget: float = FASTSCAN_BUDGET, repeats: int = 3,
                 log=lambda text: None) -> dict:
     """Measure the plan "auto" follows.  Per PQ layer, on its inputs when the network (weights
-    reconstructed) runs the calibration batch `calib`: fast-scan's relative error against exact
-    lookups, and the time (best of `repeats` on one image) of exact, reconstructed and fast-scan.
-    Each layer gets the faster lossless kernel; then the layers where fast-scan is faster still are
-    ordered by time saved per squared error and the longest prefix of that order whose whole-model
-    output error (see FASTSCAN_BUDGET) is within `budget` runs fast-scan.  JSON-ready: {"version",
-    "isa", "budget", "images", "output_error" (the plan's), "layers": {name: {"kernel", "error"
-    (the layer's fast-scan error, or None without it), "ms": {impl: ms}}}}."""
+    reconstructed) runs the calibration batch `calib`: its uint8 kernel's (uint8_kernel) relative
+    error against exact lookups, and the time (best of `repeats` on one image) of exact,
+    reconstructed and the uint8 kernel.  Each layer gets the faster lossless kernel; then the layers
+    where the uint8 kernel is faster still are ordered by time saved per squared error and the
+    longest prefix of that order whose whole-model output error (see FASTSCAN_BUDGET) is within
+    `budget` runs it.  JSON-ready: {"version", "isa", "budget", "images", "output_error" (the
+    plan's), "layers": {name: {"kernel", "error" (the layer's uint8-kernel error, or None without
+    one), "ms": {impl: ms}}}}."""
     from .. import kernels as dense_kernels
     calib = np.ascontiguousarray(calib, dtype=np.float32)
     env, layers = {graph.input_name: calib}, {}
@@ -129,10 +154,10 @@ def kernel_plan(graph: Graph, calib: np.ndarray, budget: float = FASTSCAN_BUDGET
         if isinstance(layer, PQLayer):
             candidates = {"exact": _retarget(layer, "exact"), "reconstructed": _retarget(layer, "reconstructed")}
             out = candidates["reconstructed"](*args)
-            error = None
-            if fastscan_supported(layer):
-                candidates["fastscan"] = _retarget(layer, "fastscan")
-                error = relative_error(candidates["fastscan"](*args), candidates["exact"](*args))
+            error, lossy = None, uint8_kernel(layer)
+            if lossy:
+                candidates[lossy] = _retarget(layer, lossy)
+                error = relative_error(candidates[lossy](*args), candidates["exact"](*args))
             ms = {impl: _best_ms(c, args, repeats) for impl, c in candidates.items()}
             lossless = min(("exact", "reconstructed"), key=lambda k: (ms[k], k))
             layers[node.name] = {"kernel": lossless, "error": None if error is None else round(error, 6), "ms": ms}
@@ -141,15 +166,16 @@ def kernel_plan(graph: Graph, calib: np.ndarray, budget: float = FASTSCAN_BUDGET
             env[node.name] = layer(*args)
 
     lossless = {n: e["kernel"] for n, e in layers.items()}
+    lossy = {n.name: uint8_kernel(n.layer) for n in graph if n.name in layers}
     ref = _run(graph, lossless, calib)
 
     def output_error(names: list[str]) -> float:
-        error = relative_error(_run(graph, {**lossless, **dict.fromkeys(names, "fastscan")}, calib), ref)
-        log(f"kernel plan: fast-scan on {len(names)} layers: output error {error * 100:.2f} %")
+        error = relative_error(_run(graph, {**lossless, **{n: lossy[n] for n in names}}, calib), ref)
+        log(f"kernel plan: uint8 tables on {len(names)} layers: output error {error * 100:.2f} %")
         return error
-    admitted, error = admit_fastscan(layers, output_error, budget)
+    admitted, error = admit_uint8(layers, output_error, budget)
     for name in admitted:
-        layers[name]["kernel"] = "fastscan"
+        layers[name]["kernel"] = lossy[name]
     return {"version": PLAN_VERSION, "isa": dense_kernels.isa(), "budget": budget, "images": int(len(calib)),
             "output_error": round(error, 6), "layers": layers}
 
@@ -169,21 +195,21 @@ def plan_problem(graph: Graph, plan) -> str:
         return "made for other layers"
     for name, entry in plan["layers"].items():
         kernel = entry.get("kernel") if isinstance(entry, dict) else None
-        if kernel not in ("exact", "reconstructed", "fastscan") or (kernel == "fastscan" and not fastscan_supported(pq[name])):
+        if kernel not in ("exact", "reconstructed") and (kernel not in UINT8 or kernel != uint8_kernel(pq[name])):
             return f"layer {name}: kernel {kernel!r} cannot run it"
     return ""
 
 
 def format_plan(plan: dict) -> str:
-    """The plan, one line per layer: kernel, fast-scan's measured error and the timings."""
+    """The plan, one line per layer: kernel, the uint8 kernel's measured error and the timings."""
     output = plan.get("output_error")
-    lines = [f"kernel plan ({plan['isa']}; fast-scan admitted while the network's output moves by at most "
+    lines = [f"kernel plan ({plan['isa']}; uint8 tables admitted while the network's output moves by at most "
              f"{plan['budget'] * 100:g} % RMS on {plan['images']} calibration images"
              + ("" if output is None else f"; this plan: {output * 100:.2f} %") + "):"]
     for name, e in plan["layers"].items():
         err = "   n/a" if e.get("error") is None else f"{e['error'] * 100:5.2f}%"
         times = "  ".join(f"{k} {v:.3f}" for k, v in sorted(e.get("ms", {}).items()))
-        lines.append(f"  {name:<14} {e['kernel']:<13} fast-scan error {err}   ms: {times}")
+        lines.append(f"  {name:<14} {e['kernel']:<13} uint8 error {err}   ms: {times}")
     return "\n".join(lines)
 
 

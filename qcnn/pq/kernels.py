@@ -49,18 +49,19 @@ COUNT_LIMIT = 32767       # pq.h: each table's code counts sum to at most this
 
 
 def code_statistics(layer: PQLayer, cb16: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """What fast-scan's rounding correction needs, made once at load: how often each code occurs
-    per (group, subspace) over the kernel offsets and the group's outputs, (G, M, 16) uint32, and
-    the weights averaged the same way, (G, C_in/G) float32 (codebooks cb16: (G, M, 16, dsub)).
-    Counts are uint16: scaled to COUNT_LIMIT per table when a layer has more outputs and taps."""
+    """What the uint8 kernels' rounding correction needs, made once at load: how often each code
+    occurs per (group, subspace) over the kernel offsets and the group's outputs, (G, M, K) uint16,
+    and the weights averaged the same way, (G, C_in/G) float32 (codebooks cb16 as the kernel runs
+    them, padded: (G, M, K, dsub), K = 16 for fast-scan, 32..256 for wide-scan).  Counts are
+    scaled to COUNT_LIMIT per table when a layer has more outputs and taps."""
     g, m, k, d = cb16.shape
     kh, kw = layer.kernel
     cout_g = layer.out_channels // g
     cin_g = layer.in_channels // g
     # codes (kh, kw, M, cout) -> (G, M, taps * cout_g)
     codes = layer.codes.reshape(kh * kw, m, g, cout_g).transpose(2, 1, 0, 3).reshape(g, m, -1).astype(np.int64)
-    offsets = (np.arange(g * m, dtype=np.int64) * 16).reshape(g, m, 1)
-    counts = np.bincount((codes + offsets).ravel(), minlength=g * m * 16).reshape(g, m, 16)
+    offsets = (np.arange(g * m, dtype=np.int64) * k).reshape(g, m, 1)
+    counts = np.bincount((codes + offsets).ravel(), minlength=g * m * k).reshape(g, m, k)
     total = codes.shape[-1]
     if total > COUNT_LIMIT:
         # The C side multiplies 16-bit counts: scale every table to the same total COUNT_LIMIT,

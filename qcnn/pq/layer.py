@@ -54,8 +54,8 @@ class PQLayer(Layer):
     groups: int = 1
     activation: str | None = None
     # How the layer runs: "reference" (the numpy test phase below), a C lookup kernel, "exact"
-    # (float tables) or "fastscan" (uint8 tables, K <= 16), or "reconstructed" (weights rebuilt once,
-    # run by the dense kernels); see qcnn.pq.engine.with_kernel.
+    # (float tables), "fastscan" (uint8 tables, K <= 16) or "widescan" (uint8 tables, K = 17..256), or
+    # "reconstructed" (weights rebuilt once, run by the dense kernels); see qcnn.pq.engine.with_kernel.
     impl: str = "reference"
     kind = "pq"
 
@@ -85,7 +85,7 @@ class PQLayer(Layer):
             raise ValueError("PQ layer: bias shape")
         if self.kind_of not in ("conv", "fc") or self.activation not in ACTIVATIONS:
             raise ValueError("PQ layer: bad kind or activation")
-        if self.impl not in ("reference", "exact", "fastscan", "reconstructed"):
+        if self.impl not in ("reference", "exact", "fastscan", "widescan", "reconstructed"):
             raise ValueError(f"PQ layer: unknown implementation {self.impl!r}")
         if self.kind_of == "fc" and ((kh, kw, g) != (1, 1, 1) or tuple(self.stride) != (1, 1)
                                      or self.pads not in ((0, 0, 0, 0), [0, 0, 0, 0])):
@@ -179,6 +179,9 @@ class PQLayer(Layer):
         if getattr(self, "_prepared", None) is None:
             if self.impl == "reconstructed":
                 self._prepared = self.to_dense()
+            elif self.impl == "widescan":
+                from .widescan import PreparedWide
+                self._prepared = PreparedWide(self)
             else:
                 from .kernels import PreparedPQ    # the kernels module builds on this one
                 self._prepared = PreparedPQ(self, self.impl)

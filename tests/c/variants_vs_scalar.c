@@ -21,6 +21,7 @@
 #include "pq.h"
 #include "elementwise.h"
 #include "pq_kmeans.h"
+#include "pq_widescan.h"
 #include "cases.h"
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
@@ -401,13 +402,14 @@ typedef struct {
     int fc, cin, cout, k, dsub, ksub, groups, sh, sw, pt, pl, h, w, oh, ow, M, cin_g;
 } pq_case;
 
-static pq_case pq_case_at(int i) {
-    const int *q = PQ_CASES[i];
+static pq_case pq_case_from(const int *q) {
     pq_case c = {q[0], q[1], q[2], q[3], q[4], q[5], q[6], q[7], q[8], q[9], q[10], q[11], q[12], q[13], q[14], 0, 0};
     c.cin_g = c.cin / c.groups;
     c.M = (c.cin_g + c.dsub - 1) / c.dsub;
     return c;
 }
+
+static pq_case pq_case_at(int i) { return pq_case_from(PQ_CASES[i]); }
 
 /* Transposed codebooks (groups * M, dsub, ksub): the padded rows of a narrow last subspace stay
  * random (the kernels must ignore them); fast-scan pads to 16 codewords with copies of codeword 0. */
@@ -532,6 +534,97 @@ static void check_fastscan_limits(int isa) {
     report(&t, isa, 0);
 }
 
+static int qc_isa_for_both;   /* the level check_widescan_case compares with scalar */
+
+/* Wide-scan (K = 32..256): uint8 tables, then lookups, over the PQ shapes with K > 16 and the
+ * wide-scan tests' own (WS_CASES, K already padded to a supported size). */
+static void check_widescan_case(const pq_case *c, tally *tq, tally *tl, const char *what) {
+    const int npix = c->h * c->w, taps = c->k * c->k, shared = taps > 1;
+    const size_t nq = (size_t)npix * c->groups * c->M * c->ksub, ns = (size_t)npix * c->groups;
+    const size_t ny = (size_t)c->oh * c->ow * c->cout;
+    uint8_t *codes = randu8((size_t)taps * c->M * c->cout, 0, c->ksub);
+    float *bias = randf(c->cout, 1.f), *x = randf((size_t)npix * c->cin, 1.f), *cbt = codebooks(c, c->ksub);
+    float *T = malloc((size_t)4 * c->M * c->ksub * 4), *yref = malloc(ny * 4), *ygot = malloc(ny * 4);
+    uint8_t *qref = malloc(nq), *qgot = malloc(nq);
+    float *sref = malloc(ns * 4), *sgot = malloc(ns * 4), *oref = malloc(ns * 4), *ogot = malloc(ns * 4);
+    /* the rounding correction's inputs, as qcnn/pq/kernels.py makes them (see check_pq) */
+    const int cout_g = c->cout / c->groups, cin_g = c->cin / c->groups, K = c->ksub;
+    uint16_t *counts = calloc((size_t)c->groups * c->M * K, sizeof *counts);
+    for (int t = 0; t < taps; t++)
+        for (int m = 0; m < c->M; m++)
+            for (int o = 0; o < c->cout; o++)
+                counts[((size_t)(o / cout_g) * c->M + m) * K + codes[((size_t)t * c->M + m) * c->cout + o]]++;
+    float *wmean = randf((size_t)c->groups * cin_g, 1.f);
+    for (int debias = 0; debias < 2; debias++) {     /* the lookups below read the corrected tables */
+        const float *wm = debias ? wmean : NULL;
+        const uint16_t *cn = debias ? counts : NULL;
+        BOTH(qc_isa_for_both, qc_ws_tables_u8(x, npix, c->cin, c->groups, c->M, c->dsub, K, cbt, wm, cn, shared, T, qref, sref, oref),
+             qc_ws_tables_u8(x, npix, c->cin, c->groups, c->M, c->dsub, K, cbt, wm, cn, shared, T, qgot, sgot, ogot));
+        compare_u8(tq, qref, qgot, nq, what);
+        compare(tq, sref, sgot, ns, 0, what);
+        compare(tq, oref, ogot, ns, 0, what);
+    }
+    free(counts), free(wmean);
+    uint8_t *packed = malloc(qc_ws_packed_size(c->k, c->k, c->groups, c->M, c->cout));
+    qc_ws_pack_codes(codes, c->k, c->k, c->groups, c->M, c->cout, packed);
+    for (int a = 0; a < 3; a++) {   /* both runs read the reference tables */
+        BOTH(qc_isa_for_both, qc_pq_conv_widescan(qref, sref, oref, c->h, c->w, c->groups, c->M, c->ksub, packed, c->k, c->k,
+                                                   c->sh, c->sw, c->pt, c->pl, c->cout, bias, yref, c->oh, c->ow, ACTS[a]),
+             qc_pq_conv_widescan(qref, sref, oref, c->h, c->w, c->groups, c->M, c->ksub, packed, c->k, c->k, c->sh, c->sw,
+                                 c->pt, c->pl, c->cout, bias, ygot, c->oh, c->ow, ACTS[a]));
+        compare(tl, yref, ygot, ny, 0, what);
+    }
+    free(codes), free(bias), free(x), free(cbt), free(T), free(yref), free(ygot), free(packed);
+    free(qref), free(qgot), free(sref), free(sgot), free(oref), free(ogot);
+}
+
+static void check_widescan(int isa) {
+    tally tq = {"widescan_tables_u8", 0, 0, 0, 0}, tl = {"widescan_lookups", 0, 0, 0, 0};
+    qc_isa_for_both = isa;
+    for (int src = 0; src < 2; src++)
+        for (int i = 0; i < (src ? COUNT(WS_CASES) : COUNT(PQ_CASES)); i++) {
+            pq_case c = src ? pq_case_from(WS_CASES[i]) : pq_case_at(i);
+            if (!qc_ws_supported(c.ksub)) continue;
+            char what[96];
+            snprintf(what, sizeof what, "%s case %d: %s %d->%d k%d C_s'%d K%d g%d s%d on %dx%d", src ? "WS" : "PQ", i,
+                     c.fc ? "fc" : "conv", c.cin, c.cout, c.k, c.dsub, c.ksub, c.groups, c.sh, c.h, c.w);
+            for (int img = 0; img < 2; img++) check_widescan_case(&c, &tq, &tl, what);
+        }
+    report(&tq, isa, 0);
+    report(&tl, isa, 0);
+}
+
+/* Wide-scan lookups on tables of large bytes (192..255, and all 255): the integer sums reach what
+ * the 16-bit accumulators hold between their widening flushes (every 256 subspaces), for each K. */
+static void check_widescan_limits(int isa) {
+    tally t = {"widescan_large_sums", 0, 0, 0, 0};
+    static const int SHAPES[][6] = {  /* fc, cin, cout, k, dsub, map side */
+        {0, 96, 70, 5, 4, 6}, {1, 2100, 130, 1, 4, 1}, {1, 8192, 33, 1, 2, 1}, {0, 256, 40, 3, 2, 3}};
+    static const int KS[4] = {32, 64, 128, 256};
+    for (int i = 0; i < 2 * COUNT(SHAPES); i++)
+        for (int kk = 0; kk < 4; kk++) {
+            const int lowest = i < COUNT(SHAPES) ? 192 : 255, K = KS[kk];
+            const int *sh = SHAPES[i % COUNT(SHAPES)];
+            const int cin = sh[1], cout = sh[2], k = sh[3], dsub = sh[4], side = sh[5];
+            const int M = (cin + dsub - 1) / dsub, npix = side * side, pad0 = k / 2;
+            uint8_t *Q = randu8((size_t)npix * M * K, lowest, 256), *codes = randu8((size_t)k * k * M * cout, 0, K);
+            float *scale = fill(npix, 0.01f), *osum = fill(npix, -1.f), *bias = randf(cout, 1.f);
+            const size_t ny = (size_t)npix * cout;
+            float *ref = malloc(ny * 4), *got = malloc(ny * 4);
+            uint8_t *packed = malloc(qc_ws_packed_size(k, k, 1, M, cout));
+            qc_ws_pack_codes(codes, k, k, 1, M, cout, packed);
+            BOTH(isa, qc_pq_conv_widescan(Q, scale, osum, side, side, 1, M, K, packed, k, k, 1, 1, pad0, pad0, cout, bias,
+                                          ref, side, side, QC_ACT_NONE),
+                 qc_pq_conv_widescan(Q, scale, osum, side, side, 1, M, K, packed, k, k, 1, 1, pad0, pad0, cout, bias, got,
+                                     side, side, QC_ACT_NONE));
+            char what[64];
+            snprintf(what, sizeof what, "%d taps x %d subspaces, K %d, bytes >= %d", k * k, M, K, lowest);
+            compare(&t, ref, got, ny, 0, what);
+            free(Q), free(codes), free(scale), free(osum), free(bias), free(ref), free(got), free(packed);
+        }
+    report(&t, isa, 0);
+}
+
 int main(int argc, char **argv) {
     const char *expect = argc == 3 && strcmp(argv[1], "--expect") == 0 ? argv[2] : NULL;
     if (argc != 1 && !expect) {
@@ -559,6 +652,8 @@ int main(int argc, char **argv) {
         check_kmeans(isa);
         check_pq(isa);
         check_fastscan_limits(isa);
+        check_widescan(isa);
+        check_widescan_limits(isa);
     }
     printf("%d passed, %d failed\n", total_passed, total_failed);
     return total_failed ? 1 : 0;
