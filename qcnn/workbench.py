@@ -378,7 +378,7 @@ def auto_plan(model: Model, graph: Graph, metadata: dict | None = None, calib_fo
     if progress:
         progress("kernel plan: measuring fast-scan's error and the kernels' times", 0.0)
     calib = calibration_batch(model, calib_folder, count=engine.PLAN_IMAGES, seed=0)
-    plan = engine.kernel_plan(graph, calib)
+    plan = engine.kernel_plan(graph, calib, dense=model.graph)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")

@@ -79,6 +79,30 @@ def test_admission_takes_the_best_savings_per_error_first_and_stops_at_the_budge
     assert all(set(names) <= {"a", "b", "e"} for names in asked)
 
 
+def test_the_plan_allows_at_most_half_the_quantizations_own_error_of_the_dense_network():
+    import dataclasses
+    g, x = graph(), calib()
+    rebuilt = engine.with_kernel(g, "reconstructed")
+    nodes = list(g)
+    fc = nodes[-1].layer
+    # the "dense" network: the quantized one with a slightly different FC bias (a small quantization error)
+    rms = float(np.sqrt(np.mean(np.square(rebuilt(x)))))
+    shifted = dataclasses.replace(fc, bias=fc.bias + np.float32(0.02 * rms))
+    dense = engine.with_kernel(Graph(nodes[:-1] + [Node("fc", shifted, nodes[-1].inputs)], g.input_name, g.output),
+                               "reconstructed")
+    q = engine.relative_error(rebuilt(x), dense(x))
+    assert 1e-4 < q < 2 * engine.FASTSCAN_BUDGET
+    plan = engine.kernel_plan(g, x, dense=dense)
+    assert plan["quantization_error"] == pytest.approx(q, rel=1e-3)
+    assert plan["limit"] == pytest.approx(min(engine.FASTSCAN_BUDGET, engine.FASTSCAN_SHARE * q), rel=1e-3)
+    assert plan["output_error"] <= plan["limit"]
+    assert "half the quantization" in engine.format_plan(plan)
+    # the dense network rebuilt from the codebooks themselves gives no scale: the budget alone
+    alone = engine.kernel_plan(g, x, dense=rebuilt)
+    assert alone["limit"] == engine.FASTSCAN_BUDGET
+    assert engine.kernel_plan(g, x)["quantization_error"] is None
+
+
 def test_auto_follows_the_plan_and_refuses_a_foreign_one():
     g = graph()
     plan = engine.kernel_plan(g, calib())

@@ -390,14 +390,17 @@ def _kernel_plan_entry(v) -> dict:
 
 def _kernel_plan(v) -> dict:
     """qcnn.pq.engine.kernel_plan(): what "auto" runs per layer, for one SIMD level."""
-    _object(v, "kernel plan", {"version", "isa", "budget", "layers"}, {"images", "source", "output_error"})
+    _object(v, "kernel plan", {"version", "isa", "budget", "layers"}, {"images", "source", "output_error", "limit", "quantization_error"})
     _field("version", _int(0, 2**31), v["version"])
     _field("isa", _str, v["isa"])
     _field("budget", _nonnegative, v["budget"])
     if "images" in v:
         _field("images", _int(0, 2**31), v["images"])
-    if "output_error" in v:
-        _field("output_error", _nonnegative, v["output_error"])
+    for key in ("output_error", "limit"):
+        if key in v:
+            _field(key, _nonnegative, v[key])
+    if "quantization_error" in v:
+        _field("quantization_error", _optional(_nonnegative), v["quantization_error"])
     for name, entry in _dict(v["layers"], "layers").items():
         _field(f"layer {name!r:.40}", _kernel_plan_entry, entry)
     return v
