@@ -140,33 +140,7 @@ class PreparedPQ:
         return w * l.groups * l.M * self.ksub * (4 + (1 if self.kernel == "fastscan" else 0))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        l = self.layer
-        if l.kind_of == "fc":
-            x = x.reshape(x.shape[0], 1, 1, -1)
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        n, h, w, c = x.shape
-        if c != l.in_channels:
-            raise ValueError(f"{l.describe()}: got {c} input channels")
-        kh, kw = l.kernel
-        sh, sw = l.stride
-        (top, bottom, left, right), oh, ow = l.geometry(h, w)
-        if min(top, bottom, left, right) < 0:
-            raise ValueError(f"{l.describe()}: negative padding")
-        if (kh, kw) == (1, 1) and (sh, sw) != (1, 1) and not (top or left):
-            # A strided 1x1 reads a quarter of the pixels: build tables for those only.
-            x = np.ascontiguousarray(x[:, ::sh, ::sw][:, :oh, :ow])
-            n, h, w, c = x.shape
-            sh = sw = 1
-            top = left = 0
-        y = empty_aligned((n, oh, ow, l.out_channels))
-        rows = max(1, TABLE_BUDGET_BYTES // max(1, self.table_bytes(w) * sh) - kh)
-        for b in range(n):
-            for oy0 in range(0, oh, rows):
-                oy1 = min(oh, oy0 + rows)
-                r0 = max(0, oy0 * sh - top)
-                r1 = min(h, (oy1 - 1) * sh - top + kh)
-                self._band(x[b, r0:r1], y[b, oy0:oy1], top + r0 - oy0 * sh, left, sh, sw)
-        return y.reshape(n, -1) if l.kind_of == "fc" else y
+        return run_in_bands(self, x)
 
     def _scratch(self, name: str, shape: tuple, dtype):
         """A reused work buffer and its C pointer: fresh megabyte-sized arrays per call cost page
@@ -229,3 +203,38 @@ class PreparedPQ:
     def _count(self, t0: float, t1: float) -> None:
         self.seconds["tables"] += t1 - t0
         self.seconds["lookups"] += time.perf_counter() - t1
+
+
+def run_in_bands(prepared, x: np.ndarray, budget: int = TABLE_BUDGET_BYTES) -> np.ndarray:
+    """A prepared lookup layer (PreparedPQ, widescan.PreparedWide) over a batch: per image, bands of
+    output rows whose tables fit `budget` bytes, each handed to prepared._band."""
+    l = prepared.layer
+    x = np.asarray(x)
+    if l.kind_of == "fc":
+        x = x.reshape(x.shape[0], 1, 1, -1)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 4:
+        raise ValueError(f"{l.describe()}: expected an NHWC batch, got shape {x.shape}")
+    n, h, w, c = x.shape
+    if c != l.in_channels:
+        raise ValueError(f"{l.describe()}: got {c} input channels")
+    kh, kw = l.kernel
+    sh, sw = l.stride
+    (top, bottom, left, right), oh, ow = l.geometry(h, w)
+    if min(top, bottom, left, right) < 0:
+        raise ValueError(f"{l.describe()}: negative padding")
+    if (kh, kw) == (1, 1) and (sh, sw) != (1, 1) and not (top or left):
+        # A strided 1x1 reads a quarter of the pixels: build tables for those only.
+        x = np.ascontiguousarray(x[:, ::sh, ::sw][:, :oh, :ow])
+        n, h, w, c = x.shape
+        sh = sw = 1
+        top = left = 0
+    y = empty_aligned((n, oh, ow, l.out_channels))
+    rows = max(1, budget // max(1, prepared.table_bytes(w) * sh) - kh)
+    for b in range(n):
+        for oy0 in range(0, oh, rows):
+            oy1 = min(oh, oy0 + rows)
+            r0 = max(0, oy0 * sh - top)
+            r1 = min(h, (oy1 - 1) * sh - top + kh)
+            prepared._band(x[b, r0:r1], y[b, oy0:oy1], top + r0 - oy0 * sh, left, sh, sw)
+    return y.reshape(n, -1) if l.kind_of == "fc" else y

@@ -13,7 +13,7 @@ import numpy as np
 
 from .._kernels import ffi, lib
 from ..kernels import _ACT, _ptr, empty_aligned
-from .kernels import code_statistics
+from .kernels import code_statistics, run_in_bands
 from .layer import PQLayer
 
 SIZES = (32, 64, 128, 256)          # codebook sizes the lookups take; others are padded up
@@ -79,34 +79,7 @@ class PreparedWide:
         return w * l.groups * l.M * self.ksub
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        l = self.layer
-        if l.kind_of == "fc":
-            x = np.asarray(x).reshape(np.asarray(x).shape[0], 1, 1, -1)
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.ndim != 4:
-            raise ValueError(f"{l.describe()}: expected an NHWC batch, got shape {x.shape}")
-        n, h, w, c = x.shape
-        if c != l.in_channels:
-            raise ValueError(f"{l.describe()}: got {c} input channels")
-        kh, kw = l.kernel
-        sh, sw = l.stride
-        (top, bottom, left, right), oh, ow = l.geometry(h, w)
-        if min(top, bottom, left, right) < 0:
-            raise ValueError(f"{l.describe()}: negative padding")
-        if (kh, kw) == (1, 1) and (sh, sw) != (1, 1) and not (top or left):
-            # A strided 1x1 reads a fraction of the pixels: build tables for those only.
-            x = np.ascontiguousarray(x[:, ::sh, ::sw][:, :oh, :ow])
-            n, h, w, c = x.shape
-            sh = sw = 1
-        y = empty_aligned((n, oh, ow, l.out_channels))
-        rows = max(1, TABLE_BUDGET_BYTES // max(1, self.table_bytes(w) * sh) - kh)
-        for b in range(n):
-            for oy0 in range(0, oh, rows):
-                oy1 = min(oh, oy0 + rows)
-                r0 = max(0, oy0 * sh - top)
-                r1 = min(h, (oy1 - 1) * sh - top + kh)
-                self._band(x[b, r0:r1], y[b, oy0:oy1], top + r0 - oy0 * sh, left, sh, sw)
-        return y.reshape(n, -1) if l.kind_of == "fc" else y
+        return run_in_bands(self, x, TABLE_BUDGET_BYTES)
 
     def _scratch(self, name: str, shape: tuple, dtype):
         """A reused work buffer's C pointer (so one PreparedWide must not run in two threads at once)."""
