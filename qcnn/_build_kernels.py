@@ -3,6 +3,7 @@
 The Python-visible declarations are read from the public headers, so each prototype is written
 once.  QCNN_SANITIZE=1 builds with AddressSanitizer + UndefinedBehaviorSanitizer for the kernel
 tests (scripts/check-kernels.sh)."""
+import hashlib
 import os
 from pathlib import Path
 
@@ -35,9 +36,20 @@ if os.environ.get("QCNN_SANITIZE"):
     flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-O1"]
     link += ["-fsanitize=address,undefined"]
 
+
+def kernels_digest() -> str:
+    """What identifies this build of the kernels: every C source and header, and the flags.  Kernel
+    plans (qcnn.pq.engine) are timings of one build, so a plan measured with another is re-measured."""
+    h = hashlib.sha256(" ".join(flags).encode())
+    for path in sorted(CSRC.glob("*.[ch]")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 ffibuilder = FFI()
-ffibuilder.cdef("\n".join(declarations(CSRC / h) for h in HEADERS))
-ffibuilder.set_source("qcnn._kernels", "".join(f'#include "{h}"\n' for h in HEADERS),
+ffibuilder.cdef("\n".join(declarations(CSRC / h) for h in HEADERS) + "\nconst char *qc_kernels_digest(void);")
+ffibuilder.set_source("qcnn._kernels", "".join(f'#include "{h}"\n' for h in HEADERS)
+                      + f'const char *qc_kernels_digest(void) {{ return "{kernels_digest()}"; }}\n',
                       sources=[str(CSRC / s) for s in SOURCES],
                       include_dirs=[str(CSRC)], extra_compile_args=flags, extra_link_args=link)
 

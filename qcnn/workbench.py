@@ -362,7 +362,7 @@ def plan_path(graph: Graph, metadata: dict | None) -> Path:
 def auto_plan(model: Model, graph: Graph, metadata: dict | None = None, calib_folder: str | None = None,
               progress: Callable[[str, float], None] | None = None) -> dict:
     """The kernel plan "auto" follows for a quantized `graph` of `model` (qcnn.pq.engine.kernel_plan),
-    measured once per model, settings and SIMD level: from the .qcnn file's metadata
+    measured once per model, settings, SIMD level and build of the kernels: from the .qcnn file's metadata
     ("kernel_plans", written by `qcnn quantize`), else from the plan cache, else measured on
     PLAN_IMAGES calibration images (calib_folder, else the bundled photos) and cached.  The
     returned plan's "source" says which."""

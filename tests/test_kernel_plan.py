@@ -115,6 +115,8 @@ def test_auto_follows_the_plan_and_refuses_a_foreign_one():
     assert set(engine.kernel_map(engine.with_kernel(g, "auto")).values()) == {"exact"}   # no plan: lossless
     for change, why in ((lambda p: p.update(isa="other"), "SIMD level"),
                         (lambda p: p.update(budget=0.5), "budget"),
+                        (lambda p: p.update(kernels="0123456789abcdef"), "another build of the kernels"),
+                        (lambda p: p.pop("kernels"), "another build of the kernels"),
                         (lambda p: p["layers"].pop("fc"), "other layers"),
                         (lambda p: p["layers"]["fc"].update(kernel="fastscan"), "cannot run"),
                         (lambda p: p["layers"]["wide"].update(kernel="widescan"), "cannot run")):

@@ -13,7 +13,7 @@ the dense product, and reconstruction is faster.
 "auto" follows a kernel plan (`kernel_plan`): per layer the fastest of exact and reconstructed,
 and its uint8 kernel (`uint8_kernel`) on the layers where that is faster still, as many as the
 network's output error on real inputs (calibration images) allows (FASTSCAN_BUDGET).  A plan is
-measured once for a model, its settings and the SIMD level, and stored (beside the cached model, or in a .qcnn file): loading the same model again
+measured once for a model, its settings, the SIMD level and the kernels' build, and stored (beside the cached model, or in a .qcnn file): loading the same model again
 gives the same kernels, not a new timing race."""
 from __future__ import annotations
 
@@ -91,6 +91,12 @@ PLAN_VERSION = 5        # what a stored plan must say to be reused (bump when th
 PLAN_IMAGES = 4         # calibration images a plan measures errors on
 
 
+def kernels_digest() -> str:
+    """The build of the C kernels this process runs (qcnn/_build_kernels.py): a plan is a timing of one."""
+    from .._kernels import ffi, lib
+    return ffi.string(lib.qc_kernels_digest()).decode()
+
+
 def relative_error(got: np.ndarray, want: np.ndarray) -> float:
     """RMS(got - want) / RMS(want) (0 when both are zero)."""
     ref = float(np.sqrt(np.mean(np.square(want, dtype=np.float64))))
@@ -149,7 +155,7 @@ def kernel_plan(graph: Graph, calib: np.ndarray, budget: float = FASTSCAN_BUDGET
     where the uint8 kernel is faster still are ordered by time saved per squared error and the
     longest prefix of that order whose whole-model output error (see FASTSCAN_BUDGET) is within
     `budget` and, given the `dense` network, FASTSCAN_SHARE of the quantization's error, runs it.
-    JSON-ready: {"version", "isa", "budget", "images", "quantization_error" (None without `dense`),
+    JSON-ready: {"version", "isa", "kernels" (kernels_digest()), "budget", "images", "quantization_error" (None without `dense`),
     "limit" (the output error allowed), "output_error" (the plan's), "layers": {name: {"kernel", "error" (the layer's uint8-kernel error, or None without
     one), "ms": {impl: ms}}}}."""
     from .. import kernels as dense_kernels
@@ -186,14 +192,16 @@ def kernel_plan(graph: Graph, calib: np.ndarray, budget: float = FASTSCAN_BUDGET
     admitted, error = admit_uint8(layers, output_error, limit)
     for name in admitted:
         layers[name]["kernel"] = lossy[name]
-    return {"version": PLAN_VERSION, "isa": dense_kernels.isa(), "budget": budget, "images": int(len(calib)),
+    return {"version": PLAN_VERSION, "isa": dense_kernels.isa(), "kernels": kernels_digest(), "budget": budget,
+            "images": int(len(calib)),
             "quantization_error": None if quantization is None else round(quantization, 6),
             "limit": round(limit, 6), "output_error": round(error, 6), "layers": layers}
 
 
 def plan_problem(graph: Graph, plan) -> str:
     """Why `plan` cannot be followed for `graph` on this machine ("" when it can): a stored plan is
-    checked before use, and one made elsewhere (another SIMD level, version or budget) is not."""
+    checked before use, and one made elsewhere (another SIMD level, version, budget or build of the
+    kernels: a faster kernel changes what pays) is not."""
     from .. import kernels as dense_kernels
     if not isinstance(plan, dict) or not isinstance(plan.get("layers"), dict):
         return "not a kernel plan"
@@ -201,6 +209,8 @@ def plan_problem(graph: Graph, plan) -> str:
         return "made by another version or budget"
     if plan.get("isa") != dense_kernels.isa():
         return f"made for SIMD level {plan.get('isa')}, this one runs {dense_kernels.isa()}"
+    if plan.get("kernels") != kernels_digest():
+        return "timed with another build of the kernels"
     pq = {n.name: n.layer for n in graph if isinstance(n.layer, PQLayer)}
     if set(plan["layers"]) != set(pq):
         return "made for other layers"

@@ -390,9 +390,12 @@ def _kernel_plan_entry(v) -> dict:
 
 def _kernel_plan(v) -> dict:
     """qcnn.pq.engine.kernel_plan(): what "auto" runs per layer, for one SIMD level."""
-    _object(v, "kernel plan", {"version", "isa", "budget", "layers"}, {"images", "source", "output_error", "limit", "quantization_error"})
+    _object(v, "kernel plan", {"version", "isa", "budget", "layers"}, {"images", "source", "output_error", "limit", "quantization_error",
+                                                                "kernels"})
     _field("version", _int(0, 2**31), v["version"])
     _field("isa", _str, v["isa"])
+    if "kernels" in v:
+        _field("kernels", _str, v["kernels"])
     _field("budget", _nonnegative, v["budget"])
     if "images" in v:
         _field("images", _int(0, 2**31), v["images"])
