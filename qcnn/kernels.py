@@ -35,6 +35,11 @@ def isa() -> str:
     return ISA_NAMES[lib.qc_isa()]
 
 
+#: This build of the C kernels (a digest of their sources and flags, qcnn/_build_kernels.py): kernel
+#: plans are timings of one build.
+BUILD = ffi.string(lib.qc_kernels_digest()).decode()
+
+
 def best_isa() -> str:
     """The best variant set_isa can select: the CPU's, capped by $QCNN_ISA."""
     return ISA_NAMES[lib.qc_isa_cap()]

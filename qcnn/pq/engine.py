@@ -91,12 +91,6 @@ PLAN_VERSION = 5        # what a stored plan must say to be reused (bump when th
 PLAN_IMAGES = 4         # calibration images a plan measures errors on
 
 
-def kernels_digest() -> str:
-    """The build of the C kernels this process runs (qcnn/_build_kernels.py): a plan is a timing of one."""
-    from .._kernels import ffi, lib
-    return ffi.string(lib.qc_kernels_digest()).decode()
-
-
 def relative_error(got: np.ndarray, want: np.ndarray) -> float:
     """RMS(got - want) / RMS(want) (0 when both are zero)."""
     ref = float(np.sqrt(np.mean(np.square(want, dtype=np.float64))))
@@ -155,7 +149,7 @@ def kernel_plan(graph: Graph, calib: np.ndarray, budget: float = FASTSCAN_BUDGET
     where the uint8 kernel is faster still are ordered by time saved per squared error and the
     longest prefix of that order whose whole-model output error (see FASTSCAN_BUDGET) is within
     `budget` and, given the `dense` network, FASTSCAN_SHARE of the quantization's error, runs it.
-    JSON-ready: {"version", "isa", "kernels" (kernels_digest()), "budget", "images", "quantization_error" (None without `dense`),
+    JSON-ready: {"version", "isa", "kernels" (qcnn.kernels.BUILD), "budget", "images", "quantization_error" (None without `dense`),
     "limit" (the output error allowed), "output_error" (the plan's), "layers": {name: {"kernel", "error" (the layer's uint8-kernel error, or None without
     one), "ms": {impl: ms}}}}."""
     from .. import kernels as dense_kernels
@@ -192,7 +186,7 @@ def kernel_plan(graph: Graph, calib: np.ndarray, budget: float = FASTSCAN_BUDGET
     admitted, error = admit_uint8(layers, output_error, limit)
     for name in admitted:
         layers[name]["kernel"] = lossy[name]
-    return {"version": PLAN_VERSION, "isa": dense_kernels.isa(), "kernels": kernels_digest(), "budget": budget,
+    return {"version": PLAN_VERSION, "isa": dense_kernels.isa(), "kernels": dense_kernels.BUILD, "budget": budget,
             "images": int(len(calib)),
             "quantization_error": None if quantization is None else round(quantization, 6),
             "limit": round(limit, 6), "output_error": round(error, 6), "layers": layers}
@@ -209,7 +203,7 @@ def plan_problem(graph: Graph, plan) -> str:
         return "made by another version or budget"
     if plan.get("isa") != dense_kernels.isa():
         return f"made for SIMD level {plan.get('isa')}, this one runs {dense_kernels.isa()}"
-    if plan.get("kernels") != kernels_digest():
+    if plan.get("kernels") != dense_kernels.BUILD:
         return "timed with another build of the kernels"
     pq = {n.name: n.layer for n in graph if isinstance(n.layer, PQLayer)}
     if set(plan["layers"]) != set(pq):
