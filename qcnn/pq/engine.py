@@ -87,7 +87,9 @@ FASTSCAN_BUDGET = 0.03
 #: accurate stays so: ResNet-18 `accurate` (quantization error 1.6 %) lost 0.8 points of top-5 with
 #: two fast-scan layers at 1.8 %, none with one at 0.7 % (250 even rows).
 FASTSCAN_SHARE = 1.0
-PLAN_VERSION = 5        # what a stored plan must say to be reused (bump when the measure changes)
+#: Layers tried one by one after the prefix: each try is one run of the calibration batch.
+FILL_TRIES = 6
+PLAN_VERSION = 6        # what a stored plan must say to be reused (bump when the measure changes)
 PLAN_IMAGES = 4         # calibration images a plan measures errors on
 
 
@@ -122,7 +124,9 @@ def admit_uint8(layers: dict, output_error: Callable[[list[str]], float], budget
     """The layers that run their uint8 kernel, and the output error they cause: of the `layers`
     ({name: {"kernel": lossless choice, "error", "ms"}}) where the uint8 kernel (fast-scan or
     wide-scan, whichever is in "ms") is faster, ordered by time saved per squared error, the
-    longest prefix with output_error(prefix) <= budget."""
+    longest prefix with output_error(prefix) <= budget; then, largest saving first, up to FILL_TRIES
+    of the layers after it, each kept if the budget still holds with it (a layer with a large error
+    early in the order must not shut out the small-error ones behind it)."""
     from .search import longest_prefix
 
     def saving(name):
@@ -137,7 +141,12 @@ def admit_uint8(layers: dict, output_error: Callable[[list[str]], float], budget
             errors[k] = output_error(faster[:k])
         return errors[k] <= budget
     k = longest_prefix(len(faster), within)
-    return faster[:k], errors[k]
+    admitted, error = faster[:k], errors[k]
+    for name in sorted(faster[k:], key=lambda n: (-saving(n), n))[:FILL_TRIES]:
+        trial = output_error(admitted + [name])
+        if trial <= budget:
+            admitted, error = admitted + [name], trial
+    return admitted, error
 
 
 def kernel_plan(graph: Graph, calib: np.ndarray, budget: float = FASTSCAN_BUDGET, repeats: int = 3,
