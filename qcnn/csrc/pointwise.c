@@ -55,6 +55,10 @@ typedef struct {
     const int *koff;   /* NULL: a row's k values are contiguous; else value kk sits at koff[kk] */
     size_t lda, ldc;   /* distance between consecutive rows of a (of c) within a segment */
     int k, act;
+    /* The same offsets as runs: k = ntap * tapk values, run t contiguous from toff[t] (NULL: one
+     * run from 0).  A convolution's run is one kernel tap's channels. */
+    const int *toff;
+    int ntap, tapk;
 } pw_args;
 
 /* A variant: tile height and the function computing `rows` (<= mr) rows of panel p, the first
@@ -170,12 +174,30 @@ QC_AVX512 static void pw_tile_avx512(const pw_args *g, const float *a, int rows,
 
 /* ---- AVX2 + FMA: MR x (NV * 8) tiles over one half (16 columns) of a panel at a time ---------- */
 
-/* Columns [half * 16, half * 16 + hc) of panel p, hc <= 8 * NV. */
+/* One step of k: a row of the half panel (two vectors), MR broadcasts, 2 * MR FMAs.  Row r's value
+ * is at ar[r][o], so each broadcast is one load with a base and an index register. */
+#define PW256_STEP(bk, o)                                                                         \
+    do {                                                                                          \
+        const __m256 w0 = _mm256_loadu_ps(bk);                                                    \
+        const __m256 w1 = NV == 2 ? _mm256_loadu_ps((bk) + 8) : _mm256_setzero_ps();              \
+        _Pragma("GCC unroll 16") for (int r = 0; r < MR; r++) {                                   \
+            const __m256 av = _mm256_broadcast_ss(ar[r] + (o));                                   \
+            acc0[r] = _mm256_fmadd_ps(av, w0, acc0[r]);                                           \
+            if (NV == 2) acc1[r] = _mm256_fmadd_ps(av, w1, acc1[r]);                              \
+        }                                                                                         \
+    } while (0)
+
+/* Columns [half * 16, half * 16 + hc) of panel p, hc <= 8 * NV.  At 16 lanes per cycle the 12 FMAs
+ * of a 6-row step take 6 cycles, into which its 8 loads, a prefetch and the loop's own bookkeeping
+ * must fit (two loads and about five instructions per cycle): so k goes in runs of contiguous
+ * values (a convolution's tap, g->toff), four steps at a time with constant displacements, and no
+ * per-step offset table is read.  (Stepping one k at a time through g->koff ran at half the speed of
+ * the AVX-512 tiles.) */
 QC_AVX2 QC_INLINE void pw256_kernel(const pw_args *g, const float *a, float *c, int p, int half, int hc,
-                                    const int MR, const int NV, const int IMPLICIT) {
+                                    const int MR, const int NV) {
     const size_t lda = g->lda, ldc = g->ldc;
-    const int act = g->act;
-    const int *koff = g->koff;
+    const int act = g->act, ntap = g->ntap, tapk = g->tapk;
+    const int *toff = g->toff;
     const float *b = g->bp + (size_t)p * g->k * PANEL + half * 16;
     c += (size_t)p * PANEL + half * 16;
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -187,27 +209,33 @@ QC_AVX2 QC_INLINE void pw256_kernel(const pw_args *g, const float *a, float *c, 
         if (NV == 2) b1 = _mm256_maskload_ps(g->bias + (size_t)p * PANEL + half * 16 + 8, m1);
     }
     __m256 acc0[6], acc1[6];
+    const float *ar[6];
 #pragma GCC unroll 16
     for (int r = 0; r < MR; r++) {
         acc0[r] = b0;
         acc1[r] = b1;
+        ar[r] = a + (size_t)r * lda;
         /* The lines of c the next tile stores (it starts where this one ends, in both blocking
          * orders): a layer's output is usually not in cache, and a store that misses stalls. */
         PW_PREFETCH_AT(c + (size_t)(MR + r) * ldc, 0);
     }
-    for (int kk = 0; kk < g->k; kk++) {
-        PW_PREFETCH_AT(b + (size_t)kk * PANEL, PW_PREFETCH);  /* this half's line, 32 rows ahead */
-        /* The next tile's rows of a, one line per step: row r's line at steps 16 L + r. */
-        if (!IMPLICIT && (kk & 15) < MR)
-            PW_PREFETCH_AT(a + (size_t)(MR + (kk & 15)) * lda + (kk & ~15), 0);
-        const __m256 w0 = _mm256_loadu_ps(b + (size_t)kk * PANEL);
-        const __m256 w1 = NV == 2 ? _mm256_loadu_ps(b + (size_t)kk * PANEL + 8) : _mm256_setzero_ps();
-        const float *ak = a + (IMPLICIT ? (size_t)koff[kk] : (size_t)kk);
-#pragma GCC unroll 16
-        for (int r = 0; r < MR; r++) {
-            const __m256 av = _mm256_broadcast_ss(ak + (size_t)r * lda);
-            acc0[r] = _mm256_fmadd_ps(av, w0, acc0[r]);
-            if (NV == 2) acc1[r] = _mm256_fmadd_ps(av, w1, acc1[r]);
+    for (int t = 0; t < ntap; t++) {
+        const size_t o = toff ? (size_t)toff[t] : 0;
+        int kk = 0;
+        for (; kk + 4 <= tapk; kk += 4, b += 4 * PANEL) {
+            /* this half's lines, 32 rows ahead */
+            PW_PREFETCH_AT(b, PW_PREFETCH);
+            PW_PREFETCH_AT(b + PANEL, PW_PREFETCH);
+            PW_PREFETCH_AT(b + 2 * PANEL, PW_PREFETCH);
+            PW_PREFETCH_AT(b + 3 * PANEL, PW_PREFETCH);
+            PW256_STEP(b, o + kk);
+            PW256_STEP(b + PANEL, o + kk + 1);
+            PW256_STEP(b + 2 * PANEL, o + kk + 2);
+            PW256_STEP(b + 3 * PANEL, o + kk + 3);
+        }
+        for (; kk < tapk; kk++, b += PANEL) {
+            PW_PREFETCH_AT(b, PW_PREFETCH);
+            PW256_STEP(b, o + kk);
         }
     }
     const int whole = hc == 8 * NV;
@@ -223,26 +251,19 @@ QC_AVX2 QC_INLINE void pw256_kernel(const pw_args *g, const float *a, float *c, 
         }
     }
 }
+#undef PW256_STEP
 
 QC_AVX2 static void pw_tile_avx2(const pw_args *g, const float *a, int rows, float *c, int p, int cols) {
-#define CALL256(MR, NV) pw256_kernel(g, a, c, p, half, hc, MR, NV, 0)
-#define CALL256I(MR, NV) pw256_kernel(g, a, c, p, half, hc, MR, NV, 1)
+#define CALL256(MR, NV) pw256_kernel(g, a, c, p, half, hc, MR, NV)
     for (int half = 0; half * 16 < cols; half++) {
         const int hc = cols - half * 16 < 16 ? cols - half * 16 : 16;  /* real columns in this half */
-        if (g->koff) {
-            if (hc > 8) {
-                switch (rows) { PW_HEIGHTS_6(CALL256I, 2) default: break; }
-            } else {
-                switch (rows) { PW_HEIGHTS_6(CALL256I, 1) default: break; }
-            }
-        } else if (hc > 8) {
+        if (hc > 8) {
             switch (rows) { PW_HEIGHTS_6(CALL256, 2) default: break; }
         } else {
             switch (rows) { PW_HEIGHTS_6(CALL256, 1) default: break; }
         }
     }
 #undef CALL256
-#undef CALL256I
 }
 
 #endif  /* QC_HAVE_X86 */
@@ -403,7 +424,7 @@ static int block_rows(const pw_traits *t, int k) {
 
 void qc_pointwise_f32(const float *a, int m, int k, int lda, const float *bp, int n, const float *bias,
                       float *c, int ldc, int act) {
-    const pw_args g = {bp, bias, NULL, (size_t)lda, (size_t)ldc, k, act};
+    const pw_args g = {bp, bias, NULL, (size_t)lda, (size_t)ldc, k, act, NULL, 1, k};
     const pw_traits *t = &PW[qc_isa()];
     const int mc = block_rows(t, k);
     for (int i0 = 0; i0 < m; i0 += mc) {
@@ -417,16 +438,19 @@ void qc_pointwise_f32(const float *a, int m, int k, int lda, const float *bp, in
 int qc_conv_gemm_f32(const float *xp, int n, int hp, int wp, int c, int c0, int cc, int kh, int kw, int sh, int sw,
                      const float *bp, int cout, const float *bias, float *y, int ldy, int oh, int ow, int act) {
     const int k = kh * kw * cc;
-    int *koff = malloc((size_t)k * sizeof(int));
+    int *koff = malloc((size_t)(k + kh * kw) * sizeof(int));
     if (!koff)
         return -1;
+    int *toff = koff + k;
     /* Offsets of the patch values from the window origin, in the (i, j, channel) order of the
      * packed weights' rows. */
     for (int i = 0, kk = 0; i < kh; i++)
         for (int j = 0; j < kw; j++)
             for (int ch = 0; ch < cc; ch++)
                 koff[kk++] = (i * wp + j) * c + ch;
-    const pw_args g = {bp, bias, koff, (size_t)sw * c, (size_t)ldy, k, act};
+    for (int tap = 0; tap < kh * kw; tap++)
+        toff[tap] = koff[tap * cc];
+    const pw_args g = {bp, bias, koff, (size_t)sw * c, (size_t)ldy, k, act, toff, kh * kw, cc};
     const pw_traits *t = &PW[qc_isa()];
     /* A segment is one output row (split if absurdly long); a block gathers whole rows up to
      * about the usual block size. */
