@@ -219,6 +219,23 @@ def test_conv_gemm_simd_matches_scalar(isa, variant):
         np.testing.assert_allclose(K.conv_gemm(xp, packed, (3, 3), (2, 1), (6, 10), b, act), ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("variant", SIMD_ISAS)
+@pytest.mark.parametrize("channels", [(0, 13), (3, 5), (2, 9)])
+def test_conv_gemm_simd_matches_scalar_runs(isa, variant, channels):
+    """The SIMD tiles read k in contiguous runs: a whole kernel row when the patch takes every
+    channel (13 x 5 = 65 values), else one tap's channels (5: one group of four steps and one
+    left over; 9) from an offset group."""
+    c0, cc = channels
+    xp, b = rand(1, 9, 12, 13, seed=3), rand(37, seed=5)
+    packed = K.pack_weights(rand(3 * 5 * cc, 37, seed=4))
+    for act in ACTS:
+        isa("scalar")
+        ref = K.conv_gemm(xp, packed, (3, 5), (1, 2), (7, 4), b, act, (c0, cc))
+        isa(variant)
+        np.testing.assert_allclose(K.conv_gemm(xp, packed, (3, 5), (1, 2), (7, 4), b, act, (c0, cc)), ref,
+                                   rtol=1e-5, atol=1e-5)
+
+
 def test_conv_gemm_one_group_into_slice():
     x = rand(1, 6, 7, 10)
     w = rand(3, 3, 4, 6, seed=1)               # group of input channels [3, 7)

@@ -448,9 +448,12 @@ int qc_conv_gemm_f32(const float *xp, int n, int hp, int wp, int c, int c0, int 
         for (int j = 0; j < kw; j++)
             for (int ch = 0; ch < cc; ch++)
                 koff[kk++] = (i * wp + j) * c + ch;
-    for (int tap = 0; tap < kh * kw; tap++)
-        toff[tap] = koff[tap * cc];
-    const pw_args g = {bp, bias, koff, (size_t)sw * c, (size_t)ldy, k, act, toff, kh * kw, cc};
+    /* Runs for the AVX2 tiles: a kernel tap's channels, or a whole kernel row's when the patch
+     * takes every channel of the pixels (no groups), e.g. 21 values for a 7x7 stem on RGB. */
+    const int run = cc == c ? kw * cc : cc, nrun = k / run;
+    for (int r = 0; r < nrun; r++)
+        toff[r] = koff[r * run];
+    const pw_args g = {bp, bias, koff, (size_t)sw * c, (size_t)ldy, k, act, toff, nrun, run};
     const pw_traits *t = &PW[qc_isa()];
     /* A segment is one output row (split if absurdly long); a block gathers whole rows up to
      * about the usual block size. */
