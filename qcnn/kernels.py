@@ -347,15 +347,22 @@ def conv_gemm(xp: np.ndarray, packed: PackedWeights, kernel: tuple[int, int], st
 
 @dataclass(frozen=True, eq=False)
 class WinogradWeights:
-    """A 3x3 convolution's weights for Winograd's F(2x2, 3x3) (qcnn/csrc/winograd.c): the 16
-    transformed (C_in, C_out) matrices U[e] = (G g G^T)[e], each packed as pack_weights packs."""
+    """A 3x3 convolution's weights for Winograd's F(mt x mt, 3x3) (qcnn/csrc/winograd.c): the
+    (mt + 2)^2 transformed (C_in, C_out) matrices U[e] = (G g G^T)[e], each packed as pack_weights
+    packs."""
 
-    data: np.ndarray   # (16, ceil(N / PANEL), K, PANEL)
+    data: np.ndarray   # ((mt + 2)^2, ceil(N / PANEL), K, PANEL)
     k: int
     n: int
+    mt: int = 2        # output pixels per tile side
 
 
-_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+# G of F(2x2, 3x3) and F(4x4, 3x3) (Lavin & Gray 2016), by output tile side.
+_WINOGRAD_G = {
+    2: np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]),
+    4: np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                 [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]),
+}
 
 
 def winograd_pays(cin: int, cout: int) -> bool:
@@ -366,37 +373,51 @@ def winograd_pays(cin: int, cout: int) -> bool:
     return cin >= 16 and cout >= 16
 
 
-def winograd_weights(weight: np.ndarray) -> WinogradWeights:
-    """Transform and pack (3, 3, C_in, C_out) weights once, when the layer is built."""
+def winograd_tile(oh: int, ow: int) -> int:
+    """The output tile side for a Winograd convolution with an oh x ow output: 4 (36 products per
+    16 pixels, 2.25 per pixel instead of 4) from 28 x 28 on (ResNet's layer1-2), where there are
+    enough tiles to amortise the 2.25x larger transformed weights; else 2.  (ResNet-18 at AVX2:
+    56x56x64 and 28x28x128 layers ~1.3x faster; at 14x14 the 36 GEMMs have 16 rows each and
+    stream 9 MB of weights per layer, no faster.)"""
+    return 4 if oh * ow >= 28 * 28 else 2
+
+
+def winograd_weights(weight: np.ndarray, mt: int = 2) -> WinogradWeights:
+    """Transform and pack (3, 3, C_in, C_out) weights once for F(mt x mt, 3x3), mt = 2 or 4."""
     weight = np.asarray(weight)
     if weight.ndim != 4 or weight.shape[:2] != (3, 3) or min(weight.shape) < 1 or max(weight.shape) > _INT_MAX:
         raise ValueError(f"winograd_weights: need (3, 3, C_in, C_out) weights, got {weight.shape}")
+    if mt not in _WINOGRAD_G:
+        raise ValueError(f"winograd_weights: tile side {mt!r}, not 2 or 4")
+    g = _WINOGRAD_G[mt]
+    ne = (mt + 2) ** 2
     k, n = weight.shape[2:]
-    u = np.einsum("ai,ijkn,bj->abkn", _WINOGRAD_G, weight.astype(np.float64), _WINOGRAD_G).reshape(16, k, n)
-    data = empty_aligned((16, -(-n // PANEL), k, PANEL))
-    for e in range(16):
+    u = np.einsum("ai,ijkn,bj->abkn", g, weight.astype(np.float64), g).reshape(ne, k, n)
+    data = empty_aligned((ne, -(-n // PANEL), k, PANEL))
+    for e in range(ne):
         data[e] = pack_weights(u[e].astype(np.float32)).data
-    return WinogradWeights(data, k, n)
+    return WinogradWeights(data, k, n, mt)
 
 
 def winograd(xp: np.ndarray, weights: WinogradWeights, out_hw: tuple[int, int], bias: np.ndarray | None = None,
              activation: str | None = None, channels: tuple[int, int] | None = None,
              out: np.ndarray | None = None) -> np.ndarray:
-    """A 3x3 stride-1 convolution of an already padded NHWC input by Winograd's F(2x2, 3x3);
-    otherwise as conv_gemm (input channels [c0, c0 + cc), output into `out` or a new array)."""
+    """A 3x3 stride-1 convolution of an already padded NHWC input by Winograd's F(mt x mt, 3x3)
+    (mt of the weights); otherwise as conv_gemm (input channels [c0, c0 + cc), output into `out` or
+    a new array)."""
     if not isinstance(weights, WinogradWeights):
         raise ValueError("winograd: weights must come from winograd_weights")
     oh, ow = out_hw
     n, hp, wp, c, c0, cc = _padded_input(xp, channels, (3, 3), (1, 1), out_hw, "winograd")
     if weights.k != cc:
         raise ValueError(f"winograd: weights have C_in = {weights.k}, the input range {cc}")
-    _f32(weights.data, (16, -(-weights.n // PANEL), weights.k, PANEL), "winograd weights")
+    _f32(weights.data, ((weights.mt + 2) ** 2, -(-weights.n // PANEL), weights.k, PANEL), "winograd weights")
     if hp * wp * c > _INT_MAX or n * oh * ow > _INT_MAX:
         raise ValueError("winograd: input too large")
     out, ldy = _conv_output(xp, n * oh * ow, weights.n, out, bias, activation, "winograd")
     cout = weights.n
     if lib.qc_winograd_f32(_ptr(xp), n, hp, wp, c, c0, cc, _ptr(weights.data), cout, _ptr(bias), _ptr(out), ldy,
-                           oh, ow, _ACT[activation]):
+                           oh, ow, _ACT[activation], weights.mt):
         raise MemoryError("winograd: out of memory")
     return out
 

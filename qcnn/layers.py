@@ -126,9 +126,10 @@ class Conv2D(Layer):
         # store); None where BLAS is the faster choice (kernels.gemm_prefers_blas).
         self._packed = [] if self.depthwise else [
             None if kernels.gemm_prefers_blas(*m.shape) else kernels.pack_weights(m) for m in self._mats]
-        # 3x3 stride-1 convolutions: Winograd's F(2x2, 3x3) where it pays (kernels.winograd_pays).
-        self._winograd = [kernels.winograd_weights(self.weight[..., g * cg:(g + 1) * cg])
-                          for g in range(self.groups)] if (
+        # 3x3 stride-1 convolutions: Winograd where it pays (kernels.winograd_pays); the transformed
+        # weights per tile side (kernels.winograd_tile, which depends on the output size), made at
+        # the first call that needs them.
+        self._winograd = {} if (
             not self.depthwise and self.kernel == (3, 3) and self.stride == (1, 1)
             and kernels.winograd_pays(cin_g, cg)) else None
         if self._winograd is not None:    # the GEMM operands would serve only without SIMD (then BLAS)
@@ -228,8 +229,12 @@ class Conv2D(Layer):
 
     def _winograd_conv(self, xp, n, oh, ow):
         cin_g, cout_g = self.weight.shape[2], self.out_channels // self.groups
+        mt = kernels.winograd_tile(oh, ow)
+        if mt not in self._winograd:
+            self._winograd[mt] = [kernels.winograd_weights(self.weight[..., g * cout_g:(g + 1) * cout_g], mt)
+                                  for g in range(self.groups)]
         y = kernels.empty_aligned((n * oh * ow, self.out_channels))
-        for g, weights in enumerate(self._winograd):
+        for g, weights in enumerate(self._winograd[mt]):
             bias = None if self.bias is None else self.bias[g * cout_g:(g + 1) * cout_g]
             kernels.winograd(xp, weights, (oh, ow), bias, self.activation, (g * cin_g, cin_g),
                              out=y if self.groups == 1 else y[:, g * cout_g:(g + 1) * cout_g])

@@ -56,12 +56,12 @@ void qc_pointwise_f32(const float *a, int m, int k, int lda, const float *bp, in
 int qc_conv_gemm_f32(const float *xp, int n, int hp, int wp, int c, int c0, int cc, int kh, int kw, int sh, int sw,
                      const float *bp, int cout, const float *bias, float *y, int ldy, int oh, int ow, int act);
 
-/* A 3x3 stride-1 convolution of an already padded input by Winograd's F(2x2, 3x3) (winograd.c), for
- * the group of input channels [c0, c0 + cc): up holds the 16 transformed weight matrices (cc, cout),
- * each packed as for qc_pointwise_f32, one after the other; otherwise as qc_conv_gemm_f32 with
- * kh = kw = 3, sh = sw = 1.  Returns 0, or -1 when out of memory. */
+/* A 3x3 stride-1 convolution of an already padded input by Winograd's F(mt x mt, 3x3), mt = 2 or 4
+ * (winograd.c), for the group of input channels [c0, c0 + cc): up holds the (mt + 2)^2 transformed
+ * weight matrices (cc, cout), each packed as for qc_pointwise_f32, one after the other; otherwise as
+ * qc_conv_gemm_f32 with kh = kw = 3, sh = sw = 1.  Returns 0, -1 when out of memory, -2 for another mt. */
 int qc_winograd_f32(const float *xp, int n, int hp, int wp, int c, int c0, int cc, const float *up, int cout,
-                    const float *bias, float *y, int ldy, int oh, int ow, int act);
+                    const float *bias, float *y, int ldy, int oh, int ow, int act, int mt);
 
 /* Cross-channel LRN (Caffe / ONNX): y = x / (k + scale * sum of x^2 over channels
  * [ch - (size-1)/2, ch + size/2] clipped to [0, c))^beta, scale = alpha / size.  x, y: (npix, c). */
