@@ -6,7 +6,8 @@
  * row r of `a` is the patch of output pixel r: its k = kh*kw*cc values sit at fixed offsets
  * koff[k] from the pixel's window origin, and neighbouring pixels of an output row have origins
  * sw*c floats apart — so the same microkernel serves both, with one extra (cached) table load per
- * step of k when the offsets are not simply 0, 1, 2, ...
+ * step of k when the offsets are not simply 0, 1, 2, ...  (The AVX2 tiles take the offsets as runs
+ * of contiguous values instead, one per kernel tap or kernel row: see pw256_kernel.)
  *
  * b is rearranged once, when the layer is built (qcnn/kernels.py): panels of QC_PW_PANEL = 32
  * output channels, each stored k-major (k rows of 32 floats, zero past column n).  A microkernel
