@@ -32,13 +32,15 @@ CASES = [
 ]
 
 
-def make_layer(kind, cin, cout, k, dsub, ksub, groups, stride, pads, seed=0):
+def make_layer(kind, cin, cout, k, dsub, ksub, groups, stride, pads, seed=0, act=None):
+    """A random PQ layer of a CASES row (also tests/test_kernels_widescan.py's); act: its
+    activation, by default ReLU on odd output counts."""
     rng = np.random.default_rng(seed)
     m = -(-(cin // groups) // dsub)
     cb = rng.standard_normal((groups, m, ksub, dsub)).astype(np.float32)
     codes = rng.integers(0, ksub, (k, k, m, cout)).astype(np.uint8)
     bias = rng.standard_normal(cout).astype(np.float32)
-    return PQLayer(kind, cb, codes, cin, bias, stride, pads, groups, "relu" if cout % 2 else None)
+    return PQLayer(kind, cb, codes, cin, bias, stride, pads, groups, act or ("relu" if cout % 2 else None))
 
 
 def inputs(case, seed=1):

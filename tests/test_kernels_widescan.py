@@ -7,10 +7,8 @@ import pytest
 from qcnn import kernels as dense_kernels
 from qcnn.pq import engine
 from qcnn.pq import kernels as K
-from qcnn.pq.layer import PQLayer
 from qcnn.pq.widescan import PreparedWide, padded_k, widescan_supported
-
-ISAS = list(dict.fromkeys(dense_kernels.set_isa(isa) for isa in dense_kernels.ISA_NAMES.values()))
+from test_kernels_pq import ISAS, inputs, make_layer, restore_isa  # noqa: F401 (autouse fixture)
 
 # kind, C_in, C_out, kernel, dsub, K, groups, stride, pads, map size
 CASES = [
@@ -29,26 +27,6 @@ CASES = [
     ("conv", 10, 150, 3, 3, 256, 1, (1, 1), (1, 1, 1, 1), (4, 5)),  # K = 256, 3 blocks (pairs on AVX2)
 ]
 IDS = [f"{c[0]}{c[1]}-{c[2]}k{c[3]}d{c[4]}K{c[5]}g{c[6]}" for c in CASES]
-
-
-def make_layer(kind, cin, cout, k, dsub, ksub, groups, stride, pads, seed=0, act=None):
-    rng = np.random.default_rng(seed)
-    m = -(-(cin // groups) // dsub)
-    cb = rng.standard_normal((groups, m, ksub, dsub)).astype(np.float32)
-    codes = rng.integers(0, ksub, (k, k, m, cout)).astype(np.uint8)
-    bias = rng.standard_normal(cout).astype(np.float32)
-    return PQLayer(kind, cb, codes, cin, bias, stride, pads, groups, act or ("relu" if cout % 2 else None))
-
-
-def inputs(case, seed=1):
-    kind, cin, *_, hw = case
-    return np.random.default_rng(seed).standard_normal((2, *hw, cin)).astype(np.float32)
-
-
-@pytest.fixture(autouse=True)
-def restore_isa():
-    yield
-    dense_kernels.set_isa(ISAS[-1])
 
 
 def rounding_bound(layer, x):

@@ -78,7 +78,21 @@ def code_statistics(layer: PQLayer, cb16: np.ndarray) -> tuple[np.ndarray, np.nd
             np.ascontiguousarray(wmean, dtype=np.float32))
 
 
-class PreparedPQ:
+class ScratchBuffers:
+    """Work buffers reused across calls, with their C pointers: fresh megabyte-sized arrays per
+    call cost page faults, and making pointers costs more than the small layers' kernels.  (So one
+    prepared layer must not run in two threads at once; each engine has its own.)"""
+
+    def _scratch(self, name: str, shape: tuple, dtype):
+        buffers = self.__dict__.setdefault("_buffers", {})
+        key = (name, shape)
+        if key not in buffers:
+            buf = empty_aligned(shape, dtype=dtype)
+            buffers[key] = (buf, _ptr(buf, "float *" if dtype == np.float32 else "uint8_t *"))
+        return buffers[key][1]
+
+
+class PreparedPQ(ScratchBuffers):
     def __init__(self, layer: PQLayer, kernel: str = "exact"):
         if kernel not in IMPLS:
             raise ValueError(f"unknown PQ kernel {kernel!r}; choose from {IMPLS}")
@@ -97,7 +111,6 @@ class PreparedPQ:
         self.ksub = cb.shape[2]
         self.cbt = np.ascontiguousarray(cb.transpose(0, 1, 3, 2).reshape(g * m, d, self.ksub))
         self.codes = layer.codes
-        self._buffers: dict[tuple, tuple] = {}
         self._fixed = None
         # Seconds spent building tables (incl. their uint8 quantization) and looking up, summed
         # over calls: the benchmark's per-layer breakdown reads and resets them.
@@ -141,16 +154,6 @@ class PreparedPQ:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return run_in_bands(self, x)
-
-    def _scratch(self, name: str, shape: tuple, dtype):
-        """A reused work buffer and its C pointer: fresh megabyte-sized arrays per call cost page
-        faults, and making pointers costs more than the small layers' kernels.
-        (So one PreparedPQ must not run in two threads at once; each engine has its own.)"""
-        key = (name, shape)
-        if key not in self._buffers:
-            buf = empty_aligned(shape, dtype=dtype)
-            self._buffers[key] = (buf, _ptr(buf, "float *" if dtype == np.float32 else "uint8_t *"))
-        return self._buffers[key][1]
 
     def _pointers(self):
         """Pointers to the arrays every call reads, made once."""

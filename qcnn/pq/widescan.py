@@ -13,7 +13,7 @@ import numpy as np
 
 from .._kernels import ffi, lib
 from ..kernels import _ACT, _ptr, empty_aligned
-from .kernels import code_statistics, run_in_bands
+from .kernels import ScratchBuffers, code_statistics, run_in_bands
 from .layer import PQLayer
 
 SIZES = (32, 64, 128, 256)          # codebook sizes the lookups take; others are padded up
@@ -36,7 +36,7 @@ def widescan_supported(layer: PQLayer) -> bool:
     return 16 < layer.ksub <= SIZES[-1] and layer.kernel[0] * layer.kernel[1] <= MAX_TAPS
 
 
-class PreparedWide:
+class PreparedWide(ScratchBuffers):
     def __init__(self, layer: PQLayer):
         layer.validate()       # every code < K, shapes consistent: required before C reads them
         if not 2 <= layer.ksub <= SIZES[-1]:
@@ -62,7 +62,6 @@ class PreparedWide:
         self.packed = empty_aligned((size,), dtype=np.uint8)
         lib.qc_ws_pack_codes(_ptr(np.ascontiguousarray(codes), "uint8_t *"), kh, kw, g, m, layer.out_channels,
                              _ptr(self.packed, "uint8_t *"))
-        self._buffers: dict[tuple, tuple] = {}
         self._fixed = None
         # The rounding correction fast-scan has (pq_fastscan.c), on these tables; off only to
         # measure what it brings (scripts/widescan_layers.py).
@@ -80,14 +79,6 @@ class PreparedWide:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return run_in_bands(self, x, TABLE_BUDGET_BYTES)
-
-    def _scratch(self, name: str, shape: tuple, dtype):
-        """A reused work buffer's C pointer (so one PreparedWide must not run in two threads at once)."""
-        key = (name, shape)
-        if key not in self._buffers:
-            buf = empty_aligned(shape, dtype=dtype)
-            self._buffers[key] = (buf, _ptr(buf, "float *" if dtype == np.float32 else "uint8_t *"))
-        return self._buffers[key][1]
 
     def _pointers(self):
         if self._fixed is None or self._fixed[0] != self.debias:
