@@ -446,7 +446,8 @@ class MainWindow(QMainWindow):
         t = self.bench.timings
         notes = _preset_notes(self.bench.model.name, q.settings)
         # The notes measured float tables (reconstructed weights); the uint8 tables of fast-scan and
-        # wide-scan compute something else, so with them only the frames shown here count.
+        # wide-scan compute something else, so with them only the frames shown here count (two-pass
+        # fast-scan computes the same model to about 1e-4).
         float_tables = not {"fastscan", "widescan"} & set(self.quant_kernels.values())
         reference = (notes["agreement"], notes["eval_images"]) if "agreement" in notes and float_tables else None
         text = wb.demo_line(t.speedup(), fp.storage_ratio, t.agreed, t.compared, reference)

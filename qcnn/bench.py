@@ -124,7 +124,7 @@ def layer_breakdown(dense: Graph, quant: Graph, inputs: list[np.ndarray], repeat
     layers' table-build and lookup split, and the cost model's theoretical speed-up."""
     times = {"dense": {}, "quant": {}}
     split: dict[str, dict[str, list[float]]] = {}
-    pq_nodes = {n.name: n.layer for n in quant if isinstance(n.layer, PQLayer) and n.layer.impl in ("exact", "fastscan", "widescan")}
+    pq_nodes = {n.name: n.layer for n in quant if isinstance(n.layer, PQLayer) and n.layer.impl in ("exact", "fastscan", "fastscan2", "widescan")}
     for i in range(repeats):
         x = inputs[i % len(inputs)]
         for key, graph in (("dense", dense), ("quant", quant)):

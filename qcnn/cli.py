@@ -11,7 +11,7 @@ import time
 from .imageio import ImageLoadError, load_image
 from .threads import set_num_threads
 
-KERNELS = ("reference", "exact", "fastscan", "widescan", "reconstructed", "auto")
+KERNELS = ("reference", "exact", "fastscan", "fastscan2", "widescan", "reconstructed", "auto")   # qcnn.pq.engine.KERNELS
 
 
 def _positive_int(text: str, most: int = 10**9) -> int:

@@ -50,6 +50,7 @@ BUILTIN_MODELS = {
 }
 ENGINES = ("dense", "quantized")
 KERNELS = {"reference": "reference (numpy)", "exact": "exact (C)", "fastscan": "fast-scan (C, 4-bit)",
+           "fastscan2": "fast-scan, two passes (C, 4-bit, ~16-bit tables)",
            "widescan": "wide-scan (C, K = 17..256)",
            "reconstructed": "reconstructed (dense kernels)",
            "auto": "auto (fastest within budget)"}

@@ -43,6 +43,13 @@ void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int d
                      const float *wmean, const uint16_t *counts, int shared_scale, float *T, uint8_t *Q,
                      float *scale, float *offset_sum);
 
+/* Two-pass fast-scan's residual tables (pq_fastscan.c): from qc_fs_tables_u8's T, Q, scale and
+ * offset_sum of npg (pixel, group) pairs, made with shared_scale and no rounding correction, R
+ * (laid out as Q) with scale_r and offset_r: T ~ offset + scale * Q + offset_r / M + scale_r * R.
+ * T is overwritten (with the residual in float). */
+void qc_fs_residual_u8(float *T, int npg, int M, const uint8_t *Q, const float *scale, const float *offset_sum,
+                       uint8_t *R, float *scale_r, float *offset_r);
+
 /* (Internal: the rounding correction, shared by fast-scan and wide-scan.)  The offset sum of one
  * (pixel, group) xg whose uint8 tables q (rows of 16 entries: M * ksub / 16 of them) have step
  * `step`: <xg, wmean_g> - step * sum(counts_g * q) / total, counts_g laid out as q, each table's

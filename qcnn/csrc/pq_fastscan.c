@@ -526,6 +526,35 @@ void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int d
         }
 }
 
+/* The second pass of two-pass fast-scan: what the uint8 tables Q of qc_fs_tables_u8 (shared
+ * scale, no rounding correction) left out of T, r = T - (offset + scale * Q), lies within half a
+ * step of zero, and is itself quantized to uint8 with 1/255 of that step.  The lookups run once on
+ * Q and once on R, and the two sums together are as precise as 16-bit tables would be (the
+ * rounding error per entry falls from step / 2 to step / 510) at twice the lookups.  r overwrites
+ * T (clamped at -step / 2 against float rounding, so that it never rounds below 0) and goes
+ * through the same quantizer as the tables, SIMD variants and all. */
+void qc_fs_residual_u8(float *T, int npg, int M, const uint8_t *Q, const float *scale, const float *offset_sum,
+                       uint8_t *R, float *scale_r, float *offset_r) {
+    static const quant_fn quants[QC_ISA_COUNT] = QC_VARIANTS(quant_scalar, quant_avx2, quant_avx512, quant_neon);
+    const quant_fn quant = quants[qc_isa()];
+    const int Mp = 4 * quads_of(M);
+    const size_t n = (size_t)M * 16;
+    for (int pg = 0; pg < npg; pg++) {
+        const float s = scale[pg], lo = offset_sum[pg] / (float)M, half = .5f * s;
+        float *t = T + (size_t)pg * n;
+        const uint8_t *q = Q + (size_t)pg * Mp * 16;
+        uint8_t *r = R + (size_t)pg * Mp * 16;
+        for (size_t i = 0; i < n; i++) {
+            const float v = t[i] - (lo + s * (float)q[i]);
+            t[i] = v < -half ? -half : v;
+        }
+        quant(t, n, -half, 255.f / s, r);
+        memset(r + n, 0, (size_t)(Mp - M) * 16);
+        scale_r[pg] = s / 255.f;
+        offset_r[pg] = -half * (float)M;
+    }
+}
+
 static inline size_t quad_bytes(int layout) { return layout == QC_FS_NIBBLES ? 64 : 128; }
 
 size_t qc_fs_packed_size(int kh, int kw, int groups, int M, int cout, int layout) {

@@ -14,7 +14,8 @@ from .._kernels import ffi, lib
 from ..kernels import _ACT, _ptr, empty_aligned
 from .layer import PQLayer
 
-IMPLS = ("exact", "fastscan")       # what PreparedPQ runs; qcnn.pq.engine chooses among more
+IMPLS = ("exact", "fastscan", "fastscan2")   # what PreparedPQ runs; qcnn.pq.engine chooses among more
+FASTSCAN = ("fastscan", "fastscan2")          # the K <= 16 uint8 kernels: one pass, or two (tables and residual)
 LAYOUTS = {"bytes": lib.QC_FS_BYTES, "nibbles": lib.QC_FS_NIBBLES, "dot": lib.QC_FS_DOT}   # pq_fastscan.c
 MAX_TAPS = lib.QC_FS_MAX_TAPS
 # Tables of a band of input rows are built, used and dropped before the next band: it bounds
@@ -83,13 +84,22 @@ class ScratchBuffers:
     call cost page faults, and making pointers costs more than the small layers' kernels.  (So one
     prepared layer must not run in two threads at once; each engine has its own.)"""
 
-    def _scratch(self, name: str, shape: tuple, dtype):
+    def _scratch(self, name: str, shape: tuple, dtype=np.float32, zeroed: bool = False):
+        """The C pointer of work buffer `name` (made uninitialised, or zeroed, at the first call)."""
+        return self._scratch_entry(name, shape, dtype, zeroed)[1]
+
+    def _scratch_array(self, name: str, shape: tuple, dtype=np.float32):
+        return self._scratch_entry(name, shape, dtype, False)[0]
+
+    def _scratch_entry(self, name: str, shape: tuple, dtype, zeroed: bool):
         buffers = self.__dict__.setdefault("_buffers", {})
         key = (name, shape)
         if key not in buffers:
             buf = empty_aligned(shape, dtype=dtype)
+            if zeroed:
+                buf.fill(0)
             buffers[key] = (buf, _ptr(buf, "float *" if dtype == np.float32 else "uint8_t *"))
-        return buffers[key][1]
+        return buffers[key]
 
 
 class PreparedPQ(ScratchBuffers):
@@ -97,14 +107,15 @@ class PreparedPQ(ScratchBuffers):
         if kernel not in IMPLS:
             raise ValueError(f"unknown PQ kernel {kernel!r}; choose from {IMPLS}")
         layer.validate()       # every code < K, shapes consistent: required before C reads them
-        if kernel == "fastscan" and not fastscan_supported(layer):
+        fs = kernel in FASTSCAN
+        if fs and not fastscan_supported(layer):
             raise ValueError(f"fast-scan needs K <= 16, layer has K = {layer.ksub}")
-        if kernel == "fastscan" and layer.kernel[0] * layer.kernel[1] > MAX_TAPS:
+        if fs and layer.kernel[0] * layer.kernel[1] > MAX_TAPS:
             raise ValueError(f"fast-scan supports kernels up to {MAX_TAPS} taps")
         self.layer, self.kernel = layer, kernel
         g, m, k, d = layer.codebooks.shape
         cb = layer.codebooks
-        if kernel == "fastscan" and k < 16:
+        if fs and k < 16:
             # Pad to 16 codewords with copies of codeword 0: never selected, and they leave each
             # table's min and max (hence the uint8 step) unchanged.
             cb = np.concatenate([cb, np.repeat(cb[:, :, :1], 16 - k, axis=2)], axis=2)
@@ -117,9 +128,10 @@ class PreparedPQ(ScratchBuffers):
         self.seconds = {"tables": 0.0, "lookups": 0.0}
         self.layout, self._packed_for = None, None
         # Fast-scan: remove the expected rounding error of the uint8 tables (pq_fastscan.c).  Off
-        # only to measure what it brings (scripts/fastscan_error.py).
-        self.debias = True
-        if kernel == "fastscan":
+        # only to measure what it brings (scripts/fastscan_error.py), and in two passes, whose
+        # second one takes that error away itself.
+        self.debias = kernel == "fastscan"
+        if fs:
             self.pack_codes()
             self.code_counts, self.mean_weight = code_statistics(layer, cb)
 
@@ -150,7 +162,7 @@ class PreparedPQ(ScratchBuffers):
     def table_bytes(self, w: int) -> int:
         """Bytes of lookup tables for one input row of width w."""
         l = self.layer
-        return w * l.groups * l.M * self.ksub * (4 + (1 if self.kernel == "fastscan" else 0))
+        return w * l.groups * l.M * self.ksub * (4 + {"exact": 0, "fastscan": 1, "fastscan2": 2}[self.kernel])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return run_in_bands(self, x)
@@ -159,7 +171,7 @@ class PreparedPQ(ScratchBuffers):
         """Pointers to the arrays every call reads, made once."""
         if self._fixed is None:
             l = self.layer
-            fs = self.kernel == "fastscan"
+            fs = self.kernel in FASTSCAN
             self._fixed = (_ptr(self.cbt), _ptr(self.codes, "uint8_t *"), _ptr(l.bias),
                            _ptr(self.packed, "uint8_t *") if fs else ffi.NULL,
                            _ptr(self.mean_weight) if fs and self.debias else ffi.NULL,
@@ -190,6 +202,9 @@ class PreparedPQ(ScratchBuffers):
             lib.qc_pq_conv_exact(T, h, w, g, m, self.ksub, codes, kh, kw, sh, sw, pt, pl, cout, bias, py, oh, ow, act)
             self._count(t0, t1)
             return
+        if self.kernel == "fastscan2":
+            self._two_passes(px, py, h, w, c, yb, pt, pl, sh, sw, t0)
+            return
         # An output of a k x k layer sums tables of several pixels: they must share one scale,
         # so all float tables of the band are kept; otherwise one pixel's at a time.
         shared = int(kh * kw > 1)
@@ -201,6 +216,37 @@ class PreparedPQ(ScratchBuffers):
         t1 = time.perf_counter()
         lib.qc_pq_conv_fastscan(Q, scale, offset_sum, h, w, g, m, packed, kh, kw, sh, sw, pt, pl, cout, bias,
                                 py, oh, ow, act, LAYOUTS[self.layout])
+        self._count(t0, t1)
+
+    def _two_passes(self, px, py, h: int, w: int, c: int, yb: np.ndarray, pt: int, pl: int, sh: int, sw: int,
+                    t0: float) -> None:
+        """Two-pass fast-scan: the lookups on the uint8 tables, then on what their rounding left
+        out (qc_fs_residual_u8), added: as precise as 16-bit tables, at twice the lookups.  The
+        float tables of the band are kept for the residual, so its pixels share one step."""
+        l = self.layer
+        oh, ow, cout = yb.shape
+        kh, kw = l.kernel
+        g, m = l.groups, l.M
+        npg, mp = h * w * g, -(-m // 4) * 4
+        T = self._scratch("tables", (h * w, g * m, 16), np.float32)
+        Q, R = (self._scratch(name, (h * w, g, mp, 16), np.uint8) for name in ("q", "residual"))
+        scale, offset_sum, scale_r, offset_r = (self._scratch(name, (h * w, g), np.float32)
+                                                for name in ("scale", "offset_sum", "scale_r", "offset_r"))
+        cbt, _, bias, packed, _, _ = self._pointers()
+        lib.qc_fs_tables_u8(px, h * w, c, g, m, l.dsub, cbt, ffi.NULL, ffi.NULL, 1, T, Q, scale, offset_sum)
+        lib.qc_fs_residual_u8(T, npg, m, Q, scale, offset_sum, R, scale_r, offset_r)
+        t1 = time.perf_counter()
+        zero_bias = self._scratch("zero_bias", (cout,), zeroed=True)
+        y2 = self._scratch_array("second_pass", yb.shape)
+        args = (h, w, g, m, packed, kh, kw, sh, sw, pt, pl, cout)
+        tail = (oh, ow, _ACT[None], LAYOUTS[self.layout])
+        lib.qc_pq_conv_fastscan(Q, scale, offset_sum, *args, bias, py, *tail)
+        lib.qc_pq_conv_fastscan(R, scale_r, offset_r, *args, zero_bias, _ptr(y2), *tail)
+        np.add(yb, y2, out=yb)
+        if l.activation == "relu":
+            np.maximum(yb, 0.0, out=yb)
+        elif l.activation == "relu6":
+            np.clip(yb, 0.0, 6.0, out=yb)
         self._count(t0, t1)
 
     def _count(self, t0: float, t1: float) -> None:

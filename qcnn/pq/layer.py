@@ -54,7 +54,8 @@ class PQLayer(Layer):
     groups: int = 1
     activation: str | None = None
     # How the layer runs: "reference" (the numpy test phase below), a C lookup kernel, "exact"
-    # (float tables), "fastscan" (uint8 tables, K <= 16) or "widescan" (uint8 tables, K = 17..256), or
+    # (float tables), "fastscan" (uint8 tables, K <= 16), "fastscan2" (the same in two passes, tables
+    # and their rounding residual: as precise as 16-bit tables) or "widescan" (uint8 tables, K = 17..256), or
     # "reconstructed" (weights rebuilt once, run by the dense kernels); see qcnn.pq.engine.with_kernel.
     impl: str = "reference"
     kind = "pq"
@@ -85,7 +86,7 @@ class PQLayer(Layer):
             raise ValueError("PQ layer: bias shape")
         if self.kind_of not in ("conv", "fc") or self.activation not in ACTIVATIONS:
             raise ValueError("PQ layer: bad kind or activation")
-        if self.impl not in ("reference", "exact", "fastscan", "widescan", "reconstructed"):
+        if self.impl not in ("reference", "exact", "fastscan", "fastscan2", "widescan", "reconstructed"):
             raise ValueError(f"PQ layer: unknown implementation {self.impl!r}")
         if self.kind_of == "fc" and ((kh, kw, g) != (1, 1, 1) or tuple(self.stride) != (1, 1)
                                      or self.pads not in ((0, 0, 0, 0), [0, 0, 0, 0])):

@@ -379,7 +379,7 @@ def _nonnegative(v) -> float:
 
 def _kernel_plan_entry(v) -> dict:
     _object(v, "layer plan", {"kernel"}, {"error", "ms"})
-    _field("kernel", _one_of("exact", "reconstructed", "fastscan", "widescan"), v["kernel"])
+    _field("kernel", _one_of("exact", "reconstructed", "fastscan", "fastscan2", "widescan"), v["kernel"])
     if "error" in v:
         _field("error", _optional(_nonnegative), v["error"])
     if "ms" in v:
