@@ -430,6 +430,7 @@ static float *codebooks(const pq_case *c, int ksub_out) {
 static void check_pq(int isa) {
     tally tt = {"pq_tables", 0, 0, 0, 0}, te = {"pq_exact", 0, 0, 0, 0};
     tally tq = {"fastscan_tables_u8", 0, 0, 0, 0}, tf = {"fastscan_lookups", 0, 0, 0, 0};
+    tally tr2 = {"fastscan_residual_u8", 0, 0, 0, 0};
     static const char *const LAYOUT[3] = {"bytes", "nibbles", "dot"};
     for (int i = 0; i < COUNT(PQ_CASES); i++) {
         const pq_case c = pq_case_at(i);
@@ -484,6 +485,21 @@ static void check_pq(int isa) {
                 compare(&tq, oref, ogot, ns, 0, what);
             }
             free(counts), free(wmean);
+            {   /* two-pass fast-scan's residual tables, from shared-step tables without the correction */
+                const size_t nt16 = (size_t)npix * gm * 16;
+                float *tr = malloc(nt16 * 4), *tg = malloc(nt16 * 4);
+                float *srr = malloc(ns * 4), *srg = malloc(ns * 4), *orr = malloc(ns * 4), *org = malloc(ns * 4);
+                uint8_t *rref = malloc(nq), *rgot = malloc(nq);
+                qc_set_isa(QC_ISA_SCALAR);
+                qc_fs_tables_u8(x, npix, c.cin, c.groups, c.M, c.dsub, cb16, NULL, NULL, 1, tr, qref, sref, oref);
+                memcpy(tg, tr, nt16 * 4);       /* the residual overwrites its tables */
+                BOTH(isa, qc_fs_residual_u8(tr, npix * c.groups, c.M, qref, sref, oref, rref, srr, orr),
+                     qc_fs_residual_u8(tg, npix * c.groups, c.M, qref, sref, oref, rgot, srg, org));
+                compare_u8(&tr2, rref, rgot, nq, what);
+                compare(&tr2, srr, srg, ns, 0, what);
+                compare(&tr2, orr, org, ns, 0, what);
+                free(tr), free(tg), free(srr), free(srg), free(orr), free(org), free(rref), free(rgot);
+            }
             for (int layout = 0; layout < 3; layout++) {
                 uint8_t *packed = malloc(qc_fs_packed_size(c.k, c.k, c.groups, c.M, c.cout, layout));
                 qc_fs_pack_codes(codes, c.k, c.k, c.groups, c.M, c.cout, layout, packed);
@@ -505,6 +521,7 @@ static void check_pq(int isa) {
     report(&tt, isa, 0);
     report(&te, isa, 0);
     report(&tq, isa, 0);
+    report(&tr2, isa, 0);
     report(&tf, isa, 0);
 }
 
