@@ -421,15 +421,107 @@ QC_AVX512 static uint64_t weighted_avx512(const uint8_t *q, const uint16_t *coun
 #endif
 
 /* <x, the code-weighted mean weight> for one (pixel, group): the mean over the layer's outputs of
- * their exact (pre-bias) value.  Portable code in a fixed order (eight running sums, no fused
- * multiply-add: baseline x86 has none), so the same float in every variant. */
-static float mean_output(const float *xg, const float *wmean_g, int cin_g) {
-    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    int c = 0;
-    for (; c + 8 <= cin_g; c += 8)
-        for (int j = 0; j < 8; j++) acc[j] += xg[c + j] * wmean_g[c + j];
+ * their exact (pre-bias) value.  32 running sums, each a multiply then an add (no fused
+ * multiply-add: baseline x86 has none), folded in a fixed order at the end: the SIMD variants keep
+ * the sums in the lanes of four (AVX2), two (AVX-512) or eight (NEON) vectors, enough independent
+ * chains to hide the adds' latency, and every variant gives the same float.  (Left to the
+ * compiler, an eight-sum loop became a shuffle-bound mess that took half of the time conv1's
+ * tables across taps spent on their 363-channel pixels.) */
+typedef float (*mean_fn)(const float *xg, const float *wmean_g, int cin_g);
+#define MEAN_SUMS 32
+
+static float mean_fold(float acc[MEAN_SUMS], const float *xg, const float *wmean_g, int c, int cin_g) {
     for (int j = 0; c < cin_g; c++, j++) acc[j] += xg[c] * wmean_g[c];
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    float s[8];
+    for (int j = 0; j < 8; j++) s[j] = (acc[j] + acc[j + 8]) + (acc[j + 16] + acc[j + 24]);
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+static float mean_scalar(const float *xg, const float *wmean_g, int cin_g) {
+    float acc[MEAN_SUMS] = {0.f};
+    int c = 0;
+    for (; c + MEAN_SUMS <= cin_g; c += MEAN_SUMS)
+        for (int j = 0; j < MEAN_SUMS; j++) acc[j] += xg[c + j] * wmean_g[c + j];
+    return mean_fold(acc, xg, wmean_g, c, cin_g);
+}
+
+#if QC_HAVE_X86
+/* mean_fold's last two steps on s[j] = (acc[j] + acc[j + 8]) + (acc[j + 16] + acc[j + 24]), in
+ * registers: a store and scalar reloads of the sums cost more than the whole loop on short pixels. */
+QC_AVX2 static inline float mean_fold8_avx2(__m256 s) {
+    const __m256 h = _mm256_hadd_ps(s, s);          /* s0+s1, s2+s3 | s4+s5, s6+s7 */
+    const __m256 q = _mm256_hadd_ps(h, h);          /* (s0+s1)+(s2+s3) | (s4+s5)+(s6+s7) */
+    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(q), _mm256_extractf128_ps(q, 1)));
+}
+
+/* The tail of a pixel shorter than 32 sums adds into the lanes below `rest` only (blended, so that
+ * the others keep their value exactly, a zero's sign included), read by masked loads. */
+QC_AVX2 static float mean_avx2(const float *xg, const float *wmean_g, int cin_g) {
+    __m256 a[4];
+    for (int v = 0; v < 4; v++) a[v] = _mm256_setzero_ps();
+    int c = 0;
+    for (; c + MEAN_SUMS <= cin_g; c += MEAN_SUMS) {
+        QC_UNROLL
+        for (int v = 0; v < 4; v++)
+            a[v] = _mm256_add_ps(a[v], _mm256_mul_ps(_mm256_loadu_ps(xg + c + 8 * v), _mm256_loadu_ps(wmean_g + c + 8 * v)));
+    }
+    const int rest = cin_g - c;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int v = 0; v < 4 && 8 * v < rest; v++) {
+        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(rest - 8 * v), lane);
+        const __m256 p = _mm256_mul_ps(_mm256_maskload_ps(xg + c + 8 * v, m), _mm256_maskload_ps(wmean_g + c + 8 * v, m));
+        a[v] = _mm256_blendv_ps(a[v], _mm256_add_ps(a[v], p), _mm256_castsi256_ps(m));
+    }
+    return mean_fold8_avx2(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+}
+
+QC_AVX512 static float mean_avx512(const float *xg, const float *wmean_g, int cin_g) {
+    __m512 a = _mm512_setzero_ps(), b = a;             /* sums 0..15 and 16..31 */
+    int c = 0;
+    for (; c + MEAN_SUMS <= cin_g; c += MEAN_SUMS) {
+        a = _mm512_add_ps(a, _mm512_mul_ps(_mm512_loadu_ps(xg + c), _mm512_loadu_ps(wmean_g + c)));
+        b = _mm512_add_ps(b, _mm512_mul_ps(_mm512_loadu_ps(xg + c + 16), _mm512_loadu_ps(wmean_g + c + 16)));
+    }
+    const int rest = cin_g - c;
+    if (rest > 0) {
+        const __mmask16 ka = rest >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rest) - 1);
+        const __mmask16 kb = rest <= 16 ? (__mmask16)0 : (__mmask16)((1u << (rest - 16)) - 1);
+        a = _mm512_mask_add_ps(a, ka, a, _mm512_mul_ps(_mm512_maskz_loadu_ps(ka, xg + c), _mm512_maskz_loadu_ps(ka, wmean_g + c)));
+        b = _mm512_mask_add_ps(b, kb, b, _mm512_mul_ps(_mm512_maskz_loadu_ps(kb, xg + c + 16),
+                                                       _mm512_maskz_loadu_ps(kb, wmean_g + c + 16)));
+    }
+    const __m256 s = _mm256_add_ps(_mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1)),
+                                   _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1)));
+    return mean_fold8_avx2(s);
+}
+#endif
+
+#if QC_HAVE_NEON
+static float mean_neon(const float *xg, const float *wmean_g, int cin_g) {
+    float32x4_t a[8];
+    for (int v = 0; v < 8; v++) a[v] = vdupq_n_f32(0.f);
+    int c = 0;
+    for (; c + MEAN_SUMS <= cin_g; c += MEAN_SUMS) {
+        QC_UNROLL
+        for (int v = 0; v < 8; v++)
+            a[v] = vaddq_f32(a[v], vmulq_f32(vld1q_f32(xg + c + 4 * v), vld1q_f32(wmean_g + c + 4 * v)));
+    }
+    float acc[MEAN_SUMS];
+    for (int v = 0; v < 8; v++) vst1q_f32(acc + 4 * v, a[v]);
+    return mean_fold(acc, xg, wmean_g, c, cin_g);
+}
+#endif
+
+/* The rounding correction's two sums, per SIMD level. */
+typedef struct {
+    weighted_fn weighted;
+    mean_fn mean;
+} debias_ops;
+
+static debias_ops debias_for_isa(void) {
+    static const weighted_fn weighteds[QC_ISA_COUNT] = QC_VARIANTS(weighted_scalar, weighted_avx2, weighted_avx512, weighted_scalar);
+    static const mean_fn means[QC_ISA_COUNT] = QC_VARIANTS(mean_scalar, mean_avx2, mean_avx512, mean_neon);
+    return (debias_ops){weighteds[qc_isa()], means[qc_isa()]};
 }
 
 /* The offset sum of one (pixel, group) with the expected rounding error removed: rounding a table
@@ -440,19 +532,18 @@ static float mean_output(const float *xg, const float *wmean_g, int cin_g) {
  *   sum_m (f_m . t_m) - step * sum_m (f_m . q_m)
  * makes the code-weighted mean of the outputs exact; what is left is the error of each output
  * about that mean, which no longer grows with M faster than the outputs do. */
-static float debiased_offset(weighted_fn weighted, const float *xg, const float *wmean_g, int cin_g,
+static float debiased_offset(debias_ops ops, const float *xg, const float *wmean_g, int cin_g,
                              const uint8_t *q, const uint16_t *counts_g, int M, uint32_t total, float step) {
     /* signed 32-bit lanes take `run` tables of at most 2 * 255 * total each */
     const uint64_t per = 510u * (uint64_t)(total ? total : 1), most = INT32_MAX / per;
     const int run = most > (uint64_t)M ? M : (int)(most ? most : 1);
-    const double fq = (double)weighted(q, counts_g, M, run) / (double)total;
-    return (float)((double)mean_output(xg, wmean_g, cin_g) - (double)step * fq);
+    const double fq = (double)ops.weighted(q, counts_g, M, run) / (double)total;
+    return (float)((double)ops.mean(xg, wmean_g, cin_g) - (double)step * fq);
 }
 
 float qc_u8_debiased_offset(const float *xg, const float *wmean_g, int cin_g, const uint8_t *q, const uint16_t *counts_g,
                             int rows, uint32_t total, float step) {
-    static const weighted_fn weighteds[QC_ISA_COUNT] = QC_VARIANTS(weighted_scalar, weighted_avx2, weighted_avx512, weighted_scalar);
-    return debiased_offset(weighteds[qc_isa()], xg, wmean_g, cin_g, q, counts_g, rows, total, step);
+    return debiased_offset(debias_for_isa(), xg, wmean_g, cin_g, q, counts_g, rows, total, step);
 }
 
 static uint32_t table_total(const uint16_t *counts_g) {
@@ -468,8 +559,7 @@ void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int d
     static const quant_fn quants[QC_ISA_COUNT] = QC_VARIANTS(quant_scalar, quant_avx2, quant_avx512, quant_neon);
     const tables16_fn build = builds[qc_isa()];
     const quant_fn quant = quants[qc_isa()];
-    static const weighted_fn weighteds[QC_ISA_COUNT] = QC_VARIANTS(weighted_scalar, weighted_avx2, weighted_avx512, weighted_scalar);
-    const weighted_fn weighted = weighteds[qc_isa()];
+    const debias_ops ops = debias_for_isa();
     const int Mp = 4 * quads_of(M), cin_g = cin / groups;
     const size_t n = (size_t)M * 16;
     const int debias = wmean != NULL && counts != NULL;
@@ -504,7 +594,7 @@ void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int d
                 offset_sum[pg] = lo * (float)M;
                 if (debias) {
                     const uint16_t *cg = counts + (size_t)g * M * 16;
-                    offset_sum[pg] = debiased_offset(weighted, xg, wmean + (size_t)g * cin_g, cin_g, q, cg, M, table_total(cg), s);
+                    offset_sum[pg] = debiased_offset(ops, xg, wmean + (size_t)g * cin_g, cin_g, q, cg, M, table_total(cg), s);
                 }
             }
         }
@@ -520,7 +610,7 @@ void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int d
             offset_sum[pg] *= (float)M;
             if (debias) {
                 const uint16_t *cg = counts + (size_t)g * M * 16;
-                offset_sum[pg] = debiased_offset(weighted, x + p * cin + g * cin_g, wmean + (size_t)g * cin_g, cin_g, q, cg, M,
+                offset_sum[pg] = debiased_offset(ops, x + p * cin + g * cin_g, wmean + (size_t)g * cin_g, cin_g, q, cg, M,
                                                  table_total(cg), s);
             }
         }
