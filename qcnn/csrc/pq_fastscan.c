@@ -565,9 +565,12 @@ void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int d
     const int debias = wmean != NULL && counts != NULL;
     float widest_all = 0.f;
 #if QC_HAVE_X86
-    /* Wide subspaces on AVX2: four pixels per build, through a buffer on the stack. */
+    /* Wide subspaces: four pixels per build, through a buffer on the stack.  The AVX-512 levels take
+     * it too: one table per 512-bit register leaves the per-pixel build load-bound there (conv1's
+     * tables across taps: 0.69 ms against 0.44 by four, AVX-512 machine). */
     float four[4 * FS_FOUR_FLOATS], lo4[4], hi4[4];
-    const int by4 = qc_isa() == QC_ISA_AVX2 && dsub >= FS_WIDE && groups == 1 && !shared_scale && n <= FS_FOUR_FLOATS;
+    const int x86_simd = qc_isa() == QC_ISA_AVX2 || qc_isa() == QC_ISA_AVX512 || qc_isa() == QC_ISA_AVX512VNNI;
+    const int by4 = x86_simd && dsub >= FS_WIDE && groups == 1 && !shared_scale && n <= FS_FOUR_FLOATS;
 #endif
     for (size_t p = 0, pg = 0; p < (size_t)npix; p++)
         for (int g = 0; g < groups; g++, pg++) {
