@@ -13,7 +13,7 @@ CSRC = Path("qcnn") / "csrc"
 HEADERS = ["qcnn.h", "pq.h", "elementwise.h", "pq_kmeans.h",   # dense kernels; product-quantized layers; activations; codebooks
            "pq_widescan.h"]                                      # uint8 lookups for K = 32..256
 SOURCES = ["isa.c", "depthwise.c", "pointwise.c", "dense_ops.c", "pq_tables.c", "pq_exact.c", "pq_fastscan.c",
-           "winograd.c", "elementwise.c", "pq_kmeans.c", "pq_widescan.c"]
+           "winograd.c", "elementwise.c", "pq_kmeans.c", "pq_widescan.c", "cpuid_cap.c"]
 
 
 def declarations(header: Path) -> str:

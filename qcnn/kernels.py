@@ -50,6 +50,17 @@ def cpu_isa() -> str:
     return ISA_NAMES[lib.qc_isa_best()]
 
 
+def cap_cpuid(name: str) -> bool:
+    """From now on, what CPUID tells the other libraries of this process stops at level `name`
+    (qcnn/csrc/cpuid_cap.c): libraries that load later and choose their kernels from CPUID (the
+    peers of `qcnn bench`) run that level's code.  False where it cannot be done (not Linux x86-64,
+    or a CPU without CPUID faulting); our own kernels follow set_isa, not this."""
+    codes = {v: k for k, v in ISA_NAMES.items()}
+    if name not in codes:
+        raise ValueError(f"unknown instruction set {name!r}; use one of {', '.join(codes)}")
+    return bool(lib.qc_cap_cpuid(codes[name]))
+
+
 def set_isa(name: str) -> str:
     """Force a SIMD variant ("scalar", "avx2", "avx512", "avx512vnni" on x86; "neon", "neondot" on 64-bit
     ARM); capped at best_isa(), and scalar for the other architecture's names."""

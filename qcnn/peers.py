@@ -7,10 +7,11 @@ executable, `pip install --no-deps pnnx`: its Python side wants torch, its execu
 and imported only here, when asked for.  A peer that is missing, fails to convert, or whose output
 disagrees with our dense engine on the same inputs is left out with the reason, never timed.
 
-CPU features: our kernels can be capped (QCNN_ISA, `bench --isa`); of the peers only OpenVINO
-(oneDNN's ONEDNN_MAX_CPU_ISA, set here before it loads) follows the cap.  onnxruntime, MNN and
-ncnn choose their kernels from the CPU alone, so on an AVX-512 machine they run AVX-512 code even
-when ours is capped at AVX2: `uncapped` names them and the report says so."""
+CPU features: our kernels can be capped (QCNN_ISA, `bench --isa`), and so are the peers: OpenVINO
+by oneDNN's ONEDNN_MAX_CPU_ISA, onnxruntime, MNN and ncnn, which choose their kernels from CPUID
+alone, by capping what CPUID reports in this process (qcnn.kernels.cap_cpuid: Linux x86-64 with
+CPUID faulting) before they load.  Where that cannot be (another OS or CPU, or a peer already
+loaded), they run this CPU's best code: `uncapped` names them and the report says so."""
 from __future__ import annotations
 
 import contextlib
@@ -35,6 +36,9 @@ Engine = Callable[[np.ndarray], np.ndarray]
 FP32_TOLERANCE = 1e-3
 LOSSY_TOLERANCE = 0.1
 CHECK_INPUTS = 4
+
+# The module each peer family loads as (one loaded before the CPUID cap is not capped).
+PEER_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "mnn": "MNN", "ncnn": "ncnn"}
 
 # oneDNN's names for our ISA levels (OpenVINO's CPU plugin is built on oneDNN).
 _ONEDNN_ISA = {"scalar": "SSE41", "avx2": "AVX2", "avx512": "AVX512_CORE", "avx512vnni": "AVX512_CORE_VNNI"}
@@ -181,6 +185,9 @@ def peer_engines(graph: Graph, input_hw: tuple[int, int], calib: list[np.ndarray
     from .models.onnx_export import graph_to_onnx
 
     peers = Peers()
+    capped = kernels.isa() != kernels.cpu_isa()
+    loaded = {family for family, module in PEER_MODULES.items() if module in sys.modules}
+    cpuid = capped and kernels.cap_cpuid(kernels.isa())     # before the peers load: they read CPUID once
     refs = [graph.forward(x) for x in calib[:CHECK_INPUTS]]
     shape = calib[0].shape
     found, skipped = onnxruntime_engines(graph, input_hw, calib)
@@ -212,8 +219,9 @@ def peer_engines(graph: Graph, input_hw: tuple[int, int], calib: list[np.ndarray
             peers.skipped[name] = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
             continue
         peers.engines[name] = run
-    if kernels.isa() != kernels.cpu_isa():
-        peers.uncapped = [n for n in peers.engines if not n.startswith("openvino")]
+    if capped:
+        family = {n: n.split()[0] for n in peers.engines}
+        peers.uncapped = [n for n in peers.engines if family[n] != "openvino" and (not cpuid or family[n] in loaded)]
     return peers
 
 

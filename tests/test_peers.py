@@ -1,5 +1,10 @@
 """qcnn.peers: every peer is checked against our dense output before `bench --peers` times it."""
 import importlib.util
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +103,83 @@ def test_installed_peer_agrees_with_the_dense_engine(family, tmp_path):
     assert mine, found.skipped
     assert all(found.agreement[n] <= (peers.FP32_TOLERANCE if peers.is_fp32(n) else peers.LOSSY_TOLERANCE)
                for n in mine)
+
+
+def _cpuid_faulting() -> bool:
+    import platform
+    if not (sys.platform.startswith("linux") and platform.machine() == "x86_64"):
+        return False
+    with open("/proc/cpuinfo") as f:
+        return any(line.startswith("flags") and " cpuid_fault" in line for line in f)
+
+
+needs_cpuid_faulting = pytest.mark.skipif(not _cpuid_faulting(), reason="needs Linux x86-64 with CPUID faulting "
+                                          "(cpuid_fault in /proc/cpuinfo)")
+
+CPUID_SCRIPT = r'''
+import ctypes, sys, threading
+from qcnn import kernels
+from qcnn._kernels import ffi, lib
+
+def bits():
+    out = ffi.new("unsigned[4]")
+    lib.qc_cpuid(7, 0, out)
+    b7, c7 = out[1], out[2]
+    lib.qc_cpuid(1, 0, out)
+    return {"avx": out[2] >> 28 & 1, "avx2": b7 >> 5 & 1, "avx512f": b7 >> 16 & 1, "vnni": c7 >> 11 & 1}
+
+print(bits())
+print(kernels.cap_cpuid(sys.argv[1]))
+print(bits())
+seen = []
+t = threading.Thread(target=lambda: seen.append(bits()))
+t.start()
+t.join()
+print(seen[0], flush=True)
+ctypes.string_at(0)          # a real crash still crashes, through the handler that was there before
+'''
+
+
+@needs_cpuid_faulting
+@pytest.mark.parametrize("cap", ["avx2", "scalar"])
+def test_the_cpuid_cap_hides_the_levels_above_it_and_leaves_real_crashes_alone(cap):
+    import ast
+    run = subprocess.run([sys.executable, "-X", "faulthandler", "-c", CPUID_SCRIPT, cap], capture_output=True,
+                         text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    before, capped, after, thread = (ast.literal_eval(line) for line in run.stdout.splitlines()[:4])
+    assert capped is True
+    assert after["avx512f"] == after["vnni"] == 0
+    assert after["avx2"] == (before["avx2"] if cap == "avx2" else 0)
+    assert after["avx"] == (before["avx"] if cap == "avx2" else 0)
+    assert thread == after                    # threads started later inherit the cap
+    assert run.returncode == -signal.SIGSEGV and "Segmentation fault" in run.stderr
+
+
+PEERS_SCRIPT = r'''
+import importlib.util, json, sys
+sys.path.insert(0, "tests")
+import numpy as np
+from onnx_models import mini_alexnet
+from qcnn import kernels, peers
+from qcnn.models import load_model
+find = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *a: None if name in ("openvino", "MNN", "ncnn", "_tools") else find(name, *a)
+from pathlib import Path
+model = load_model(mini_alexnet(Path(sys.argv[1])))
+kernels.set_isa("avx2")
+xs = [np.random.default_rng(i).standard_normal((1, 32, 32, 3)).astype(np.float32) for i in range(5)]
+found = peers.peer_engines(model.graph, (32, 32), xs)
+print(json.dumps([sorted(found.engines), found.uncapped]))
+'''
+
+
+@needs_cpuid_faulting
+def test_peers_loaded_after_the_cap_run_the_capped_level(tmp_path):
+    from qcnn import kernels
+    if kernels.cpu_isa() in ("scalar", "avx2"):
+        pytest.skip("the CPU has nothing above AVX2 to hide")
+    run = subprocess.run([sys.executable, "-c", PEERS_SCRIPT, str(tmp_path / "tiny.onnx")], capture_output=True,
+                         text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0, run.stderr[-2000:]
+    engines, uncapped = json.loads(run.stdout.strip().splitlines()[-1])
+    assert "onnxruntime fp32" in engines and uncapped == []

@@ -23,6 +23,10 @@ int qc_isa_best(void);          /* best variant this CPU supports, QCNN_DISABLE_
 int qc_isa_cap(void);           /* qc_isa_best capped by QCNN_ISA (a level's name, as in isa.c) */
 int qc_isa(void);               /* variant in use */
 int qc_set_isa(int isa);        /* force a variant (capped at qc_isa_cap); returns the one in use */
+/* CPUID as the other libraries of this process see it, capped at level isa from now on (Linux
+ * x86-64 with CPUID faulting; cpuid_cap.c): 1 if so, 0 where it cannot be. */
+int qc_cap_cpuid(int isa);
+int qc_cpuid(unsigned leaf, unsigned sub, unsigned out[4]);   /* the instruction (0 off x86) */
 
 /* Which variants of a family ran since the last qc_variants_reset: bit (1 << QC_ISA_x) for each.
  * The variants are bit-identical, so a dispatch table that sends a level to the wrong variant
