@@ -708,12 +708,20 @@ QC_AVX2 static void store_avx2(const __m256i t[4], const fs_out *o) {
  * spilled three sums to the stack on every quad). */
 #define FS_KEEP(A) __asm__("" : "+x"(A))
 
+/* FC layers (nibbles) read each code once per image, from L3 or memory, and a pass of two blocks
+ * is only two streams: prefetching 2 KB (32 quads) ahead of each made AVX2's fc6 and fc7 lookups
+ * 1.06-1.09x faster (1 KB: 1.04-1.06x, 8 KB: none), level with AVX-512's four streams. */
+#define FS_PF 2048
 /* One quad u of the (tap) tables lut and codes c, for one block (A*) or two (B* too). */
 #define FS256_QUAD(lut, c, u)                                                                  \
     do {                                                                                       \
         const __m256i l0_ = _mm256_loadu_si256((const __m256i *)((lut) + (size_t)(u) * 64));   \
         const __m256i l1_ = _mm256_loadu_si256((const __m256i *)((lut) + (size_t)(u) * 64 + 32)); \
         const uint8_t *cq_ = (c) + (size_t)(u) * qb;                                           \
+        if (nibbles) {                                                                         \
+            _mm_prefetch((const char *)cq_ + FS_PF, _MM_HINT_T0);                              \
+            if (nb == 2) _mm_prefetch((const char *)cq_ + bstride + FS_PF, _MM_HINT_T0);       \
+        }                                                                                      \
         {                                                                                      \
             const __m256i l = l0_;                                                             \
             FS256_STEP(cq_, a0, a1, a2, a3);                                                   \
