@@ -761,6 +761,10 @@ QC_AVX2 QC_INLINE void blocks_avx2_n(const uint8_t *Q, int groups, int quads, co
             const int k1 = tp->n - k0 < per ? tp->n : k0 + per;
             for (int k = k0; k < k1; k++) {
                 const uint8_t *lut = Qg + tp->lut[k], *cd = codes + tp->cd[k];
+                /* Unrolled: the loop counter and pointer updates run on the vector ports too;
+                 * conv2 (3 quads per tap) 1.06x faster with two per iteration, 1.01-1.03x more
+                 * with four. */
+                _Pragma("GCC unroll 4")
                 for (int u = 0; u < quads; u++) FS256_QUAD(lut, cd, u);
             }
             FS256_WIDEN();
