@@ -708,9 +708,9 @@ QC_AVX2 static void store_avx2(const __m256i t[4], const fs_out *o) {
  * spilled three sums to the stack on every quad). */
 #define FS_KEEP(A) __asm__("" : "+x"(A))
 
-/* FC layers (nibbles) read each code once per image, from L3 or memory, and a pass of two blocks
- * is only two streams: prefetching 2 KB (32 quads) ahead of each made AVX2's fc6 and fc7 lookups
- * 1.06-1.09x faster (1 KB: 1.04-1.06x, 8 KB: none), level with AVX-512's four streams. */
+/* FC layers (nibbles) read each code once per image, from L3 or memory: prefetching each block's
+ * codes 2 KB (32 quads) ahead made AVX2's fc6 and fc7 lookups 1.06-1.09x faster with warm L3
+ * (1 KB: 1.04-1.06x, 8 KB: none) and AVX-512's fc6 1.13-1.24x faster in `qcnn bench`. */
 #define FS_PF 2048
 /* One quad u of the (tap) tables lut and codes c, for one block (A*) or two (B* too). */
 #define FS256_QUAD(lut, c, u)                                                                  \
@@ -827,6 +827,12 @@ QC_AVX512 static inline __m256i widen4(__m512i a) {
     do {                                                                                       \
         const __m512i l = _mm512_loadu_si512((const void *)((lut) + (size_t)(u) * 64));        \
         const uint8_t *cq_ = (c) + (size_t)(u) * qb;                                           \
+        if (nibbles) {                                                                         \
+            _mm_prefetch((const char *)cq_ + FS_PF, _MM_HINT_T0);                              \
+            if (nb >= 2) _mm_prefetch((const char *)cq_ + bstride + FS_PF, _MM_HINT_T0);       \
+            if (nb >= 3) _mm_prefetch((const char *)cq_ + 2 * bstride + FS_PF, _MM_HINT_T0);   \
+            if (nb >= 4) _mm_prefetch((const char *)cq_ + 3 * bstride + FS_PF, _MM_HINT_T0);   \
+        }                                                                                      \
         FS512_STEP(cq_, a0, a1, a2, a3);                                                       \
         if (nb >= 2) FS512_STEP(cq_ + bstride, b0, b1, b2, b3);                                \
         if (nb >= 3) FS512_STEP(cq_ + 2 * bstride, c0, c1, c2, c3);                            \
