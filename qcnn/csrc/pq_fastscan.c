@@ -34,7 +34,18 @@
  * + 256 * odd, modulo 2^16) and r >> 8 into `odd`; even = all - (odd << 8) is exact as long as the
  * even sum fits 16 bits.  A lane receives at most two bytes (<= 255) per quad, so the sums are
  * widened to 32 bits every FS_FLUSH = 128 quads (65280 < 65536).  The dot layout's 32-bit sums
- * cannot overflow (at most 121 taps * 4 * quads * 255 per channel). */
+ * cannot overflow (at most 121 taps * 4 * quads * 255 per channel).
+ *
+ * What bounds AVX2 (bytes): a 32-byte shuffle makes 32 lookups and accumulating them takes three
+ * more ops (add, shift, add), all on the same three vector ports (Golden Cove: p0, p1, p5): at
+ * most 24 lookups per cycle, 3/4 of the AVX-512 bytes kernel (8 ops per 128 lookups, two ports)
+ * and 3/8 of the dot layout.  Measured on AlexNet at 4.1 GHz, the AVX2 kernel reaches 88-90 % of
+ * that bound on conv3-5 and 81 % on conv2 (3 quads per tap: the per-tap and per-pass bookkeeping
+ * weigh more); the other 8-bit accumulations tried on paper (pair sums with vpmaddubsw, byte sums
+ * with vpaddb) cost the same three ops or lose the odd channels' high bits.  Sharing each code
+ * load between two output pixels, which pays in the dot layout, does not on AVX2: the code loads
+ * fold into the shuffles, and keeping a pass's codes in L1 across pixels (a loop order tried and
+ * dropped) gained at most 2 %. */
 #include <math.h>
 #include <string.h>
 #include "pq.h"
