@@ -29,6 +29,8 @@ CASES = [
     ("fc", 96, 50, 1, 2, 64, 1, (1, 1), (0, 0, 0, 0), (1, 1)),     # K = 64: NEON's largest in-register rows
     ("conv", 160, 40, 1, 33, 16, 1, (1, 1), (0, 0, 0, 0), (5, 3)),  # wide subspaces (kernel rows, as taps): 4 + 1 narrower, 15 pixels: 3 builds of four + 3 alone
     ("conv", 23, 36, 3, 3, 16, 1, (1, 1), (1, 1, 1, 1), (6, 5)),   # C_s' = 3: 8 subspaces, the last narrower
+    ("conv", 800, 40, 3, 4, 16, 1, (1, 1), (1, 1, 1, 1), (4, 5)),  # 50 quads per tap: widened after runs of 2 taps, borders with 4 or 6
+    ("fc", 2048, 36, 1, 4, 16, 1, (1, 1), (0, 0, 0, 0), (1, 1)),   # exactly FS_FLUSH = 128 quads in the one tap
 ]
 
 

@@ -34,7 +34,18 @@
  * + 256 * odd, modulo 2^16) and r >> 8 into `odd`; even = all - (odd << 8) is exact as long as the
  * even sum fits 16 bits.  A lane receives at most two bytes (<= 255) per quad, so the sums are
  * widened to 32 bits every FS_FLUSH = 128 quads (65280 < 65536).  The dot layout's 32-bit sums
- * cannot overflow (at most 121 taps * 4 * quads * 255 per channel). */
+ * cannot overflow (at most 121 taps * 4 * quads * 255 per channel).
+ *
+ * What bounds AVX2 (bytes): a 32-byte shuffle makes 32 lookups and accumulating them takes three
+ * more ops (add, shift, add), all on the same three vector ports (Golden Cove: p0, p1, p5): at
+ * most 24 lookups per cycle, 3/4 of the AVX-512 bytes kernel (8 ops per 128 lookups, two ports)
+ * and 3/8 of the dot layout.  Measured on AlexNet at 4.1 GHz, the AVX2 kernel reaches 88-90 % of
+ * that bound on conv3-5 and 81 % on conv2 (3 quads per tap: the per-tap and per-pass bookkeeping
+ * weigh more); the other 8-bit accumulations tried on paper (pair sums with vpmaddubsw, byte sums
+ * with vpaddb) cost the same three ops or lose the odd channels' high bits.  Sharing each code
+ * load between two output pixels, which pays in the dot layout, does not on AVX2: the code loads
+ * fold into the shuffles, and keeping a pass's codes in L1 across pixels (a loop order tried and
+ * dropped) gained at most 2 %. */
 #include <math.h>
 #include <string.h>
 #include "pq.h"
@@ -684,11 +695,13 @@ void qc_fs_pack_codes(const uint8_t *codes, int kh, int kw, int groups, int M, i
                 }
 }
 
-/* The valid taps of one output pixel, gathered once and shared by all its blocks. */
+/* The valid taps of one output pixel, gathered once and shared by all its blocks and groups. */
 typedef struct {
     int n;
     size_t pix[QC_FS_MAX_TAPS];          /* input pixel index */
     int tap[QC_FS_MAX_TAPS];             /* kernel offset index */
+    size_t lut[QC_FS_MAX_TAPS];          /* pix * groups * quads * 64: that pixel's tables in Q */
+    size_t cd[QC_FS_MAX_TAPS];           /* tap * tap_stride: that offset's codes */
 } fs_taps;
 
 /* How the integer sums of a block become outputs: y[c] = act(s * sum[c] + osum + bias[c]), c < n. */
@@ -828,52 +841,79 @@ QC_AVX2 static void store_avx2(const __m256i t[4], const fs_out *o) {
  * spilled three sums to the stack on every quad). */
 #define FS_KEEP(A) __asm__("" : "+x"(A))
 
+/* FC layers (nibbles) read each code once per image, from L3 or memory: prefetching each block's
+ * codes 2 KB (32 quads) ahead made AVX2's fc6 and fc7 lookups 1.06-1.09x faster with warm L3
+ * (1 KB: 1.04-1.06x, 8 KB: none) and AVX-512's fc6 1.13-1.24x faster in `qcnn bench`. */
+#define FS_PF 2048
+/* One quad u of the (tap) tables lut and codes c, for one block (A*) or two (B* too). */
+#define FS256_QUAD(lut, c, u)                                                                  \
+    do {                                                                                       \
+        const __m256i l0_ = _mm256_loadu_si256((const __m256i *)((lut) + (size_t)(u) * 64));   \
+        const __m256i l1_ = _mm256_loadu_si256((const __m256i *)((lut) + (size_t)(u) * 64 + 32)); \
+        const uint8_t *cq_ = (c) + (size_t)(u) * qb;                                           \
+        if (nibbles) {                                                                         \
+            _mm_prefetch((const char *)cq_ + FS_PF, _MM_HINT_T0);                              \
+            if (nb == 2) _mm_prefetch((const char *)cq_ + bstride + FS_PF, _MM_HINT_T0);       \
+        }                                                                                      \
+        {                                                                                      \
+            const __m256i l = l0_;                                                             \
+            FS256_STEP(cq_, a0, a1, a2, a3);                                                   \
+            if (nb == 2) FS256_STEP(cq_ + bstride, b0, b1, b2, b3);                            \
+        }                                                                                      \
+        {                                                                                      \
+            const __m256i l = l1_;                                                             \
+            FS256_STEP(cq_ + 32, a0, a1, a2, a3);                                              \
+            if (nb == 2) FS256_STEP(cq_ + bstride + 32, b0, b1, b2, b3);                       \
+        }                                                                                      \
+    } while (0)
+
+#define FS256_WIDEN()                                                                          \
+    do {                                                                                       \
+        FS_FLUSH_INTO(widen2, _mm256_sub_epi16, _mm256_slli_epi16, t[0], a0, a1, a2, a3);      \
+        if (nb == 2) FS_FLUSH_INTO(widen2, _mm256_sub_epi16, _mm256_slli_epi16, t[1], b0, b1, b2, b3); \
+        a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero;                                          \
+    } while (0)
+
 QC_AVX2 QC_INLINE void blocks_avx2_n(const uint8_t *Q, int groups, int quads, const uint8_t *codes,
                                      size_t tap_stride, const int nibbles, const int nb, int g, const fs_taps *tp,
                                      const fs_out *out) {
+    (void)groups, (void)tap_stride;
     const __m256i zero = _mm256_setzero_si256(), nib = _mm256_set1_epi8(0x0f);
     __m256i t[2][4] = {{zero, zero, zero, zero}, {zero, zero, zero, zero}};
     __m256i a0 = zero, a1 = zero, a2 = zero, a3 = zero, b0 = zero, b1 = zero, b2 = zero, b3 = zero;
     const size_t qb = quad_bytes(nibbles ? QC_FS_NIBBLES : QC_FS_BYTES), bstride = (size_t)quads * qb;
-    /* The widening is taken out of the loop over quads: with the count inside, GCC moved the sums
-     * between registers and spilled some on every quad.  A layer with at most FS_FLUSH quads per
-     * tap widens after whole taps; one with more (FC layers) in chunks of a tap. */
-    const int chunk = quads < FS_FLUSH ? quads : FS_FLUSH, per = FS_FLUSH / chunk;
-    int pending = 0;
-    for (int k = 0; k < tp->n; k++) {
-        const uint8_t *lut = Q + (tp->pix[k] * groups + g) * quads * 64;
-        const uint8_t *cd = codes + (size_t)tp->tap[k] * tap_stride;
-        for (int u0 = 0; u0 < quads; u0 += chunk) {
-            const int u1 = quads - u0 < chunk ? quads : u0 + chunk;
-            for (int u = u0; u < u1; u++) {
-                const __m256i l0 = _mm256_loadu_si256((const __m256i *)(lut + (size_t)u * 64));
-                const __m256i l1 = _mm256_loadu_si256((const __m256i *)(lut + (size_t)u * 64 + 32));
-                const uint8_t *c = cd + (size_t)u * qb;
-                {
-                    const __m256i l = l0;
-                    FS256_STEP(c, a0, a1, a2, a3);
-                    if (nb == 2) FS256_STEP(c + bstride, b0, b1, b2, b3);
-                }
-                {
-                    const __m256i l = l1;
-                    FS256_STEP(c + 32, a0, a1, a2, a3);
-                    if (nb == 2) FS256_STEP(c + bstride + 32, b0, b1, b2, b3);
-                }
+    const uint8_t *Qg = Q + (size_t)g * quads * 64;
+    /* The widening is taken out of the loops over quads and taps: with a count inside, GCC moved
+     * the sums between registers and spilled some on every quad, and the per-tap bookkeeping
+     * mattered on layers with few quads per tap (AlexNet conv2: 3).  A layer with fewer than
+     * FS_FLUSH quads per tap widens after runs of whole taps; one with more (FC layers) in chunks
+     * of a tap. */
+    if (quads < FS_FLUSH) {
+        const int per = FS_FLUSH / quads;
+        for (int k0 = 0; k0 < tp->n; k0 += per) {
+            const int k1 = tp->n - k0 < per ? tp->n : k0 + per;
+            for (int k = k0; k < k1; k++) {
+                const uint8_t *lut = Qg + tp->lut[k], *cd = codes + tp->cd[k];
+                /* Unrolled: the loop counter and pointer updates run on the vector ports too;
+                 * conv2 (3 quads per tap) 1.06x faster with two per iteration, 1.01-1.03x more
+                 * with four. */
+                _Pragma("GCC unroll 4")
+                for (int u = 0; u < quads; u++) FS256_QUAD(lut, cd, u);
             }
-            if (++pending == per) {
-                FS_FLUSH_INTO(widen2, _mm256_sub_epi16, _mm256_slli_epi16, t[0], a0, a1, a2, a3);
-                if (nb == 2) FS_FLUSH_INTO(widen2, _mm256_sub_epi16, _mm256_slli_epi16, t[1], b0, b1, b2, b3);
-                a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero;
-                pending = 0;
+            FS256_WIDEN();
+        }
+    } else {
+        for (int k = 0; k < tp->n; k++) {
+            const uint8_t *lut = Qg + tp->lut[k], *cd = codes + tp->cd[k];
+            for (int u0 = 0; u0 < quads; u0 += FS_FLUSH) {
+                const int u1 = quads - u0 < FS_FLUSH ? quads : u0 + FS_FLUSH;
+                for (int u = u0; u < u1; u++) FS256_QUAD(lut, cd, u);
+                FS256_WIDEN();
             }
         }
     }
-    FS_FLUSH_INTO(widen2, _mm256_sub_epi16, _mm256_slli_epi16, t[0], a0, a1, a2, a3);
     store_avx2(t[0], out);
-    if (nb == 2) {
-        FS_FLUSH_INTO(widen2, _mm256_sub_epi16, _mm256_slli_epi16, t[1], b0, b1, b2, b3);
-        store_avx2(t[1], out + 1);
-    }
+    if (nb == 2) store_avx2(t[1], out + 1);
 }
 
 QC_AVX2 static void blocks_avx2(const uint8_t *Q, int groups, int quads, const uint8_t *codes, size_t tap_stride,
@@ -916,39 +956,63 @@ QC_AVX512 static inline __m256i widen4(__m512i a) {
         A3 = _mm512_add_epi16(A3, _mm512_srli_epi16(rhi_, 8));                                 \
     } while (0)
 
+#define FS512_QUAD(lut, c, u)                                                                  \
+    do {                                                                                       \
+        const __m512i l = _mm512_loadu_si512((const void *)((lut) + (size_t)(u) * 64));        \
+        const uint8_t *cq_ = (c) + (size_t)(u) * qb;                                           \
+        if (nibbles) {                                                                         \
+            _mm_prefetch((const char *)cq_ + FS_PF, _MM_HINT_T0);                              \
+            if (nb >= 2) _mm_prefetch((const char *)cq_ + bstride + FS_PF, _MM_HINT_T0);       \
+            if (nb >= 3) _mm_prefetch((const char *)cq_ + 2 * bstride + FS_PF, _MM_HINT_T0);   \
+            if (nb >= 4) _mm_prefetch((const char *)cq_ + 3 * bstride + FS_PF, _MM_HINT_T0);   \
+        }                                                                                      \
+        FS512_STEP(cq_, a0, a1, a2, a3);                                                       \
+        if (nb >= 2) FS512_STEP(cq_ + bstride, b0, b1, b2, b3);                                \
+        if (nb >= 3) FS512_STEP(cq_ + 2 * bstride, c0, c1, c2, c3);                            \
+        if (nb >= 4) FS512_STEP(cq_ + 3 * bstride, d0, d1, d2, d3);                            \
+    } while (0)
+
+#define FS512_WIDEN()                                                                          \
+    do {                                                                                       \
+        FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[0], a0, a1, a2, a3);      \
+        if (nb >= 2) FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[1], b0, b1, b2, b3); \
+        if (nb >= 3) FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[2], c0, c1, c2, c3); \
+        if (nb >= 4) FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[3], d0, d1, d2, d3); \
+        a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = zero;  \
+    } while (0)
+
+/* Widened after runs of whole taps or chunks of one, as blocks_avx2_n. */
 QC_AVX512 QC_INLINE void blocks_avx512_n(const uint8_t *Q, int groups, int quads, const uint8_t *codes,
                                          size_t tap_stride, const int nibbles, const int nb, int g,
                                          const fs_taps *tp, const fs_out *out) {
+    (void)groups, (void)tap_stride;
     const __m256i z = _mm256_setzero_si256();
     const __m512i zero = _mm512_setzero_si512(), nib = _mm512_set1_epi8(0x0f);
     __m256i t[FS_NB][4] = {{z, z, z, z}, {z, z, z, z}, {z, z, z, z}, {z, z, z, z}};
     __m512i a0 = zero, a1 = zero, a2 = zero, a3 = zero, b0 = zero, b1 = zero, b2 = zero, b3 = zero;
     __m512i c0 = zero, c1 = zero, c2 = zero, c3 = zero, d0 = zero, d1 = zero, d2 = zero, d3 = zero;
     const size_t qb = quad_bytes(nibbles ? QC_FS_NIBBLES : QC_FS_BYTES), bstride = (size_t)quads * qb;
-    int pending = 0;
-    for (int k = 0; k < tp->n; k++) {
-        const uint8_t *lut = Q + (tp->pix[k] * groups + g) * quads * 64;
-        const uint8_t *cd = codes + (size_t)tp->tap[k] * tap_stride;
-        for (int u = 0; u < quads; u++) {
-            const __m512i l = _mm512_loadu_si512((const void *)(lut + (size_t)u * 64));
-            FS512_STEP(cd + (size_t)u * qb, a0, a1, a2, a3);
-            if (nb >= 2) FS512_STEP(cd + bstride + (size_t)u * qb, b0, b1, b2, b3);
-            if (nb >= 3) FS512_STEP(cd + 2 * bstride + (size_t)u * qb, c0, c1, c2, c3);
-            if (nb >= 4) FS512_STEP(cd + 3 * bstride + (size_t)u * qb, d0, d1, d2, d3);
-            if (++pending == FS_FLUSH) {
-                FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[0], a0, a1, a2, a3);
-                if (nb >= 2) FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[1], b0, b1, b2, b3);
-                if (nb >= 3) FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[2], c0, c1, c2, c3);
-                if (nb >= 4) FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[3], d0, d1, d2, d3);
-                a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = zero;
-                pending = 0;
+    const uint8_t *Qg = Q + (size_t)g * quads * 64;
+    if (quads < FS_FLUSH) {
+        const int per = FS_FLUSH / quads;
+        for (int k0 = 0; k0 < tp->n; k0 += per) {
+            const int k1 = tp->n - k0 < per ? tp->n : k0 + per;
+            for (int k = k0; k < k1; k++) {
+                const uint8_t *lut = Qg + tp->lut[k], *cd = codes + tp->cd[k];
+                for (int u = 0; u < quads; u++) FS512_QUAD(lut, cd, u);
+            }
+            FS512_WIDEN();
+        }
+    } else {
+        for (int k = 0; k < tp->n; k++) {
+            const uint8_t *lut = Qg + tp->lut[k], *cd = codes + tp->cd[k];
+            for (int u0 = 0; u0 < quads; u0 += FS_FLUSH) {
+                const int u1 = quads - u0 < FS_FLUSH ? quads : u0 + FS_FLUSH;
+                for (int u = u0; u < u1; u++) FS512_QUAD(lut, cd, u);
+                FS512_WIDEN();
             }
         }
     }
-    FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[0], a0, a1, a2, a3);
-    if (nb >= 2) FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[1], b0, b1, b2, b3);
-    if (nb >= 3) FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[2], c0, c1, c2, c3);
-    if (nb >= 4) FS_FLUSH_INTO(widen4, _mm512_sub_epi16, _mm512_slli_epi16, t[3], d0, d1, d2, d3);
     for (int b = 0; b < nb; b++) store_avx2(t[b], out + b);
 }
 
@@ -1235,6 +1299,8 @@ void qc_pq_conv_fastscan(const uint8_t *Q, const float *scale, const float *offs
                     int ix = ox * sw - pl + j;
                     if (ix < 0 || ix >= w) continue;
                     tp.pix[tp.n] = (size_t)iy * w + ix;
+                    tp.lut[tp.n] = tp.pix[tp.n] * groups * quads * 64;
+                    tp.cd[tp.n] = (size_t)(i * kw + j) * tap_stride;
                     tp.tap[tp.n++] = i * kw + j;
                 }
             }
