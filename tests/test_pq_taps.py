@@ -118,3 +118,41 @@ def test_model_file_keeps_the_patches_node_and_the_setting(tmp_path):
     np.testing.assert_allclose(loaded.graph(x), q(x), rtol=1e-5, atol=1e-6)
     assert isinstance(loaded.graph["stem" + PATCHES_SUFFIX].layer, Patches)
     assert settings_from_metadata(meta, loaded.graph) == (settings, True)
+
+
+@pytest.mark.parametrize("pads,stride,hw", [((3, 3, 3, 3), (2, 2), (32, 32)), ((0, 0, 0, 0), (4, 4), (39, 27)),
+                                            ((0, 2, 1, 0), (1, 3), (17, 22))])
+def test_fastscan_reads_the_windows_in_place_with_the_same_result(pads, stride, hw):
+    """with_kernel lets the fast-scan stem read its windows from the image (no im2col copy): the
+    same vectors give the same tables, bit for bit, on every SIMD level; tables fill odd bands
+    (16, 13 and 6 output columns: groups of four pixels and leftovers)."""
+    from qcnn import kernels as dense_kernels
+    from qcnn.pq import kernels as K
+    from qcnn.pq.taps import WindowsReadInPlace
+    g = stem_graph()
+    g.nodes[0].layer = Conv2D(g.nodes[0].layer.weight, g.nodes[0].layer.bias, stride, pads, 1, "relu")
+    q = quantize_model(g, QuantSettings(layers={"stem": TAPS}, error_correction=False))
+    x = RNG.standard_normal((2, *hw, 3)).astype(np.float32)
+    patches = q["stem" + PATCHES_SUFFIX].layer(x)
+    best = dense_kernels.isa()
+    try:
+        for isa in dict.fromkeys(dense_kernels.set_isa(i) for i in dense_kernels.ISA_NAMES.values()):
+            dense_kernels.set_isa(isa)
+            run = with_kernel(q, "fastscan")
+            assert isinstance(run["stem" + PATCHES_SUFFIX].layer, WindowsReadInPlace)
+            got = run.forward(x, until="stem")
+            want = K.PreparedPQ(q["stem"].layer, "fastscan")(patches)
+            np.testing.assert_array_equal(got, want, err_msg=isa)
+    finally:
+        dense_kernels.set_isa(best)
+    # the other kernels keep the copy; the cost model sees the same layers either way
+    assert isinstance(with_kernel(q, "exact")["stem" + PATCHES_SUFFIX].layer, Patches)
+    costs = [[(c.name, c.dense_macs, c.table_macs, c.setting) for c in cost_report(graph, hw, dense_graph=g).layers]
+             for graph in (q, with_kernel(q, "fastscan"))]
+    assert costs[0] == costs[1]
+    # a graph re-targeted again follows its new kernels: windows in place for fast-scan only
+    again = with_kernel(with_kernel(q, "fastscan"), "exact")
+    assert isinstance(again["stem" + PATCHES_SUFFIX].layer, Patches)
+    np.testing.assert_allclose(again.forward(x, until="stem"), with_kernel(q, "exact").forward(x, until="stem"))
+    twice = with_kernel(with_kernel(q, "fastscan"), "fastscan")
+    np.testing.assert_array_equal(twice.forward(x, until="stem"), want)

@@ -43,6 +43,15 @@ void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int d
                      const float *wmean, const uint16_t *counts, int shared_scale, float *T, uint8_t *Q,
                      float *scale, float *offset_sum);
 
+/* qc_fs_tables_u8 (one group, a step per pixel) for a 1x1 layer over the (kh, kw, c) windows of a
+ * convolution (subspaces across kernel offsets, qcnn/pq/taps.py), read from the padded image
+ * (rows of w pixels of c channels) instead of an im2col copy: the pixels are the oh x ow outputs
+ * from output row oy0 on, pixel (oy, ox)'s window starting at row (oy0 + oy) * sh, column ox * sw.
+ * buf: 4 * kh * kw * c floats of scratch. */
+void qc_fs_tables_u8_windows(const float *img, int w, int c, int kh, int kw, int sh, int sw, int oy0, int oh, int ow,
+                             int M, int dsub, const float *cbt, const float *wmean, const uint16_t *counts, float *T,
+                             uint8_t *Q, float *scale, float *offset_sum, float *buf);
+
 /* Two-pass fast-scan's residual tables (pq_fastscan.c): from qc_fs_tables_u8's T, Q, scale and
  * offset_sum of npg (pixel, group) pairs, made with shared_scale and no rounding correction, R
  * (laid out as Q) with scale_r and offset_r: T ~ offset + scale * Q + offset_r / M + scale_r * R.

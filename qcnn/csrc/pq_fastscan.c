@@ -563,35 +563,65 @@ static uint32_t table_total(const uint16_t *counts_g) {
     return n;
 }
 
-void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int dsub, const float *cbt,
-                     const float *wmean, const uint16_t *counts, int shared_scale, float *T, uint8_t *Q,
-                     float *scale, float *offset_sum) {
+/* Where pixel p's input vector (cin floats) is: row p of x, or, for a convolution whose subspaces run
+ * across kernel offsets (qcnn/pq/taps.py: a 1x1 layer over (kh, kw, C) windows), output pixel p's
+ * window of the padded image, gathered into `buf` (four pixels' worth) when it is needed: the
+ * whole im2col copy (4.4 MB for AlexNet's conv1) is never made.  Same vectors, same tables. */
+typedef struct {
+    const float *x;
+    size_t cin;
+    int windows, w, c, kh, kw, sh, sw, ow, oy0;
+    float *buf;
+} fs_pixels;
+
+static const float *fs_gather(const fs_pixels *s, size_t p, int slot) {
+    const int oy = s->oy0 + (int)(p / (size_t)s->ow), ox = (int)(p % (size_t)s->ow);
+    const size_t row = (size_t)s->kw * s->c;
+    float *dst = s->buf + (size_t)slot * s->cin;
+    for (int i = 0; i < s->kh; i++)
+        memcpy(dst + i * row, s->x + (((size_t)oy * s->sh + i) * s->w + (size_t)ox * s->sw) * s->c, row * sizeof(float));
+    return dst;
+}
+
+static void tables_u8(const fs_pixels *src, int npix, int groups, int M, int dsub, const float *cbt,
+                      const float *wmean, const uint16_t *counts, int shared_scale, float *T, uint8_t *Q,
+                      float *scale, float *offset_sum) {
     static const tables16_fn builds[QC_ISA_COUNT] = QC_VARIANTS(tables16_scalar, tables16_avx2, tables16_avx512, tables16_neon);
     static const quant_fn quants[QC_ISA_COUNT] = QC_VARIANTS(quant_scalar, quant_avx2, quant_avx512, quant_neon);
     const tables16_fn build = builds[qc_isa()];
     const quant_fn quant = quants[qc_isa()];
     const debias_ops ops = debias_for_isa();
-    const int Mp = 4 * quads_of(M), cin_g = cin / groups;
+    const float *x = src->x;
+    const size_t cin = src->cin;
+    const int Mp = 4 * quads_of(M), cin_g = (int)cin / groups;
     const size_t n = (size_t)M * 16;
     const int debias = wmean != NULL && counts != NULL;
     float widest_all = 0.f;
+    int by4 = 0;
 #if QC_HAVE_X86
     /* Wide subspaces: four pixels per build, through a buffer on the stack.  The AVX-512 levels take
      * it too: one table per 512-bit register leaves the per-pixel build load-bound there (conv1's
      * tables across taps: 0.69 ms against 0.44 by four, AVX-512 machine). */
     float four[4 * FS_FOUR_FLOATS], lo4[4], hi4[4];
     const int x86_simd = qc_isa() == QC_ISA_AVX2 || qc_isa() == QC_ISA_AVX512 || qc_isa() == QC_ISA_AVX512VNNI;
-    const int by4 = x86_simd && dsub >= FS_WIDE && groups == 1 && !shared_scale && n <= FS_FOUR_FLOATS;
+    by4 = x86_simd && dsub >= FS_WIDE && groups == 1 && !shared_scale && n <= FS_FOUR_FLOATS;
 #endif
-    for (size_t p = 0, pg = 0; p < (size_t)npix; p++)
+    for (size_t p = 0, pg = 0; p < (size_t)npix; p++) {
+        const int in4 = by4 && (p & ~(size_t)3) + 4 <= (size_t)npix;
+        const float *xp = x + p * cin;
+        if (src->windows) {       /* (one group: check_taps) */
+            if (in4 && p % 4 == 0)
+                for (int j = 0; j < 4; j++) fs_gather(src, p + j, j);
+            xp = in4 ? src->buf + (p % 4) * cin : fs_gather(src, p, 0);
+        }
         for (int g = 0; g < groups; g++, pg++) {
             /* Per-pixel steps: each pixel's tables go through one L1-sized buffer, built, measured
              * and quantized while hot.  A shared step needs every table first: they stay in T. */
             float *t = T + (shared_scale ? pg * n : 0), lo, hi;
-            const float *xg = x + p * cin + g * cin_g;
+            const float *xg = xp + g * cin_g;
 #if QC_HAVE_X86
-            if (by4 && (p & ~(size_t)3) + 4 <= (size_t)npix) {
-                if (p % 4 == 0) tables16x4_avx2(xg, (size_t)cin, cin_g, M, dsub, cbt, four, lo4, hi4);
+            if (in4) {
+                if (p % 4 == 0) tables16x4_avx2(xg, cin, cin_g, M, dsub, cbt, four, lo4, hi4);
                 t = four + (p % 4) * n, lo = lo4[p % 4], hi = hi4[p % 4];
             } else
 #endif
@@ -612,6 +642,7 @@ void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int d
                 }
             }
         }
+    }
     if (!shared_scale)
         return;
     const float s = widest_all > 0.f ? widest_all / 255.f : 1.f;
@@ -628,6 +659,20 @@ void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int d
                                                  table_total(cg), s);
             }
         }
+}
+
+void qc_fs_tables_u8(const float *x, int npix, int cin, int groups, int M, int dsub, const float *cbt,
+                     const float *wmean, const uint16_t *counts, int shared_scale, float *T, uint8_t *Q,
+                     float *scale, float *offset_sum) {
+    const fs_pixels rows = {x, (size_t)cin, 0, 0, 0, 0, 0, 0, 0, 0, 0, NULL};
+    tables_u8(&rows, npix, groups, M, dsub, cbt, wmean, counts, shared_scale, T, Q, scale, offset_sum);
+}
+
+void qc_fs_tables_u8_windows(const float *img, int w, int c, int kh, int kw, int sh, int sw, int oy0, int oh, int ow,
+                             int M, int dsub, const float *cbt, const float *wmean, const uint16_t *counts, float *T,
+                             uint8_t *Q, float *scale, float *offset_sum, float *buf) {
+    const fs_pixels windows = {img, (size_t)kh * kw * c, 1, w, c, kh, kw, sh, sw, ow, oy0, buf};
+    tables_u8(&windows, oh * ow, 1, M, dsub, cbt, wmean, counts, 0, T, Q, scale, offset_sum);
 }
 
 /* The second pass of two-pass fast-scan: what the uint8 tables Q of qc_fs_tables_u8 (shared

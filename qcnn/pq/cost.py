@@ -200,7 +200,7 @@ def layer_costs(graph: Graph, shapes: dict[str, Shape]) -> list[LayerCost]:
         if isinstance(layer, PQLayer):
             cost = _pq_cost(node.name, layer, x, out)
             source = node.inputs[0]
-            if source != graph.input_name and isinstance(graph[source].layer, L.Patches):   # qcnn.pq.taps
+            if source != graph.input_name and graph[source].layer.kind == "patches":   # qcnn.pq.taps
                 cost.setting = PQSetting(cost.setting.dsub, cost.setting.ksub, taps=True)
             costs.append(cost)
         elif isinstance(layer, (L.Conv2D, L.Dense)):

@@ -276,7 +276,30 @@ def with_kernel(graph: Graph, kernel: str, input_hw: tuple[int, int] | None = No
                 impl = impl_for(layer, kernel)
             layer = _retarget(layer, impl)
         nodes.append(Node(node.name, layer, node.inputs))
-    return Graph(nodes, graph.input_name, graph.output)
+    return Graph(_windows_in_place(nodes, graph.output), graph.input_name, graph.output)
+
+
+def _windows_in_place(nodes: list[Node], output: str) -> list[Node]:
+    """Where a Patches node (qcnn.pq.taps) feeds only a fast-scan layer, that layer reads the windows
+    from the image itself (PreparedPQ.read_windows_in_place) and the node passes the image on."""
+    from ..layers import Patches
+    from .taps import WindowsReadInPlace
+    readers = {}
+    for node in nodes:
+        for name in node.inputs:
+            readers.setdefault(name, []).append(node)
+    out = []
+    for node in nodes:
+        after = readers.get(node.name, [])
+        patches = node.layer.patches if isinstance(node.layer, WindowsReadInPlace) else node.layer   # (a graph run here again)
+        if isinstance(patches, Patches):
+            node = Node(node.name, patches, node.inputs)
+            if node.name != output and len(after) == 1 and isinstance(after[0].layer, PQLayer) and \
+                    after[0].layer.impl == "fastscan":
+                after[0].layer.prepared().read_windows_in_place(patches)
+                node = Node(node.name, WindowsReadInPlace(patches, after[0].name), node.inputs)
+        out.append(node)
+    return out
 
 
 def kernel_map(graph: Graph) -> dict[str, str]:

@@ -127,6 +127,9 @@ class PreparedPQ(ScratchBuffers):
         # over calls: the benchmark's per-layer breakdown reads and resets them.
         self.seconds = {"tables": 0.0, "lookups": 0.0}
         self.layout, self._packed_for = None, None
+        # A Patches layer (qcnn.layers) whose windows this 1x1 fast-scan layer reads straight from
+        # its input image, instead of their im2col copy (read_windows_in_place).
+        self.windows = None
         # Fast-scan: remove the expected rounding error of the uint8 tables (pq_fastscan.c).  Off
         # only to measure what it brings (scripts/fastscan_error.py), and in two passes, whose
         # second one takes that error away itself.
@@ -165,7 +168,61 @@ class PreparedPQ(ScratchBuffers):
         return w * l.groups * l.M * self.ksub * (4 + {"exact": 0, "fastscan": 1, "fastscan2": 2}[self.kernel])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.windows is not None:
+            return self._over_windows(x)
         return run_in_bands(self, x)
+
+    def read_windows_in_place(self, patches) -> None:
+        """Take the image the Patches layer `patches` would unroll, and build each output pixel's
+        tables from its window of the image (qc_fs_tables_u8_windows): the same tables, without
+        the im2col copy (4.4 MB for AlexNet's conv1; it cost more than the lookups)."""
+        from ..layers import Patches
+        l = self.layer
+        if not isinstance(patches, Patches) or self.kernel != "fastscan" or l.kernel != (1, 1) or l.groups != 1 \
+                or tuple(l.stride) != (1, 1) or l.pads not in ((0, 0, 0, 0), [0, 0, 0, 0]):
+            raise ValueError("windows in place: needs a Patches layer before a one-group 1x1 fast-scan layer")
+        self.windows = patches
+
+    def _over_windows(self, x: np.ndarray) -> np.ndarray:
+        from ..layers import pad_nhwc
+        l, patches = self.layer, self.windows
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        (kh, kw), (sh, sw) = patches.kernel, patches.stride
+        if x.ndim != 4 or kh * kw * x.shape[-1] != l.in_channels:
+            raise ValueError(f"{l.describe()}: expected NHWC images of {l.in_channels // (kh * kw)} channels "
+                             f"for its {kh}x{kw} windows, got shape {x.shape}")
+        n, h, w, c = x.shape
+        pads, oh, ow = patches.geometry(h, w)
+        if min(pads) < 0:
+            raise ValueError(f"{l.describe()}: negative padding")
+        xp = np.ascontiguousarray(pad_nhwc(x, pads))
+        hp, wp = xp.shape[1:3]
+        if (oh - 1) * sh + kh > hp or (ow - 1) * sw + kw > wp:
+            raise ValueError("windows in place: bad geometry")
+        if self._packed_for is not None and self._packed_for != lib.qc_isa():
+            self.pack_codes()
+        m, cin = l.M, l.in_channels
+        y = empty_aligned((n, oh, ow, l.out_channels))
+        rows = max(1, TABLE_BUDGET_BYTES // max(1, self.table_bytes(ow)) - 1)
+        cbt, _, bias, packed, wmean, counts = self._pointers()
+        T = self._scratch("tables", (1, m, 16), np.float32)
+        buf = self._scratch("windows", (4, cin), np.float32)
+        act = _ACT[l.activation]
+        for b in range(n):
+            image = _ptr(xp[b])
+            for oy0 in range(0, oh, rows):
+                r = min(rows, oh - oy0)
+                Q = self._scratch("q", (r * ow, 1, -(-m // 4) * 4, 16), np.uint8)
+                scale = self._scratch("scale", (r * ow, 1), np.float32)
+                offset_sum = self._scratch("offset_sum", (r * ow, 1), np.float32)
+                t0 = time.perf_counter()
+                lib.qc_fs_tables_u8_windows(image, wp, c, kh, kw, sh, sw, oy0, r, ow, m, l.dsub, cbt, wmean, counts,
+                                            T, Q, scale, offset_sum, buf)
+                t1 = time.perf_counter()
+                lib.qc_pq_conv_fastscan(Q, scale, offset_sum, r, ow, 1, m, packed, 1, 1, 1, 1, 0, 0, l.out_channels,
+                                        bias, _ptr(y[b, oy0:oy0 + r]), r, ow, act, LAYOUTS[self.layout])
+                self._count(t0, t1)
+        return y
 
     def _pointers(self):
         """Pointers to the arrays every call reads, made once."""

@@ -15,7 +15,7 @@ reports and the app name layers by it); the patches node is called NAME + PATCHE
 from __future__ import annotations
 
 from ..graph import Graph, Node
-from ..layers import Conv2D, Patches
+from ..layers import Conv2D, Layer, Patches
 from .layer import PQSetting
 
 PATCHES_SUFFIX = ".patches"
@@ -57,3 +57,22 @@ def expand_taps(graph: Graph, plan: dict[str, PQSetting | None]) -> tuple[Graph,
         nodes.append(Node(node.name, as_pointwise(layer), (patches,)))
     plain = {n: (PQSetting(s.dsub, s.ksub) if n in split else s) for n, s in plan.items()}
     return Graph(nodes, graph.input_name, graph.output), plain
+
+
+class WindowsReadInPlace(Layer):
+    """A Patches node whose fast-scan consumer reads the windows from the image itself
+    (qcnn.pq.engine.with_kernel): it passes the image on."""
+
+    kind = "patches"
+
+    def __init__(self, patches: Patches, reader: str):
+        self.patches, self.reader = patches, reader
+
+    def describe(self):
+        return f"{self.patches.describe()}, read in place by {self.reader}"
+
+    def out_shape(self, x):
+        return self.patches.out_shape(x)       # what its reader computes on, as the cost model sees it
+
+    def __call__(self, x):
+        return x
