@@ -85,6 +85,13 @@ DW_CASES = [  # (h, w), c, (kh, kw), stride, pads
     ((6, 10), 9, (2, 4), (1, 2), (0, 1, 1, 2)),     # no specialised kernel: generic path
     ((9, 9), 24, (7, 7), (1, 1), "same"),
     ((5, 40), 16, (3, 3), (1, 1), (3, 3, 4, 4)),    # padding wider than the kernel reach
+] + [  # AVX2's 8-pixel groups (5x5; 3x3 under 8 pixels): widths that 8 does not divide, whose last
+       # group overlaps the one before, groups narrower than 8, clipped groups in the middle of a row
+    ((6, w), c, (k, k), (s, s), p)
+    for w, c, k, s, p in [(19, 24, 5, 1, "same"), (26, 16, 5, 1, (1, 2, 0, 3)), (35, 8, 5, 2, "same"),
+                          (21, 40, 5, 2, (2, 2, 1, 0)), (7, 16, 5, 1, "same"), (13, 24, 5, 2, "same"),
+                          (5, 16, 3, 1, "same"), (6, 32, 3, 1, (0, 0, 0, 0)), (11, 8, 3, 2, "same"),
+                          (9, 24, 5, 1, (2, 2, 9, 9))]
 ]
 
 

@@ -248,10 +248,11 @@ QC_AVX2 QC_INLINE void dw256_border(const dw_args *a, const float *const *rows, 
     _mm256_storeu_ps(yr + (size_t)ox * c + cb, qc_act256(acc, a->act));
 }
 
-/* Same scheme as dw512_fixed with 8-lane vectors.  For 5x5 the 25 weight vectors cannot all stay
- * in the 16 registers; the compiler keeps the rest on the stack, which still costs one load per
- * tap and pixel group, as with any other weight layout. */
-QC_AVX2 QC_INLINE void dw256_fixed(const dw_args *a, const float *const *rows, float *yr, int lo, int hi,
+/* The AVX-512 scheme (dw512_fixed) with 8-lane vectors, 4 pixels per step, the weights loaded once
+ * per row (for 5x5 the compiler keeps those that do not fit the 16 registers on the stack).  Only 4
+ * accumulator chains, but fewer instructions per FMA than dw256_group; on wide rows (see
+ * dw_row_avx2) it was the faster (3x3 stride 1 on 56 x 56 x 32: 73 against 67 GF/s). */
+QC_AVX2 QC_INLINE void dw256_regs(const dw_args *a, const float *const *rows, float *yr, int lo, int hi,
                                     const int KH, const int KW, const int SW, const int Q, const int FULL) {
     const size_t c = (size_t)a->c;
     const int pl = a->pl, act = a->act;
@@ -306,27 +307,153 @@ QC_AVX2 QC_INLINE void dw256_fixed(const dw_args *a, const float *const *rows, f
     }
 }
 
+/* Q neighbouring output pixels ox .. ox + Q - 1 of one channel block, Q <= 8: Q independent
+ * accumulator chains.  With the FMA's latency of 4 cycles and two FMA ports, 8 chains keep both
+ * ports busy; the AVX-512 scheme (a row's weights in registers, 4 pixels) leaves only 4 chains in
+ * the 16 registers and ran at a third of the FMA peak.  So only the current tap row's KW weights
+ * are in registers (8 + 5 + 1 registers for 5x5), reloaded per tap row from L1: each input vector
+ * is loaded once per tap row and feeds every one of the Q outputs whose window covers it.
+ * CHECK: some of the group's input columns lie outside the row; they are skipped (as the scalar
+ * reference skips them: the same taps in the same order).  Rows outside the image are NULL. */
+QC_AVX2 QC_INLINE void dw256_group(const dw_args *a, const float *const *rows, float *yr, size_t cb, int ox,
+                                   __m256 B, const int KH, const int KW, const int SW, const int Q,
+                                   const int CHECK, const int FULL) {
+    const ptrdiff_t c = a->c;
+    const int ix = ox * SW - a->pl, w = a->w, act = a->act;
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int q = 0; q < Q; q++) acc[q] = B;
+#pragma GCC unroll 8
+    for (int i = 0; i < KH; i++) {
+        if (!FULL && !rows[i]) continue;
+        const float *wr = a->wt + (size_t)i * KW * (size_t)c + cb;
+        __m256 W[DW_MAXK];
+#pragma GCC unroll 8
+        for (int j = 0; j < KW; j++) W[j] = _mm256_loadu_ps(wr + (size_t)j * (size_t)c);
+        /* Unclipped: column t is read at base[t / 3] + (t % 3) * c, one pointer per three columns,
+         * so that x86 addressing (base + c * 4 or * 8 bytes) saves an add per load: the loop is
+         * bound by instructions issued, not FMAs.  Clipped: ix may be negative, so the index is
+         * formed as an integer first. */
+        const float *base[(7 * 2 + DW_MAXK + 2) / 3];
+        if (!CHECK) {
+            base[0] = rows[i] + (size_t)ix * (size_t)c + cb;
+#pragma GCC unroll 8
+            for (int k = 1; k * 3 < (Q - 1) * SW + KW; k++) base[k] = base[k - 1] + 3 * c;
+        }
+#pragma GCC unroll 32
+        for (int t = 0; t < (Q - 1) * SW + KW; t++) {
+            if (CHECK && (unsigned)(ix + t) >= (unsigned)w) continue;
+            const __m256 v = _mm256_loadu_ps(CHECK ? &rows[i][(ptrdiff_t)(ix + t) * c + (ptrdiff_t)cb]
+                                                   : base[t / 3] + (t % 3) * c);
+#pragma GCC unroll 8
+            for (int q = 0; q < Q; q++) {
+                const int j = t - q * SW;
+                if (j >= 0 && j < KW) acc[q] = _mm256_fmadd_ps(v, W[j], acc[q]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int q = 0; q < Q; q++)
+        _mm256_storeu_ps(yr + (size_t)(ox + q) * (size_t)c + cb, qc_act256(acc[q], act));
+}
+
+/* Does the window of pixels ox .. ox + q - 1 reach outside the input row? */
+static inline int dw_group_clipped(const dw_args *a, int ox, int q) {
+    const int first = ox * a->sw - a->pl, last = (ox + q - 1) * a->sw - a->pl + a->kw;
+    return first < 0 || last > a->w;
+}
+
+/* One output row, fixed kernel KH x KW and column stride SW, the whole vectors of channels.  The
+ * row goes in groups of 8 pixels; when 8 does not divide the width, the last group overlaps the one
+ * before it (recomputing a few outputs to the same values) rather than leaving pixels to a slower
+ * single-pixel path.  Rows narrower than 8 are one group of their width. */
+QC_AVX2 QC_INLINE void dw256_fixed(const dw_args *a, const float *const *rows, float *yr,
+                                   const int KH, const int KW, const int SW, const int FULL) {
+    const size_t c = (size_t)a->c;
+    const int ow = a->ow;
+    for (size_t cb = 0; cb + 8 <= c; cb += 8) {
+        const __m256 B = a->bias ? _mm256_loadu_ps(a->bias + cb) : _mm256_setzero_ps();
+        if (ow >= 8) {
+            for (int ox = 0; ox < ow; ox += 8) {
+                const int o = ox + 8 <= ow ? ox : ow - 8;
+                if (dw_group_clipped(a, o, 8)) dw256_group(a, rows, yr, cb, o, B, KH, KW, SW, 8, 1, FULL);
+                else dw256_group(a, rows, yr, cb, o, B, KH, KW, SW, 8, 0, FULL);
+            }
+        } else {
+            switch (ow) {
+            case 7: dw256_group(a, rows, yr, cb, 0, B, KH, KW, SW, 7, 1, FULL); break;
+            case 6: dw256_group(a, rows, yr, cb, 0, B, KH, KW, SW, 6, 1, FULL); break;
+            case 5: dw256_group(a, rows, yr, cb, 0, B, KH, KW, SW, 5, 1, FULL); break;
+            case 4: dw256_group(a, rows, yr, cb, 0, B, KH, KW, SW, 4, 1, FULL); break;
+            case 3: dw256_group(a, rows, yr, cb, 0, B, KH, KW, SW, 3, 1, FULL); break;
+            case 2: dw256_group(a, rows, yr, cb, 0, B, KH, KW, SW, 2, 1, FULL); break;
+            default: dw256_group(a, rows, yr, cb, 0, B, KH, KW, SW, 1, 1, FULL); break;
+            }
+        }
+    }
+}
+
+/* One function per kernel shape, each compiled on its own: inlined into one body, the shapes'
+ * register allocations disturbed one another (the same 3x3 code ran 5-15% slower). */
+#define DW256_REGS_FN(name, K, SW, FULL)                                                            \
+    QC_AVX2 __attribute__((noinline)) static void name(const dw_args *a, const float *const *rows, float *yr, \
+                                                       int lo, int hi) {                            \
+        dw256_regs(a, rows, yr, lo, hi, K, K, SW, 4, FULL);                                         \
+    }
+#define DW256_GROUPS_FN(name, K, SW, FULL)                                                          \
+    QC_AVX2 __attribute__((noinline)) static void name(const dw_args *a, const float *const *rows, float *yr) { \
+        dw256_fixed(a, rows, yr, K, K, SW, FULL);                                                   \
+    }
+DW256_REGS_FN(dw256_r3s1, 3, 1, 0)
+DW256_REGS_FN(dw256_r3s1f, 3, 1, 1)
+DW256_REGS_FN(dw256_r3s2, 3, 2, 0)
+DW256_REGS_FN(dw256_r3s2f, 3, 2, 1)
+DW256_REGS_FN(dw256_r5s1, 5, 1, 0)
+DW256_REGS_FN(dw256_r5s1f, 5, 1, 1)
+DW256_REGS_FN(dw256_r5s2, 5, 2, 0)
+DW256_REGS_FN(dw256_r5s2f, 5, 2, 1)
+DW256_GROUPS_FN(dw256_g3s1, 3, 1, 0)
+DW256_GROUPS_FN(dw256_g3s1f, 3, 1, 1)
+DW256_GROUPS_FN(dw256_g3s2, 3, 2, 0)
+DW256_GROUPS_FN(dw256_g3s2f, 3, 2, 1)
+DW256_GROUPS_FN(dw256_g5s1, 5, 1, 0)
+DW256_GROUPS_FN(dw256_g5s1f, 5, 1, 1)
+DW256_GROUPS_FN(dw256_g5s2, 5, 2, 0)
+DW256_GROUPS_FN(dw256_g5s2f, 5, 2, 1)
+typedef void (*dw256_regs_fn)(const dw_args *, const float *const *, float *, int, int);
+typedef void (*dw256_groups_fn)(const dw_args *, const float *const *, float *);
+static const dw256_regs_fn DW256_REGS[2][2][2] = {
+    {{dw256_r3s1, dw256_r3s1f}, {dw256_r3s2, dw256_r3s2f}},
+    {{dw256_r5s1, dw256_r5s1f}, {dw256_r5s2, dw256_r5s2f}}};
+static const dw256_groups_fn DW256_GROUPS[2][2][2] = {
+    {{dw256_g3s1, dw256_g3s1f}, {dw256_g3s2, dw256_g3s2f}},
+    {{dw256_g5s1, dw256_g5s1f}, {dw256_g5s2, dw256_g5s2f}}};
+
 QC_AVX2 static void dw_row_avx2(const dw_args *a, int b, int oy) {
     const size_t c = (size_t)a->c;
     const float *xb = a->x + (size_t)b * a->h * a->w * c;
     float *yr = a->y + ((size_t)b * a->oh + oy) * a->ow * c;
-    int i0, i1, lo, hi;
+    int i0, i1;
     tap_range(oy, a->sh, a->pt, a->kh, a->h, &i0, &i1);
-    interior_cols(a, &lo, &hi);
     size_t cvec = c & ~(size_t)7;
     if (a->kh == a->kw && (a->kh == 3 || a->kh == 5) && (a->sw == 1 || a->sw == 2)) {
         const float *rows[5] = {0};
         for (int i = i0; i < i1; i++)
             rows[i] = xb + (size_t)(oy * a->sh - a->pt + i) * a->w * c;
+        /* full: every tap row is in the image, no row tests */
         const int full = i0 == 0 && i1 == a->kh;
-        if (a->kh == 3 && a->sw == 1) {
-            if (full) dw256_fixed(a, rows, yr, lo, hi, 3, 3, 1, 4, 1); else dw256_fixed(a, rows, yr, lo, hi, 3, 3, 1, 4, 0);
-        } else if (a->kh == 3) {
-            if (full) dw256_fixed(a, rows, yr, lo, hi, 3, 3, 2, 4, 1); else dw256_fixed(a, rows, yr, lo, hi, 3, 3, 2, 4, 0);
-        } else if (a->sw == 1) {
-            if (full) dw256_fixed(a, rows, yr, lo, hi, 5, 5, 1, 4, 1); else dw256_fixed(a, rows, yr, lo, hi, 5, 5, 1, 4, 0);
+        const int k = a->kh, s2 = a->sw == 2;
+        /* Which scheme, as measured on Lite0's shapes inside the network: 4 pixels with the
+         * weights in registers for 3x3 on rows of 8 pixels or more and for 5x5 on rows of 16 or
+         * more (28 x 28 x 240: 0.162 against 0.176 ms; 56 x 56 x 144 -> 28 x 28: 0.111 against
+         * 0.124); 8-pixel groups on the narrower rows, mostly border (5x5 on 14 x 14 x 672: 1.2x
+         * faster, on 7 x 7 x 1152: 2x). */
+        if ((k == 3 && a->ow >= 8) || (k == 5 && a->ow >= 16)) {
+            int lo, hi;
+            interior_cols(a, &lo, &hi);
+            DW256_REGS[k == 5][s2][full](a, rows, yr, lo, hi);
         } else {
-            if (full) dw256_fixed(a, rows, yr, lo, hi, 5, 5, 2, 4, 1); else dw256_fixed(a, rows, yr, lo, hi, 5, 5, 2, 4, 0);
+            DW256_GROUPS[k == 5][s2][full](a, rows, yr);
         }
     } else {
         cvec = 0;
