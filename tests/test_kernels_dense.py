@@ -554,18 +554,19 @@ def test_lrn_simd_matches_scalar(isa, variant):
         ref = K.lrn(x, 5, 1e-3, beta, k)
         isa(variant)
         got = K.lrn(x, 5, 1e-3, beta, k)
-        if variant == "avx512" and beta == 0.75 and k > 0:    # Newton-refined reciprocal square roots
+        if variant in ("avx512", "avx2") and beta == 0.75 and k > 0:    # Newton-refined reciprocal square roots
             np.testing.assert_allclose(got, ref, rtol=1e-6, atol=0)
             assert not np.array_equal(got, ref)
         else:
             np.testing.assert_array_equal(got, ref)          # same operations in the same order
 
 
-def test_lrn_fast_root_error_over_a_wide_range(isa):
-    """The AVX-512 s^-0.75 against float64 over sums from k to about 1e30."""
-    if "avx512" not in ISAS:
-        pytest.skip("no AVX-512 on this CPU")
-    isa("avx512")
+@pytest.mark.parametrize("variant", ["avx512", "avx2"])
+def test_lrn_fast_root_error_over_a_wide_range(isa, variant):
+    """The AVX-512 and AVX2 s^-0.75 against float64 over sums from k to about 1e30."""
+    if variant not in ISAS:
+        pytest.skip(f"no {variant} on this CPU")
+    isa(variant)
     x = (np.random.default_rng(3).standard_normal((1, 64, 64, 32)) * np.logspace(-3, 15, 32)).astype(np.float32)
     want = L.LRN(5, 1e-4, 0.75, 1.0)(x.astype(np.float64))
     np.testing.assert_allclose(K.lrn(x, 5, 1e-4, 0.75, 1.0), want, rtol=1e-6, atol=0)
@@ -599,8 +600,9 @@ def test_pool_matches_numpy_layer(isa, variant, case):
 
 
 @pytest.mark.parametrize("variant", SIMD_ISAS)
-def test_pool_simd_matches_scalar(isa, variant):
-    x = rand(2, 11, 9, 37)
+@pytest.mark.parametrize("c", [37, 64, 75, 136])   # passes of up to 64 (AVX2) or 128 channels, tails
+def test_pool_simd_matches_scalar(isa, variant, c):
+    x = rand(2, 11, 9, c)
     for mode, include in (("max", False), ("avg", False), ("avg", True)):
         isa("scalar")
         ref = K.pool(x, mode, (3, 3), (2, 2), (1, 1, 0, 2), (6, 5), include)
