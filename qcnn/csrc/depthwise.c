@@ -183,17 +183,17 @@ QC_AVX512 QC_INLINE void dw512_fixed(const dw_args *a, const float *const *rows,
     }
 }
 
-/* Wide maps, as dw256_wide on AVX2 (see there): groups of 8 output pixels, each through all the
- * channel blocks before the next, the current tap row's weights reloaded per block; 8 independent
+/* As dw256_wide on AVX2 (see there): groups of Q <= 8 output pixels, each through all the channel
+ * blocks before the next, the current tap row's weights reloaded per block; Q independent
  * accumulator chains.  (Block-major on 112 x 112 x 32 stride 1: 50 GF/s, 120 on 56 x 56.) */
 QC_AVX512 QC_INLINE void dw512_group(const dw_args *a, const float *const *rows, float *yr, size_t cb, int ox,
-                                     __m512 B, const int KH, const int KW, const int SW, const int CHECK,
-                                     const int FULL) {
+                                     __m512 B, const int KH, const int KW, const int SW, const int Q,
+                                     const int CHECK, const int FULL) {
     const ptrdiff_t c = a->c;
     const int ix = ox * SW - a->pl, w = a->w, act = a->act;
     __m512 acc[8];
 #pragma GCC unroll 8
-    for (int q = 0; q < 8; q++) acc[q] = B;
+    for (int q = 0; q < Q; q++) acc[q] = B;
 #pragma GCC unroll 8
     for (int i = 0; i < KH; i++) {
         if (!FULL && !rows[i]) continue;
@@ -202,19 +202,19 @@ QC_AVX512 QC_INLINE void dw512_group(const dw_args *a, const float *const *rows,
         for (int j = 0; j < KW; j++) W[j] = _mm512_loadu_ps(a->wt + ((size_t)i * KW + j) * (size_t)c + cb);
         const float *r = CHECK ? rows[i] : rows[i] + (size_t)ix * (size_t)c + cb;
 #pragma GCC unroll 32
-        for (int t = 0; t < 7 * SW + KW; t++) {
+        for (int t = 0; t < (Q - 1) * SW + KW; t++) {
             if (CHECK && (unsigned)(ix + t) >= (unsigned)w) continue;
             /* clipped: ix may be negative, so the index is formed as an integer first */
             const __m512 v = _mm512_loadu_ps(CHECK ? &r[(ptrdiff_t)(ix + t) * c + (ptrdiff_t)cb] : r + (size_t)t * (size_t)c);
 #pragma GCC unroll 8
-            for (int q = 0; q < 8; q++) {
+            for (int q = 0; q < Q; q++) {
                 const int j = t - q * SW;
                 if (j >= 0 && j < KW) acc[q] = _mm512_fmadd_ps(v, W[j], acc[q]);
             }
         }
     }
 #pragma GCC unroll 8
-    for (int q = 0; q < 8; q++)
+    for (int q = 0; q < Q; q++)
         _mm512_storeu_ps(yr + (size_t)(ox + q) * (size_t)c + cb, qc_act512(acc[q], act));
 }
 
@@ -222,13 +222,28 @@ QC_AVX512 QC_INLINE void dw512_wide(const dw_args *a, const float *const *rows, 
                                     const int KH, const int KW, const int SW, const int FULL) {
     const size_t c = (size_t)a->c;
     const int ow = a->ow;
+    if (ow < 8) {  /* one group of the row's width */
+        for (size_t cb = 0; cb + 16 <= c; cb += 16) {
+            const __m512 B = a->bias ? _mm512_loadu_ps(a->bias + cb) : _mm512_setzero_ps();
+            switch (ow) {
+            case 7: dw512_group(a, rows, yr, cb, 0, B, KH, KW, SW, 7, 1, FULL); break;
+            case 6: dw512_group(a, rows, yr, cb, 0, B, KH, KW, SW, 6, 1, FULL); break;
+            case 5: dw512_group(a, rows, yr, cb, 0, B, KH, KW, SW, 5, 1, FULL); break;
+            case 4: dw512_group(a, rows, yr, cb, 0, B, KH, KW, SW, 4, 1, FULL); break;
+            case 3: dw512_group(a, rows, yr, cb, 0, B, KH, KW, SW, 3, 1, FULL); break;
+            case 2: dw512_group(a, rows, yr, cb, 0, B, KH, KW, SW, 2, 1, FULL); break;
+            default: dw512_group(a, rows, yr, cb, 0, B, KH, KW, SW, 1, 1, FULL); break;
+            }
+        }
+        return;
+    }
     for (int ox = 0; ox < ow; ox += 8) {
         const int o = ox + 8 <= ow ? ox : ow - 8;
         const int clipped = dw_group_clipped(a, o, 8);
         for (size_t cb = 0; cb + 16 <= c; cb += 16) {
             const __m512 B = a->bias ? _mm512_loadu_ps(a->bias + cb) : _mm512_setzero_ps();
-            if (clipped) dw512_group(a, rows, yr, cb, o, B, KH, KW, SW, 1, FULL);
-            else dw512_group(a, rows, yr, cb, o, B, KH, KW, SW, 0, FULL);
+            if (clipped) dw512_group(a, rows, yr, cb, o, B, KH, KW, SW, 8, 1, FULL);
+            else dw512_group(a, rows, yr, cb, o, B, KH, KW, SW, 8, 0, FULL);
         }
     }
 }
@@ -264,7 +279,11 @@ QC_AVX512 static void dw_row_avx512(const dw_args *a, int b, int oy) {
             rows[i] = xb + (size_t)(oy * a->sh - a->pt + i) * a->w * c;
         const int full = i0 == 0 && i1 == a->kh;
         /* Q: 4 outputs for 3x3; 2 for 5x5, whose 25 weight vectors leave few spare registers. */
-        if (a->w >= 80 && c >= 32 && a->ow >= 8) {
+        /* Pixel-major 8-pixel groups on wide maps, and for 5x5 on narrow rows, where the 2-pixel
+         * steps below leave the border pixels and the rest as short dependent chains (14 x 14 x 672:
+         * 1.5x, 7 x 7 x 1152: 2.3x, 28 x 28 x 240: 1.27x; 56 x 56 x 144 -> 28 x 28 stride 2: 0.94x,
+         * so not there). */
+        if ((a->w >= 80 && c >= 32 && a->ow >= 8) || (a->kh == 5 && (a->ow < 16 || (a->sw == 1 && a->ow < 32)))) {
             DW512_WIDE[a->kh == 5][a->sw == 2][full](a, rows, yr);
         } else if (a->kh == 3 && a->sw == 1) {
             if (full) dw512_fixed(a, rows, yr, lo, hi, 3, 3, 1, 4, 1); else dw512_fixed(a, rows, yr, lo, hi, 3, 3, 1, 4, 0);
