@@ -14,6 +14,14 @@
  *    taps one by one; tap rows outside the input are dropped for the whole output row.
  *  - Other kernel shapes and the channel tail (c not a multiple of the vector width) take a
  *    generic per-pixel path: clipped tap ranges, weights read from memory, masked loads.
+ *  - Groups of up to 8 pixels (dw256_group, dw512_group) instead, where that scheme loses: only the
+ *    current tap row's weights in registers, 8 accumulator chains (AVX2's 16 registers leave 4
+ *    for the scheme above), border pixels inside clipped groups (skipping the same taps as the
+ *    reference, not one pixel at a time as a single dependent chain), the last group overlapping
+ *    the one before.  Used on narrow rows (Lite0's 14- and 7-pixel 5x5 layers: 1.3-2.3x) and,
+ *    pixel-major (each group through all channel blocks), on wide maps, where sweeping the tap rows
+ *    once per channel block ran into cache-set conflicts.  The choice per shape is measured (see
+ *    dw_row_avx2, dw_row_avx512); every path sums the same taps in the same order.
  *
  * The scalar reference below is deliberately plain; the tests hold the SIMD variants to it. */
 #include <stddef.h>
