@@ -85,6 +85,16 @@ DW_CASES = [  # (h, w), c, (kh, kw), stride, pads
     ((6, 10), 9, (2, 4), (1, 2), (0, 1, 1, 2)),     # no specialised kernel: generic path
     ((9, 9), 24, (7, 7), (1, 1), "same"),
     ((5, 40), 16, (3, 3), (1, 1), (3, 3, 4, 4)),    # padding wider than the kernel reach
+] + [  # AVX2's 8-pixel groups (5x5; 3x3 under 8 pixels): widths that 8 does not divide, whose last
+       # group overlaps the one before, groups narrower than 8, clipped groups in the middle of a row
+    ((6, w), c, (k, k), (s, s), p)
+    for w, c, k, s, p in [(19, 24, 5, 1, "same"), (26, 16, 5, 1, (1, 2, 0, 3)), (35, 8, 5, 2, "same"),
+                          (21, 40, 5, 2, (2, 2, 1, 0)), (7, 16, 5, 1, "same"), (13, 24, 5, 2, "same"),
+                          (5, 16, 3, 1, "same"), (6, 32, 3, 1, (0, 0, 0, 0)), (11, 8, 3, 2, "same"),
+                          (9, 24, 5, 1, (2, 2, 9, 9))]
+] + [  # AVX2's pixel-major order on wide maps (80 pixels or more, 32 channels or more)
+    ((4, 83), 40, (3, 3), (1, 1), "same"), ((5, 90), 32, (5, 5), (2, 2), (1, 2, 2, 1)),
+    ((3, 81), 33, (3, 3), (2, 2), "same"), ((6, 97), 48, (5, 5), (1, 1), (0, 2, 3, 0)),
 ]
 
 
@@ -547,18 +557,19 @@ def test_lrn_simd_matches_scalar(isa, variant):
         ref = K.lrn(x, 5, 1e-3, beta, k)
         isa(variant)
         got = K.lrn(x, 5, 1e-3, beta, k)
-        if variant == "avx512" and beta == 0.75 and k > 0:    # Newton-refined reciprocal square roots
+        if variant in ("avx512", "avx2") and beta == 0.75 and k > 0:    # Newton-refined reciprocal square roots
             np.testing.assert_allclose(got, ref, rtol=1e-6, atol=0)
             assert not np.array_equal(got, ref)
         else:
             np.testing.assert_array_equal(got, ref)          # same operations in the same order
 
 
-def test_lrn_fast_root_error_over_a_wide_range(isa):
-    """The AVX-512 s^-0.75 against float64 over sums from k to about 1e30."""
-    if "avx512" not in ISAS:
-        pytest.skip("no AVX-512 on this CPU")
-    isa("avx512")
+@pytest.mark.parametrize("variant", ["avx512", "avx2"])
+def test_lrn_fast_root_error_over_a_wide_range(isa, variant):
+    """The AVX-512 and AVX2 s^-0.75 against float64 over sums from k to about 1e30."""
+    if variant not in ISAS:
+        pytest.skip(f"no {variant} on this CPU")
+    isa(variant)
     x = (np.random.default_rng(3).standard_normal((1, 64, 64, 32)) * np.logspace(-3, 15, 32)).astype(np.float32)
     want = L.LRN(5, 1e-4, 0.75, 1.0)(x.astype(np.float64))
     np.testing.assert_allclose(K.lrn(x, 5, 1e-4, 0.75, 1.0), want, rtol=1e-6, atol=0)
@@ -592,8 +603,9 @@ def test_pool_matches_numpy_layer(isa, variant, case):
 
 
 @pytest.mark.parametrize("variant", SIMD_ISAS)
-def test_pool_simd_matches_scalar(isa, variant):
-    x = rand(2, 11, 9, 37)
+@pytest.mark.parametrize("c", [37, 64, 75, 136])   # passes of up to 64 (AVX2) or 128 channels, tails
+def test_pool_simd_matches_scalar(isa, variant, c):
+    x = rand(2, 11, 9, c)
     for mode, include in (("max", False), ("avg", False), ("avg", True)):
         isa("scalar")
         ref = K.pool(x, mode, (3, 3), (2, 2), (1, 1, 0, 2), (6, 5), include)

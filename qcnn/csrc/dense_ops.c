@@ -1,16 +1,17 @@
 /* Cross-channel LRN and max / average pooling in NHWC, with the semantics of qcnn/layers.py
  * (LRN and Pool2D: Caffe / ONNX), vectorised across the contiguous channels.  Each keeps the order
  * of floating-point operations of the numpy layer, so the scalar reference and the SIMD variants
- * agree with it to the last bit in the common cases, except the AVX-512 LRN's root (below).
+ * agree with it to the last bit in the common cases, except the AVX-512 and AVX2 LRN's root (below).
  *
  * LRN: y = x / (k + alpha/size * sum of x^2 over channels [ch - (size-1)/2, ch + size/2])^beta.
  * The window sums are taken straight from x (squaring each neighbour again rather than keeping a
  * padded buffer of squares: a few more FMAs, no scratch memory); lanes whose neighbour falls
  * outside [0, c) are masked to zero.  beta = 0.75 is x / (sqrt(s) * sqrt(sqrt(s))) as in the layer;
- * any other beta goes through powf lane by lane.  The AVX-512 variant takes s^-0.75 = q * q * r with
- * q = s^-1/2 and r = q^-1/2 from the 14-bit reciprocal square root refined by one Newton step each:
- * with plain loads, the exact roots and division made the whole layer 1.3-1.6x slower, and the
- * result stays within 1e-6 relative of the exact formula (tests); a positive k keeps s > 0.
+ * any other beta goes through powf lane by lane.  The AVX-512 and AVX2 variants take
+ * s^-0.75 = q * q * r with q = s^-1/2 and r = q^-1/2 from the 14-bit (AVX2: 12-bit) reciprocal square
+ * root refined by one Newton step each: with plain loads, the exact roots and division made the whole
+ * layer 1.3-1.6x slower (AVX2: 1.4x on AlexNet's norm1), and the result stays within 1e-6 relative
+ * of the exact formula (tests: measured at most 5e-7 on AVX2); a positive k keeps s > 0.
  *
  * Pooling: the window of each output pixel is clipped to the image (padding never wins a max and
  * adds zeros to a sum); an average divides by the number of window positions inside the image, or
@@ -122,45 +123,71 @@ QC_AVX512 static void lrn_avx512(const lrn_args *a) {
         lrn_avx512_n(a, a->size);
 }
 
-QC_AVX2 static void lrn_avx2(const lrn_args *a) {
+/* 1/sqrt(a) to about 2^-22 relative: the 12-bit estimate and one Newton step (the error of the
+ * estimate, at most 1.5 * 2^-12, is squared by the step). */
+QC_AVX2 static inline __m256 rsqrt256(__m256 a) {
+    const __m256 y = _mm256_rsqrt_ps(a);
+    const __m256 hy = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), a), y);
+    return _mm256_mul_ps(y, _mm256_fnmadd_ps(hy, y, _mm256_set1_ps(1.5f)));
+}
+
+/* The AVX-512 variant's scheme 8 lanes wide, the fields in locals for the same reason.  s^-0.75
+ * by two Newton-refined reciprocal square roots: the exact path's two square roots and division
+ * take the divider about 17 cycles a vector, which made the whole layer 2.3x slower (norm1 of
+ * AlexNet, 55 x 55 x 96). */
+QC_AVX2 QC_INLINE void lrn_avx2_n(const lrn_args *a, const int size) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256 scale = _mm256_set1_ps(a->scale), kk = _mm256_set1_ps(a->k);
-    const __m256i cv = _mm256_set1_epi32(a->c), minus1 = _mm256_set1_epi32(-1);
+    const int c = a->c, lo = a->lo, fast = a->beta == 0.75f && a->k > 0.f, exact = a->beta == 0.75f;
+    const float beta = a->beta;
+    const __m256i cv = _mm256_set1_epi32(c), minus1 = _mm256_set1_epi32(-1);
+    const float *x = a->x;
+    float *y = a->y;
     for (size_t p = 0; p < a->npix; p++) {
-        const float *xp = a->x + p * a->c;
-        float *yp = a->y + p * a->c;
-        for (int ch = 0; ch < a->c; ch += 8) {
+        const float *xp = x + p * c;
+        float *yp = y + p * c;
+        for (int ch = 0; ch < c; ch += 8) {
             const __m256i own = _mm256_cmpgt_epi32(cv, _mm256_add_epi32(lane, _mm256_set1_epi32(ch)));
-            const int whole = ch + 8 <= a->c;
+            const int whole = ch + 8 <= c;
             __m256 s = _mm256_setzero_ps();
-            for (int d = 0; d < a->size; d++) {
-                const int j = ch - a->lo + d;
+            for (int d = 0; d < size; d++) {
+                const int j = ch - lo + d;
                 __m256 v;
-                if (j >= 0 && j + 8 <= a->c) {  /* the common case: no mask, plain load */
+                if (j >= 0 && j + 8 <= c) {  /* the common case: no mask, plain load */
                     v = _mm256_loadu_ps(xp + j);
                 } else {
                     const __m256i idx = _mm256_add_epi32(lane, _mm256_set1_epi32(j));
                     const __m256i m = _mm256_and_si256(_mm256_cmpgt_epi32(idx, minus1), _mm256_cmpgt_epi32(cv, idx));
                     v = _mm256_maskload_ps((const float *)((uintptr_t)xp + (intptr_t)j * 4), m);
                 }
-                s = _mm256_add_ps(s, _mm256_mul_ps(v, v));
+                s = _mm256_add_ps(s, _mm256_mul_ps(v, v));  /* not fused: the layer squares, then adds */
             }
             s = _mm256_add_ps(_mm256_mul_ps(s, scale), kk);
             const __m256 xv = whole ? _mm256_loadu_ps(xp + ch) : _mm256_maskload_ps(xp + ch, own);
             __m256 out;
-            if (a->beta == 0.75f) {
+            if (fast) {
+                const __m256 q = rsqrt256(s), r = rsqrt256(_mm256_max_ps(q, _mm256_set1_ps(FLT_MIN)));
+                out = _mm256_mul_ps(xv, _mm256_mul_ps(_mm256_mul_ps(q, q), r));
+            } else if (exact) {
                 const __m256 r = _mm256_sqrt_ps(s);
                 out = _mm256_div_ps(xv, _mm256_mul_ps(r, _mm256_sqrt_ps(r)));
             } else {
                 float sv[8];
                 _mm256_storeu_ps(sv, s);
-                for (int t = 0; t < 8; t++) sv[t] = powf(sv[t], -a->beta);
+                for (int t = 0; t < 8; t++) sv[t] = powf(sv[t], -beta);
                 out = _mm256_mul_ps(xv, _mm256_loadu_ps(sv));
             }
             if (whole) _mm256_storeu_ps(yp + ch, out);
             else _mm256_maskstore_ps(yp + ch, own, out);
         }
     }
+}
+
+QC_AVX2 static void lrn_avx2(const lrn_args *a) {
+    if (a->size == 5)
+        lrn_avx2_n(a, 5);
+    else
+        lrn_avx2_n(a, a->size);
 }
 
 #endif  /* QC_HAVE_X86 */
@@ -328,23 +355,51 @@ QC_AVX512 static void pool_avx512(const pool_args *a, const float *xb, const poo
     }
 }
 
+/* The AVX-512 variant's scheme with 8-lane vectors: up to eight vectors (64 channels) per pass,
+ * each its own accumulator, so the window's maxima or sums run as independent chains (one vector at
+ * a time they were a single chain of dependent 4-cycle operations: 2.3x the AVX-512 time on
+ * AlexNet's pool1, 55 x 55 x 96); plain loads for whole vectors, a mask for the channel tail only. */
+QC_AVX2 QC_INLINE void pool_pass256(const pool_args *a, const float *xb, const pool_win *win, float *yp,
+                                    size_t ch, const int nv, const int avg) {
+    const size_t c = (size_t)a->c, w = (size_t)a->w;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    /* real lanes of the last vector (all of them but at the channel tail) */
+    const int rest = (int)(c - ch - 8 * (size_t)(nv - 1)) >= 8 ? 8 : (int)(c - ch - 8 * (size_t)(nv - 1));
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(rest), lane);
+    const int tail = rest != 8;
+    __m256 acc[8];
+    for (int v = 0; v < nv; v++) acc[v] = avg ? _mm256_setzero_ps() : _mm256_set1_ps(-INFINITY);
+    for (int i = win->i0; i < win->i1; i++) {
+        const float *xr = xb + ((size_t)i * w + win->j0) * c + ch;
+        for (int j = win->j0; j < win->j1; j++, xr += c)
+            for (int v = 0; v < nv; v++) {
+                const __m256 x = v == nv - 1 && tail ? _mm256_maskload_ps(xr + 8 * v, m) : _mm256_loadu_ps(xr + 8 * v);
+                acc[v] = avg ? _mm256_add_ps(acc[v], x) : _mm256_max_ps(acc[v], x);
+            }
+    }
+    for (int v = 0; v < nv; v++) {
+        const __m256 out = avg ? _mm256_mul_ps(acc[v], _mm256_set1_ps(win->inv)) : acc[v];
+        if (v == nv - 1 && tail) _mm256_maskstore_ps(yp + ch + 8 * v, m, out);
+        else _mm256_storeu_ps(yp + ch + 8 * v, out);
+    }
+}
+
 QC_AVX2 static void pool_avx2(const pool_args *a, const float *xb, const pool_win *win, float *yp) {
     const size_t c = (size_t)a->c;
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (size_t ch = 0; ch < c; ch += 8) {
-        /* all lanes, or the channel tail under a mask; masked-off lanes are never stored */
-        const int rest = c - ch >= 8 ? 8 : (int)(c - ch);
-        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(rest), lane);
-        __m256 acc = a->avg ? _mm256_setzero_ps() : _mm256_set1_ps(-INFINITY);
-        for (int i = win->i0; i < win->i1; i++) {
-            const float *xr = xb + ((size_t)i * a->w + win->j0) * c + ch;
-            for (int j = win->j0; j < win->j1; j++, xr += c) {
-                const __m256 v = _mm256_maskload_ps(xr, m);
-                acc = a->avg ? _mm256_add_ps(acc, v) : _mm256_max_ps(acc, v);
-            }
+    for (size_t ch = 0; ch < c; ch += 64) {
+        const size_t vecs = (c - ch + 7) / 8;
+#define POOL_PASS(NV) (a->avg ? pool_pass256(a, xb, win, yp, ch, NV, 1) : pool_pass256(a, xb, win, yp, ch, NV, 0))
+        switch (vecs >= 8 ? 8 : vecs) {
+        case 1: POOL_PASS(1); break;
+        case 2: POOL_PASS(2); break;
+        case 3: POOL_PASS(3); break;
+        case 4: POOL_PASS(4); break;
+        case 5: POOL_PASS(5); break;
+        case 6: POOL_PASS(6); break;
+        case 7: POOL_PASS(7); break;
+        default: POOL_PASS(8); break;
         }
-        if (a->avg) acc = _mm256_mul_ps(acc, _mm256_set1_ps(win->inv));
-        _mm256_maskstore_ps(yp + ch, m, acc);
+#undef POOL_PASS
     }
 }
 

@@ -14,6 +14,14 @@
  *    taps one by one; tap rows outside the input are dropped for the whole output row.
  *  - Other kernel shapes and the channel tail (c not a multiple of the vector width) take a
  *    generic per-pixel path: clipped tap ranges, weights read from memory, masked loads.
+ *  - Groups of up to 8 pixels (dw256_group, dw512_group) instead, where that scheme loses: only the
+ *    current tap row's weights in registers, 8 accumulator chains (AVX2's 16 registers leave 4
+ *    for the scheme above), border pixels inside clipped groups (skipping the same taps as the
+ *    reference, not one pixel at a time as a single dependent chain), the last group overlapping
+ *    the one before.  Used on narrow rows (Lite0's 14- and 7-pixel 5x5 layers: 1.3-2.3x) and,
+ *    pixel-major (each group through all channel blocks), on wide maps, where sweeping the tap rows
+ *    once per channel block ran into cache-set conflicts.  The choice per shape is measured (see
+ *    dw_row_avx2, dw_row_avx512); every path sums the same taps in the same order.
  *
  * The scalar reference below is deliberately plain; the tests hold the SIMD variants to it. */
 #include <stddef.h>
@@ -47,6 +55,12 @@ static inline void interior_cols(const dw_args *a, int *lo, int *hi) {
     if (h > a->ow) h = a->ow;
     *lo = l;
     *hi = h < l ? l : h;
+}
+
+/* Does the window of pixels ox .. ox + q - 1 reach outside the input row? */
+static inline int dw_group_clipped(const dw_args *a, int ox, int q) {
+    const int first = ox * a->sw - a->pl, last = (ox + q - 1) * a->sw - a->pl + a->kw;
+    return first < 0 || last > a->w;
 }
 
 /* ---- scalar reference ------------------------------------------------------------------------ */
@@ -177,6 +191,88 @@ QC_AVX512 QC_INLINE void dw512_fixed(const dw_args *a, const float *const *rows,
     }
 }
 
+/* As dw256_wide on AVX2 (see there): groups of Q <= 8 output pixels, each through all the channel
+ * blocks before the next, the current tap row's weights reloaded per block; Q independent
+ * accumulator chains.  (Block-major on 112 x 112 x 32 stride 1: 50 GF/s, 120 on 56 x 56.) */
+QC_AVX512 QC_INLINE void dw512_group(const dw_args *a, const float *const *rows, float *yr, size_t cb, int ox,
+                                     __m512 B, const int KH, const int KW, const int SW, const int Q,
+                                     const int CHECK, const int FULL) {
+    const ptrdiff_t c = a->c;
+    const int ix = ox * SW - a->pl, w = a->w, act = a->act;
+    __m512 acc[8];
+#pragma GCC unroll 8
+    for (int q = 0; q < Q; q++) acc[q] = B;
+#pragma GCC unroll 8
+    for (int i = 0; i < KH; i++) {
+        if (!FULL && !rows[i]) continue;
+        __m512 W[DW_MAXK];
+#pragma GCC unroll 8
+        for (int j = 0; j < KW; j++) W[j] = _mm512_loadu_ps(a->wt + ((size_t)i * KW + j) * (size_t)c + cb);
+        const float *r = CHECK ? rows[i] : rows[i] + (size_t)ix * (size_t)c + cb;
+#pragma GCC unroll 32
+        for (int t = 0; t < (Q - 1) * SW + KW; t++) {
+            if (CHECK && (unsigned)(ix + t) >= (unsigned)w) continue;
+            /* clipped: ix may be negative, so the index is formed as an integer first */
+            const __m512 v = _mm512_loadu_ps(CHECK ? &r[(ptrdiff_t)(ix + t) * c + (ptrdiff_t)cb] : r + (size_t)t * (size_t)c);
+#pragma GCC unroll 8
+            for (int q = 0; q < Q; q++) {
+                const int j = t - q * SW;
+                if (j >= 0 && j < KW) acc[q] = _mm512_fmadd_ps(v, W[j], acc[q]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int q = 0; q < Q; q++)
+        _mm512_storeu_ps(yr + (size_t)(ox + q) * (size_t)c + cb, qc_act512(acc[q], act));
+}
+
+QC_AVX512 QC_INLINE void dw512_wide(const dw_args *a, const float *const *rows, float *yr,
+                                    const int KH, const int KW, const int SW, const int FULL) {
+    const size_t c = (size_t)a->c;
+    const int ow = a->ow;
+    if (ow < 8) {  /* one group of the row's width */
+        for (size_t cb = 0; cb + 16 <= c; cb += 16) {
+            const __m512 B = a->bias ? _mm512_loadu_ps(a->bias + cb) : _mm512_setzero_ps();
+            switch (ow) {
+            case 7: dw512_group(a, rows, yr, cb, 0, B, KH, KW, SW, 7, 1, FULL); break;
+            case 6: dw512_group(a, rows, yr, cb, 0, B, KH, KW, SW, 6, 1, FULL); break;
+            case 5: dw512_group(a, rows, yr, cb, 0, B, KH, KW, SW, 5, 1, FULL); break;
+            case 4: dw512_group(a, rows, yr, cb, 0, B, KH, KW, SW, 4, 1, FULL); break;
+            case 3: dw512_group(a, rows, yr, cb, 0, B, KH, KW, SW, 3, 1, FULL); break;
+            case 2: dw512_group(a, rows, yr, cb, 0, B, KH, KW, SW, 2, 1, FULL); break;
+            default: dw512_group(a, rows, yr, cb, 0, B, KH, KW, SW, 1, 1, FULL); break;
+            }
+        }
+        return;
+    }
+    for (int ox = 0; ox < ow; ox += 8) {
+        const int o = ox + 8 <= ow ? ox : ow - 8;
+        const int clipped = dw_group_clipped(a, o, 8);
+        for (size_t cb = 0; cb + 16 <= c; cb += 16) {
+            const __m512 B = a->bias ? _mm512_loadu_ps(a->bias + cb) : _mm512_setzero_ps();
+            if (clipped) dw512_group(a, rows, yr, cb, o, B, KH, KW, SW, 8, 1, FULL);
+            else dw512_group(a, rows, yr, cb, o, B, KH, KW, SW, 8, 0, FULL);
+        }
+    }
+}
+
+#define DW512_WIDE_FN(name, K, SW, FULL)                                                            \
+    QC_AVX512 __attribute__((noinline)) static void name(const dw_args *a, const float *const *rows, float *yr) { \
+        dw512_wide(a, rows, yr, K, K, SW, FULL);                                                    \
+    }
+DW512_WIDE_FN(dw512_w3s1, 3, 1, 0)
+DW512_WIDE_FN(dw512_w3s1f, 3, 1, 1)
+DW512_WIDE_FN(dw512_w3s2, 3, 2, 0)
+DW512_WIDE_FN(dw512_w3s2f, 3, 2, 1)
+DW512_WIDE_FN(dw512_w5s1, 5, 1, 0)
+DW512_WIDE_FN(dw512_w5s1f, 5, 1, 1)
+DW512_WIDE_FN(dw512_w5s2, 5, 2, 0)
+DW512_WIDE_FN(dw512_w5s2f, 5, 2, 1)
+typedef void (*dw512_wide_fn)(const dw_args *, const float *const *, float *);
+static const dw512_wide_fn DW512_WIDE[2][2][2] = {
+    {{dw512_w3s1, dw512_w3s1f}, {dw512_w3s2, dw512_w3s2f}},
+    {{dw512_w5s1, dw512_w5s1f}, {dw512_w5s2, dw512_w5s2f}}};
+
 QC_AVX512 static void dw_row_avx512(const dw_args *a, int b, int oy) {
     const size_t c = (size_t)a->c;
     const float *xb = a->x + (size_t)b * a->h * a->w * c;
@@ -191,7 +287,13 @@ QC_AVX512 static void dw_row_avx512(const dw_args *a, int b, int oy) {
             rows[i] = xb + (size_t)(oy * a->sh - a->pt + i) * a->w * c;
         const int full = i0 == 0 && i1 == a->kh;
         /* Q: 4 outputs for 3x3; 2 for 5x5, whose 25 weight vectors leave few spare registers. */
-        if (a->kh == 3 && a->sw == 1) {
+        /* Pixel-major 8-pixel groups on wide maps, and for 5x5 on narrow rows, where the 2-pixel
+         * steps below leave the border pixels and the rest as short dependent chains (14 x 14 x 672:
+         * 1.5x, 7 x 7 x 1152: 2.3x, 28 x 28 x 240: 1.27x; 56 x 56 x 144 -> 28 x 28 stride 2: 0.94x,
+         * so not there). */
+        if ((a->w >= 80 && c >= 32 && a->ow >= 8) || (a->kh == 5 && (a->ow < 16 || (a->sw == 1 && a->ow < 32)))) {
+            DW512_WIDE[a->kh == 5][a->sw == 2][full](a, rows, yr);
+        } else if (a->kh == 3 && a->sw == 1) {
             if (full) dw512_fixed(a, rows, yr, lo, hi, 3, 3, 1, 4, 1); else dw512_fixed(a, rows, yr, lo, hi, 3, 3, 1, 4, 0);
         } else if (a->kh == 3) {
             if (full) dw512_fixed(a, rows, yr, lo, hi, 3, 3, 2, 4, 1); else dw512_fixed(a, rows, yr, lo, hi, 3, 3, 2, 4, 0);
@@ -248,10 +350,11 @@ QC_AVX2 QC_INLINE void dw256_border(const dw_args *a, const float *const *rows, 
     _mm256_storeu_ps(yr + (size_t)ox * c + cb, qc_act256(acc, a->act));
 }
 
-/* Same scheme as dw512_fixed with 8-lane vectors.  For 5x5 the 25 weight vectors cannot all stay
- * in the 16 registers; the compiler keeps the rest on the stack, which still costs one load per
- * tap and pixel group, as with any other weight layout. */
-QC_AVX2 QC_INLINE void dw256_fixed(const dw_args *a, const float *const *rows, float *yr, int lo, int hi,
+/* The AVX-512 scheme (dw512_fixed) with 8-lane vectors, 4 pixels per step, the weights loaded once
+ * per row (for 5x5 the compiler keeps those that do not fit the 16 registers on the stack).  Only 4
+ * accumulator chains, but fewer instructions per FMA than dw256_group; on wide rows (see
+ * dw_row_avx2) it was the faster (3x3 stride 1 on 56 x 56 x 32: 73 against 67 GF/s). */
+QC_AVX2 QC_INLINE void dw256_regs(const dw_args *a, const float *const *rows, float *yr, int lo, int hi,
                                     const int KH, const int KW, const int SW, const int Q, const int FULL) {
     const size_t c = (size_t)a->c;
     const int pl = a->pl, act = a->act;
@@ -306,27 +409,186 @@ QC_AVX2 QC_INLINE void dw256_fixed(const dw_args *a, const float *const *rows, f
     }
 }
 
+/* Q neighbouring output pixels ox .. ox + Q - 1 of one channel block, Q <= 8: Q independent
+ * accumulator chains.  With the FMA's latency of 4 cycles and two FMA ports, 8 chains keep both
+ * ports busy; the AVX-512 scheme (a row's weights in registers, 4 pixels) leaves only 4 chains in
+ * the 16 registers and ran at a third of the FMA peak.  So only the current tap row's KW weights
+ * are in registers (8 + 5 + 1 registers for 5x5), reloaded per tap row from L1: each input vector
+ * is loaded once per tap row and feeds every one of the Q outputs whose window covers it.
+ * CHECK: some of the group's input columns lie outside the row; they are skipped (as the scalar
+ * reference skips them: the same taps in the same order).  Rows outside the image are NULL. */
+QC_AVX2 QC_INLINE void dw256_group(const dw_args *a, const float *const *rows, float *yr, size_t cb, int ox,
+                                   __m256 B, const int KH, const int KW, const int SW, const int Q,
+                                   const int CHECK, const int FULL) {
+    const ptrdiff_t c = a->c;
+    const int ix = ox * SW - a->pl, w = a->w, act = a->act;
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int q = 0; q < Q; q++) acc[q] = B;
+#pragma GCC unroll 8
+    for (int i = 0; i < KH; i++) {
+        if (!FULL && !rows[i]) continue;
+        const float *wr = a->wt + (size_t)i * KW * (size_t)c + cb;
+        __m256 W[DW_MAXK];
+#pragma GCC unroll 8
+        for (int j = 0; j < KW; j++) W[j] = _mm256_loadu_ps(wr + (size_t)j * (size_t)c);
+        /* Unclipped: column t is read at base[t / 3] + (t % 3) * c, one pointer per three columns,
+         * so that x86 addressing (base + c * 4 or * 8 bytes) saves an add per load: the loop is
+         * bound by instructions issued, not FMAs.  Clipped: ix may be negative, so the index is
+         * formed as an integer first. */
+        const float *base[(7 * 2 + DW_MAXK + 2) / 3];
+        if (!CHECK) {
+            base[0] = rows[i] + (size_t)ix * (size_t)c + cb;
+#pragma GCC unroll 8
+            for (int k = 1; k * 3 < (Q - 1) * SW + KW; k++) base[k] = base[k - 1] + 3 * c;
+        }
+#pragma GCC unroll 32
+        for (int t = 0; t < (Q - 1) * SW + KW; t++) {
+            if (CHECK && (unsigned)(ix + t) >= (unsigned)w) continue;
+            const __m256 v = _mm256_loadu_ps(CHECK ? &rows[i][(ptrdiff_t)(ix + t) * c + (ptrdiff_t)cb]
+                                                   : base[t / 3] + (t % 3) * c);
+#pragma GCC unroll 8
+            for (int q = 0; q < Q; q++) {
+                const int j = t - q * SW;
+                if (j >= 0 && j < KW) acc[q] = _mm256_fmadd_ps(v, W[j], acc[q]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int q = 0; q < Q; q++)
+        _mm256_storeu_ps(yr + (size_t)(ox + q) * (size_t)c + cb, qc_act256(acc[q], act));
+}
+
+/* One output row, fixed kernel KH x KW and column stride SW, the whole vectors of channels.  The
+ * row goes in groups of 8 pixels; when 8 does not divide the width, the last group overlaps the one
+ * before it (recomputing a few outputs to the same values) rather than leaving pixels to a slower
+ * single-pixel path.  Rows narrower than 8 are one group of their width. */
+QC_AVX2 QC_INLINE void dw256_fixed(const dw_args *a, const float *const *rows, float *yr,
+                                   const int KH, const int KW, const int SW, const int FULL) {
+    const size_t c = (size_t)a->c;
+    const int ow = a->ow;
+    for (size_t cb = 0; cb + 8 <= c; cb += 8) {
+        const __m256 B = a->bias ? _mm256_loadu_ps(a->bias + cb) : _mm256_setzero_ps();
+        if (ow >= 8) {
+            for (int ox = 0; ox < ow; ox += 8) {
+                const int o = ox + 8 <= ow ? ox : ow - 8;
+                if (dw_group_clipped(a, o, 8)) dw256_group(a, rows, yr, cb, o, B, KH, KW, SW, 8, 1, FULL);
+                else dw256_group(a, rows, yr, cb, o, B, KH, KW, SW, 8, 0, FULL);
+            }
+        } else {
+            switch (ow) {
+            case 7: dw256_group(a, rows, yr, cb, 0, B, KH, KW, SW, 7, 1, FULL); break;
+            case 6: dw256_group(a, rows, yr, cb, 0, B, KH, KW, SW, 6, 1, FULL); break;
+            case 5: dw256_group(a, rows, yr, cb, 0, B, KH, KW, SW, 5, 1, FULL); break;
+            case 4: dw256_group(a, rows, yr, cb, 0, B, KH, KW, SW, 4, 1, FULL); break;
+            case 3: dw256_group(a, rows, yr, cb, 0, B, KH, KW, SW, 3, 1, FULL); break;
+            case 2: dw256_group(a, rows, yr, cb, 0, B, KH, KW, SW, 2, 1, FULL); break;
+            default: dw256_group(a, rows, yr, cb, 0, B, KH, KW, SW, 1, 1, FULL); break;
+            }
+        }
+    }
+}
+
+/* dw256_fixed with the loops swapped: each group of 8 pixels through all the channel blocks
+ * before the next, for rows of at least 8 pixels.  On wide maps the channel-block-major order
+ * sweeps the KH input rows once per block, 32 bytes of every pixel at a time, and when a row is a
+ * multiple of 4 KB long (112 x 64 channels, 80 x 64) the rows' lines fall into the same cache sets:
+ * 112 x 112 x 32 3x3 stride 1 took 0.183 against 0.121 ms here, 112 x 112 x 64 0.55 against 0.30. */
+QC_AVX2 QC_INLINE void dw256_wide(const dw_args *a, const float *const *rows, float *yr,
+                                  const int KH, const int KW, const int SW, const int FULL) {
+    const size_t c = (size_t)a->c;
+    const int ow = a->ow;
+    for (int ox = 0; ox < ow; ox += 8) {
+        const int o = ox + 8 <= ow ? ox : ow - 8;
+        const int clipped = dw_group_clipped(a, o, 8);
+        for (size_t cb = 0; cb + 8 <= c; cb += 8) {
+            const __m256 B = a->bias ? _mm256_loadu_ps(a->bias + cb) : _mm256_setzero_ps();
+            if (clipped) dw256_group(a, rows, yr, cb, o, B, KH, KW, SW, 8, 1, FULL);
+            else dw256_group(a, rows, yr, cb, o, B, KH, KW, SW, 8, 0, FULL);
+        }
+    }
+}
+
+/* One function per kernel shape, each compiled on its own: inlined into one body, the shapes'
+ * register allocations disturbed one another (the same 3x3 code ran 5-15% slower). */
+#define DW256_REGS_FN(name, K, SW, FULL)                                                            \
+    QC_AVX2 __attribute__((noinline)) static void name(const dw_args *a, const float *const *rows, float *yr, \
+                                                       int lo, int hi) {                            \
+        dw256_regs(a, rows, yr, lo, hi, K, K, SW, 4, FULL);                                         \
+    }
+#define DW256_GROUPS_FN(name, K, SW, FULL)                                                          \
+    QC_AVX2 __attribute__((noinline)) static void name(const dw_args *a, const float *const *rows, float *yr) { \
+        dw256_fixed(a, rows, yr, K, K, SW, FULL);                                                   \
+    }
+DW256_REGS_FN(dw256_r3s1, 3, 1, 0)
+DW256_REGS_FN(dw256_r3s1f, 3, 1, 1)
+DW256_REGS_FN(dw256_r3s2, 3, 2, 0)
+DW256_REGS_FN(dw256_r3s2f, 3, 2, 1)
+DW256_REGS_FN(dw256_r5s1, 5, 1, 0)
+DW256_REGS_FN(dw256_r5s1f, 5, 1, 1)
+DW256_REGS_FN(dw256_r5s2, 5, 2, 0)
+DW256_REGS_FN(dw256_r5s2f, 5, 2, 1)
+DW256_GROUPS_FN(dw256_g3s1, 3, 1, 0)
+DW256_GROUPS_FN(dw256_g3s1f, 3, 1, 1)
+DW256_GROUPS_FN(dw256_g3s2, 3, 2, 0)
+DW256_GROUPS_FN(dw256_g3s2f, 3, 2, 1)
+DW256_GROUPS_FN(dw256_g5s1, 5, 1, 0)
+DW256_GROUPS_FN(dw256_g5s1f, 5, 1, 1)
+DW256_GROUPS_FN(dw256_g5s2, 5, 2, 0)
+DW256_GROUPS_FN(dw256_g5s2f, 5, 2, 1)
+#define DW256_WIDE_FN(name, K, SW, FULL)                                                            \
+    QC_AVX2 __attribute__((noinline)) static void name(const dw_args *a, const float *const *rows, float *yr) { \
+        dw256_wide(a, rows, yr, K, K, SW, FULL);                                                    \
+    }
+DW256_WIDE_FN(dw256_w3s1, 3, 1, 0)
+DW256_WIDE_FN(dw256_w3s1f, 3, 1, 1)
+DW256_WIDE_FN(dw256_w3s2, 3, 2, 0)
+DW256_WIDE_FN(dw256_w3s2f, 3, 2, 1)
+DW256_WIDE_FN(dw256_w5s1, 5, 1, 0)
+DW256_WIDE_FN(dw256_w5s1f, 5, 1, 1)
+DW256_WIDE_FN(dw256_w5s2, 5, 2, 0)
+DW256_WIDE_FN(dw256_w5s2f, 5, 2, 1)
+typedef void (*dw256_regs_fn)(const dw_args *, const float *const *, float *, int, int);
+typedef void (*dw256_groups_fn)(const dw_args *, const float *const *, float *);
+static const dw256_regs_fn DW256_REGS[2][2][2] = {
+    {{dw256_r3s1, dw256_r3s1f}, {dw256_r3s2, dw256_r3s2f}},
+    {{dw256_r5s1, dw256_r5s1f}, {dw256_r5s2, dw256_r5s2f}}};
+static const dw256_groups_fn DW256_GROUPS[2][2][2] = {
+    {{dw256_g3s1, dw256_g3s1f}, {dw256_g3s2, dw256_g3s2f}},
+    {{dw256_g5s1, dw256_g5s1f}, {dw256_g5s2, dw256_g5s2f}}};
+static const dw256_groups_fn DW256_WIDE[2][2][2] = {
+    {{dw256_w3s1, dw256_w3s1f}, {dw256_w3s2, dw256_w3s2f}},
+    {{dw256_w5s1, dw256_w5s1f}, {dw256_w5s2, dw256_w5s2f}}};
+
 QC_AVX2 static void dw_row_avx2(const dw_args *a, int b, int oy) {
     const size_t c = (size_t)a->c;
     const float *xb = a->x + (size_t)b * a->h * a->w * c;
     float *yr = a->y + ((size_t)b * a->oh + oy) * a->ow * c;
-    int i0, i1, lo, hi;
+    int i0, i1;
     tap_range(oy, a->sh, a->pt, a->kh, a->h, &i0, &i1);
-    interior_cols(a, &lo, &hi);
     size_t cvec = c & ~(size_t)7;
     if (a->kh == a->kw && (a->kh == 3 || a->kh == 5) && (a->sw == 1 || a->sw == 2)) {
         const float *rows[5] = {0};
         for (int i = i0; i < i1; i++)
             rows[i] = xb + (size_t)(oy * a->sh - a->pt + i) * a->w * c;
+        /* full: every tap row is in the image, no row tests */
         const int full = i0 == 0 && i1 == a->kh;
-        if (a->kh == 3 && a->sw == 1) {
-            if (full) dw256_fixed(a, rows, yr, lo, hi, 3, 3, 1, 4, 1); else dw256_fixed(a, rows, yr, lo, hi, 3, 3, 1, 4, 0);
-        } else if (a->kh == 3) {
-            if (full) dw256_fixed(a, rows, yr, lo, hi, 3, 3, 2, 4, 1); else dw256_fixed(a, rows, yr, lo, hi, 3, 3, 2, 4, 0);
-        } else if (a->sw == 1) {
-            if (full) dw256_fixed(a, rows, yr, lo, hi, 5, 5, 1, 4, 1); else dw256_fixed(a, rows, yr, lo, hi, 5, 5, 1, 4, 0);
+        const int k = a->kh, s2 = a->sw == 2;
+        /* Which scheme, as measured on Lite0's shapes inside the network: 4 pixels with the
+         * weights in registers for 3x3 on rows of 8 pixels or more and for 5x5 on rows of 16 or
+         * more (28 x 28 x 240: 0.162 against 0.176 ms; 56 x 56 x 144 -> 28 x 28: 0.111 against
+         * 0.124); 8-pixel groups on the narrower rows, mostly border (5x5 on 14 x 14 x 672: 1.2x
+         * faster, on 7 x 7 x 1152: 2x). */
+        if (a->w >= 80 && c >= 32 && a->ow >= 8) {
+            /* wide maps (Lite0's first two: 112 x 112 x 32 stride 1, 1.5x; x 96 stride 2, 1.2x;
+             * on 56-pixel rows this order was 0.9x) */
+            DW256_WIDE[k == 5][s2][full](a, rows, yr);
+        } else if ((k == 3 && a->ow >= 8) || (k == 5 && a->ow >= 16)) {
+            int lo, hi;
+            interior_cols(a, &lo, &hi);
+            DW256_REGS[k == 5][s2][full](a, rows, yr, lo, hi);
         } else {
-            if (full) dw256_fixed(a, rows, yr, lo, hi, 5, 5, 2, 4, 1); else dw256_fixed(a, rows, yr, lo, hi, 5, 5, 2, 4, 0);
+            DW256_GROUPS[k == 5][s2][full](a, rows, yr);
         }
     } else {
         cvec = 0;
