@@ -296,8 +296,12 @@ def _windows_in_place(nodes: list[Node], output: str) -> list[Node]:
             node = Node(node.name, patches, node.inputs)
             if node.name != output and len(after) == 1 and isinstance(after[0].layer, PQLayer) and \
                     after[0].layer.impl == "fastscan":
-                after[0].layer.prepared().read_windows_in_place(patches)
-                node = Node(node.name, WindowsReadInPlace(patches, after[0].name), node.inputs)
+                try:
+                    after[0].layer.prepared().read_windows_in_place(patches)
+                except ValueError:       # a reader it cannot serve (not a one-group 1x1 layer): keep the copy
+                    pass
+                else:
+                    node = Node(node.name, WindowsReadInPlace(patches, after[0].name), node.inputs)
         out.append(node)
     return out
 
