@@ -55,19 +55,20 @@ def cap_cpuid(name: str) -> bool:
     (qcnn/csrc/cpuid_cap.c): libraries that load later and choose their kernels from CPUID (the
     peers of `qcnn bench`) run that level's code.  False where it cannot be done (not Linux x86-64,
     or a CPU without CPUID faulting); our own kernels follow set_isa, not this."""
-    codes = {v: k for k, v in ISA_NAMES.items()}
-    if name not in codes:
-        raise ValueError(f"unknown instruction set {name!r}; use one of {', '.join(codes)}")
-    return bool(lib.qc_cap_cpuid(codes[name]))
+    return bool(lib.qc_cap_cpuid(_isa_code(name)))
 
 
 def set_isa(name: str) -> str:
     """Force a SIMD variant ("scalar", "avx2", "avx512", "avx512vnni" on x86; "neon", "neondot" on 64-bit
     ARM); capped at best_isa(), and scalar for the other architecture's names."""
+    return ISA_NAMES[lib.qc_set_isa(_isa_code(name))]
+
+
+def _isa_code(name: str) -> int:
     codes = {v: k for k, v in ISA_NAMES.items()}
     if name not in codes:
         raise ValueError(f"unknown instruction set {name!r}; use one of {', '.join(codes)}")
-    return ISA_NAMES[lib.qc_set_isa(codes[name])]
+    return codes[name]
 
 
 def _f32(a: np.ndarray, shape: tuple, what: str) -> np.ndarray:

@@ -341,16 +341,7 @@ QC_AVX512 static void pool_avx512(const pool_args *a, const float *xb, const poo
     for (size_t ch = 0; ch < c; ch += 128) {
         const size_t vecs = (c - ch + 15) / 16;
 #define POOL_PASS(NV) (a->avg ? pool_pass512(a, xb, win, yp, ch, NV, 1) : pool_pass512(a, xb, win, yp, ch, NV, 0))
-        switch (vecs >= 8 ? 8 : vecs) {
-        case 1: POOL_PASS(1); break;
-        case 2: POOL_PASS(2); break;
-        case 3: POOL_PASS(3); break;
-        case 4: POOL_PASS(4); break;
-        case 5: POOL_PASS(5); break;
-        case 6: POOL_PASS(6); break;
-        case 7: POOL_PASS(7); break;
-        default: POOL_PASS(8); break;
-        }
+        QC_CASES8(vecs, POOL_PASS)
 #undef POOL_PASS
     }
 }
@@ -389,16 +380,7 @@ QC_AVX2 static void pool_avx2(const pool_args *a, const float *xb, const pool_wi
     for (size_t ch = 0; ch < c; ch += 64) {
         const size_t vecs = (c - ch + 7) / 8;
 #define POOL_PASS(NV) (a->avg ? pool_pass256(a, xb, win, yp, ch, NV, 1) : pool_pass256(a, xb, win, yp, ch, NV, 0))
-        switch (vecs >= 8 ? 8 : vecs) {
-        case 1: POOL_PASS(1); break;
-        case 2: POOL_PASS(2); break;
-        case 3: POOL_PASS(3); break;
-        case 4: POOL_PASS(4); break;
-        case 5: POOL_PASS(5); break;
-        case 6: POOL_PASS(6); break;
-        case 7: POOL_PASS(7); break;
-        default: POOL_PASS(8); break;
-        }
+        QC_CASES8(vecs, POOL_PASS)
 #undef POOL_PASS
     }
 }
@@ -432,16 +414,7 @@ static void pool_neon(const pool_args *a, const float *xb, const pool_win *win, 
     for (size_t ch = 0; ch < whole; ch += 32) {
         const size_t vecs = (whole - ch) / 4;
 #define POOL_PASS(NV) (a->avg ? pool_pass128(a, xb, win, yp, ch, NV, 1) : pool_pass128(a, xb, win, yp, ch, NV, 0))
-        switch (vecs >= 8 ? 8 : vecs) {
-        case 1: POOL_PASS(1); break;
-        case 2: POOL_PASS(2); break;
-        case 3: POOL_PASS(3); break;
-        case 4: POOL_PASS(4); break;
-        case 5: POOL_PASS(5); break;
-        case 6: POOL_PASS(6); break;
-        case 7: POOL_PASS(7); break;
-        default: POOL_PASS(8); break;
-        }
+        QC_CASES8(vecs, POOL_PASS)
 #undef POOL_PASS
     }
     pool_scalar_from(a, xb, win, yp, whole);

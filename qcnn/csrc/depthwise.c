@@ -233,15 +233,9 @@ QC_AVX512 QC_INLINE void dw512_wide(const dw_args *a, const float *const *rows, 
     if (ow < 8) {  /* one group of the row's width */
         for (size_t cb = 0; cb + 16 <= c; cb += 16) {
             const __m512 B = a->bias ? _mm512_loadu_ps(a->bias + cb) : _mm512_setzero_ps();
-            switch (ow) {
-            case 7: dw512_group(a, rows, yr, cb, 0, B, KH, KW, SW, 7, 1, FULL); break;
-            case 6: dw512_group(a, rows, yr, cb, 0, B, KH, KW, SW, 6, 1, FULL); break;
-            case 5: dw512_group(a, rows, yr, cb, 0, B, KH, KW, SW, 5, 1, FULL); break;
-            case 4: dw512_group(a, rows, yr, cb, 0, B, KH, KW, SW, 4, 1, FULL); break;
-            case 3: dw512_group(a, rows, yr, cb, 0, B, KH, KW, SW, 3, 1, FULL); break;
-            case 2: dw512_group(a, rows, yr, cb, 0, B, KH, KW, SW, 2, 1, FULL); break;
-            default: dw512_group(a, rows, yr, cb, 0, B, KH, KW, SW, 1, 1, FULL); break;
-            }
+#define DW_NARROW(Q) dw512_group(a, rows, yr, cb, 0, B, KH, KW, SW, Q, 1, FULL)
+            QC_CASES8(ow, DW_NARROW)
+#undef DW_NARROW
         }
         return;
     }
@@ -256,22 +250,20 @@ QC_AVX512 QC_INLINE void dw512_wide(const dw_args *a, const float *const *rows, 
     }
 }
 
+/* The kernel shapes that get functions of their own (K x K, column stride SW, FULL: every tap row
+ * in the image), named PREFIX3s1 .. PREFIX5s2f, and their [K == 5][SW == 2][FULL] table. */
+#define DW_SHAPES(FN, P)                                                                            \
+    FN(P##3s1, 3, 1, 0) FN(P##3s1f, 3, 1, 1) FN(P##3s2, 3, 2, 0) FN(P##3s2f, 3, 2, 1)                \
+    FN(P##5s1, 5, 1, 0) FN(P##5s1f, 5, 1, 1) FN(P##5s2, 5, 2, 0) FN(P##5s2f, 5, 2, 1)
+#define DW_SHAPE_TABLE(P) {{{P##3s1, P##3s1f}, {P##3s2, P##3s2f}}, {{P##5s1, P##5s1f}, {P##5s2, P##5s2f}}}
+
 #define DW512_WIDE_FN(name, K, SW, FULL)                                                            \
     QC_AVX512 __attribute__((noinline)) static void name(const dw_args *a, const float *const *rows, float *yr) { \
         dw512_wide(a, rows, yr, K, K, SW, FULL);                                                    \
     }
-DW512_WIDE_FN(dw512_w3s1, 3, 1, 0)
-DW512_WIDE_FN(dw512_w3s1f, 3, 1, 1)
-DW512_WIDE_FN(dw512_w3s2, 3, 2, 0)
-DW512_WIDE_FN(dw512_w3s2f, 3, 2, 1)
-DW512_WIDE_FN(dw512_w5s1, 5, 1, 0)
-DW512_WIDE_FN(dw512_w5s1f, 5, 1, 1)
-DW512_WIDE_FN(dw512_w5s2, 5, 2, 0)
-DW512_WIDE_FN(dw512_w5s2f, 5, 2, 1)
+DW_SHAPES(DW512_WIDE_FN, dw512_w)
 typedef void (*dw512_wide_fn)(const dw_args *, const float *const *, float *);
-static const dw512_wide_fn DW512_WIDE[2][2][2] = {
-    {{dw512_w3s1, dw512_w3s1f}, {dw512_w3s2, dw512_w3s2f}},
-    {{dw512_w5s1, dw512_w5s1f}, {dw512_w5s2, dw512_w5s2f}}};
+static const dw512_wide_fn DW512_WIDE[2][2][2] = DW_SHAPE_TABLE(dw512_w);
 
 QC_AVX512 static void dw_row_avx512(const dw_args *a, int b, int oy) {
     const size_t c = (size_t)a->c;
@@ -476,15 +468,9 @@ QC_AVX2 QC_INLINE void dw256_fixed(const dw_args *a, const float *const *rows, f
                 else dw256_group(a, rows, yr, cb, o, B, KH, KW, SW, 8, 0, FULL);
             }
         } else {
-            switch (ow) {
-            case 7: dw256_group(a, rows, yr, cb, 0, B, KH, KW, SW, 7, 1, FULL); break;
-            case 6: dw256_group(a, rows, yr, cb, 0, B, KH, KW, SW, 6, 1, FULL); break;
-            case 5: dw256_group(a, rows, yr, cb, 0, B, KH, KW, SW, 5, 1, FULL); break;
-            case 4: dw256_group(a, rows, yr, cb, 0, B, KH, KW, SW, 4, 1, FULL); break;
-            case 3: dw256_group(a, rows, yr, cb, 0, B, KH, KW, SW, 3, 1, FULL); break;
-            case 2: dw256_group(a, rows, yr, cb, 0, B, KH, KW, SW, 2, 1, FULL); break;
-            default: dw256_group(a, rows, yr, cb, 0, B, KH, KW, SW, 1, 1, FULL); break;
-            }
+#define DW_NARROW(Q) dw256_group(a, rows, yr, cb, 0, B, KH, KW, SW, Q, 1, FULL)
+            QC_CASES8(ow, DW_NARROW)
+#undef DW_NARROW
         }
     }
 }
@@ -520,45 +506,18 @@ QC_AVX2 QC_INLINE void dw256_wide(const dw_args *a, const float *const *rows, fl
     QC_AVX2 __attribute__((noinline)) static void name(const dw_args *a, const float *const *rows, float *yr) { \
         dw256_fixed(a, rows, yr, K, K, SW, FULL);                                                   \
     }
-DW256_REGS_FN(dw256_r3s1, 3, 1, 0)
-DW256_REGS_FN(dw256_r3s1f, 3, 1, 1)
-DW256_REGS_FN(dw256_r3s2, 3, 2, 0)
-DW256_REGS_FN(dw256_r3s2f, 3, 2, 1)
-DW256_REGS_FN(dw256_r5s1, 5, 1, 0)
-DW256_REGS_FN(dw256_r5s1f, 5, 1, 1)
-DW256_REGS_FN(dw256_r5s2, 5, 2, 0)
-DW256_REGS_FN(dw256_r5s2f, 5, 2, 1)
-DW256_GROUPS_FN(dw256_g3s1, 3, 1, 0)
-DW256_GROUPS_FN(dw256_g3s1f, 3, 1, 1)
-DW256_GROUPS_FN(dw256_g3s2, 3, 2, 0)
-DW256_GROUPS_FN(dw256_g3s2f, 3, 2, 1)
-DW256_GROUPS_FN(dw256_g5s1, 5, 1, 0)
-DW256_GROUPS_FN(dw256_g5s1f, 5, 1, 1)
-DW256_GROUPS_FN(dw256_g5s2, 5, 2, 0)
-DW256_GROUPS_FN(dw256_g5s2f, 5, 2, 1)
+DW_SHAPES(DW256_REGS_FN, dw256_r)
+DW_SHAPES(DW256_GROUPS_FN, dw256_g)
 #define DW256_WIDE_FN(name, K, SW, FULL)                                                            \
     QC_AVX2 __attribute__((noinline)) static void name(const dw_args *a, const float *const *rows, float *yr) { \
         dw256_wide(a, rows, yr, K, K, SW, FULL);                                                    \
     }
-DW256_WIDE_FN(dw256_w3s1, 3, 1, 0)
-DW256_WIDE_FN(dw256_w3s1f, 3, 1, 1)
-DW256_WIDE_FN(dw256_w3s2, 3, 2, 0)
-DW256_WIDE_FN(dw256_w3s2f, 3, 2, 1)
-DW256_WIDE_FN(dw256_w5s1, 5, 1, 0)
-DW256_WIDE_FN(dw256_w5s1f, 5, 1, 1)
-DW256_WIDE_FN(dw256_w5s2, 5, 2, 0)
-DW256_WIDE_FN(dw256_w5s2f, 5, 2, 1)
+DW_SHAPES(DW256_WIDE_FN, dw256_w)
 typedef void (*dw256_regs_fn)(const dw_args *, const float *const *, float *, int, int);
 typedef void (*dw256_groups_fn)(const dw_args *, const float *const *, float *);
-static const dw256_regs_fn DW256_REGS[2][2][2] = {
-    {{dw256_r3s1, dw256_r3s1f}, {dw256_r3s2, dw256_r3s2f}},
-    {{dw256_r5s1, dw256_r5s1f}, {dw256_r5s2, dw256_r5s2f}}};
-static const dw256_groups_fn DW256_GROUPS[2][2][2] = {
-    {{dw256_g3s1, dw256_g3s1f}, {dw256_g3s2, dw256_g3s2f}},
-    {{dw256_g5s1, dw256_g5s1f}, {dw256_g5s2, dw256_g5s2f}}};
-static const dw256_groups_fn DW256_WIDE[2][2][2] = {
-    {{dw256_w3s1, dw256_w3s1f}, {dw256_w3s2, dw256_w3s2f}},
-    {{dw256_w5s1, dw256_w5s1f}, {dw256_w5s2, dw256_w5s2f}}};
+static const dw256_regs_fn DW256_REGS[2][2][2] = DW_SHAPE_TABLE(dw256_r);
+static const dw256_groups_fn DW256_GROUPS[2][2][2] = DW_SHAPE_TABLE(dw256_g);
+static const dw256_groups_fn DW256_WIDE[2][2][2] = DW_SHAPE_TABLE(dw256_w);
 
 QC_AVX2 static void dw_row_avx2(const dw_args *a, int b, int oy) {
     const size_t c = (size_t)a->c;

@@ -76,6 +76,20 @@ static inline __attribute__((always_inline)) uint32x4_t qc_udot(uint32x4_t acc, 
 #define QC_UNROLL _Pragma("GCC unroll 32")
 #endif
 
+/* BODY(N) with N the compile-time constant equal to n, for n in 1..8 (larger n: 8): kernels written
+ * with compile-time sizes (vectors per pass, pixels per group) get one specialisation per case. */
+#define QC_CASES8(n, BODY)                                                              \
+    switch ((n) >= 8 ? 8 : (n)) {                                                       \
+    case 1: BODY(1); break;                                                             \
+    case 2: BODY(2); break;                                                             \
+    case 3: BODY(3); break;                                                             \
+    case 4: BODY(4); break;                                                             \
+    case 5: BODY(5); break;                                                             \
+    case 6: BODY(6); break;                                                             \
+    case 7: BODY(7); break;                                                             \
+    default: BODY(8); break;                                                            \
+    }
+
 static inline float qc_act(float v, int act) {
     if (act == QC_ACT_RELU) return v > 0.f ? v : 0.f;
     if (act == QC_ACT_RELU6) return v > 0.f ? (v < 6.f ? v : 6.f) : 0.f;
