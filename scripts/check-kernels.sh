@@ -7,7 +7,9 @@
 #      .qcnn loader (each file that loads then runs through every kernel), random conv/pooling
 #      geometry against the work/memory budget and the pooling definition, and the ONNX importer
 #      and restricted unpickler fuzzers where the suite has them (any test named *fuzz*), with
-#      QCNN_FUZZ_EXAMPLES examples each and a hard time limit.
+#      QCNN_FUZZ_EXAMPLES examples each and a hard time limit;
+#   5. the C driver tests/c/variants_vs_scalar.c (every variant against scalar, as check-arm.sh
+#      runs it on ARM), built with the package's flags and run on this CPU.
 # The sanitizer build goes into a temporary copy of the package, never over the installed one.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -44,3 +46,17 @@ for f in "$repo"/tests/test_onnx*.py "$repo"/tests/test_models_*.py "$repo"/test
 done
 QCNN_FUZZ_EXAMPLES="$fuzz_examples" sanitized timeout --signal=INT "$fuzz_seconds" "$py" -m pytest -q -p no:cacheprovider \
     -k "fuzz or budget_bounds or random_geometry or corrupted_bytes_never_crash" "${fuzz_files[@]}"
+
+echo "== C driver, every variant of this CPU against scalar (tests/c/variants_vs_scalar.c)"
+build="$(cd "$repo" && "$py" - <<'PY'
+import runpy
+b = runpy.run_path("qcnn/_build_kernels.py")
+print(" ".join(b["flags"]))
+print(" ".join(str(b["CSRC"] / s) for s in b["SOURCES"]))
+PY
+)"
+"$py" "$repo/tests/c/gen_cases.py" "$tmp/cases.h"
+# shellcheck disable=SC2086  # word splitting of the flag and source lists is meant
+gcc $(sed -n 1p <<<"$build") -Wall -I"$repo/qcnn/csrc" -I"$tmp" -o "$tmp/driver" "$repo/tests/c/variants_vs_scalar.c" \
+    $(sed -n 2p <<<"$build") -lm
+"$tmp/driver" --expect "$(cd "$repo" && "$py" -c 'from qcnn import kernels; print(kernels.cpu_isa())')" | tail -n 1
