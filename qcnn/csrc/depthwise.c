@@ -57,12 +57,6 @@ static inline void interior_cols(const dw_args *a, int *lo, int *hi) {
     *hi = h < l ? l : h;
 }
 
-/* Does the window of pixels ox .. ox + q - 1 reach outside the input row? */
-static inline int dw_group_clipped(const dw_args *a, int ox, int q) {
-    const int first = ox * a->sw - a->pl, last = (ox + q - 1) * a->sw - a->pl + a->kw;
-    return first < 0 || last > a->w;
-}
-
 /* ---- scalar reference ------------------------------------------------------------------------ */
 
 static void dw_row_scalar(const dw_args *a, int b, int oy) {
@@ -94,6 +88,13 @@ static void dw_row_scalar(const dw_args *a, int b, int oy) {
 }
 
 #if QC_HAVE_X86
+
+/* (The SIMD variants' 8-pixel groups:) does the window of pixels ox .. ox + q - 1 reach outside
+ * the input row? */
+static inline int dw_group_clipped(const dw_args *a, int ox, int q) {
+    const int first = ox * a->sw - a->pl, last = (ox + q - 1) * a->sw - a->pl + a->kw;
+    return first < 0 || last > a->w;
+}
 
 /* ---- AVX-512: 16 channels per vector, 32 registers ------------------------------------------- */
 
